@@ -1,0 +1,1 @@
+"""Geospatial core: rasters, grids, windows, metadata, writers."""

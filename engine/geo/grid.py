@@ -1,0 +1,133 @@
+"""Output grids: an extent in any CRS plus a resolution becomes a north-up pixel grid.
+
+A resolution in metres means metres on the ground at the extent's centre. For projected CRSs
+whose scale at that point is within 1 % of true (UTM, national grids) the CRS's linear unit is
+used as is, so "1 m on UTM" gives exactly 1-unit pixels as a GIS user expects; where the scale is
+further off (Web Mercator away from the equator) or the CRS is geographic, the pixel size in CRS
+units is derived from the true ground scale, so the model's GSD metadata is honest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pyproj
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from engine.errors import InputError
+
+# Scale factors within this of 1 are treated as true scale (UTM's 0.9996 and national grids).
+_TRUE_SCALE_TOLERANCE = 0.01
+_GEOD = pyproj.Geod(ellps="WGS84")
+
+
+@dataclass(frozen=True)
+class OutputGrid:
+    """A north-up pixel grid: what an output raster covers, pixel for pixel."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in CRS units."""
+        left, top = self.transform.c, self.transform.f
+        right = left + self.transform.a * self.width
+        bottom = top + self.transform.e * self.height
+        return left, bottom, right, top
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        """Pixel width and height in CRS units (both positive)."""
+        return self.transform.a, -self.transform.e
+
+    def window_transform(self, window: Window) -> Affine:
+        return self.transform * Affine.translation(window.col_off, window.row_off)
+
+    def pixel_centre(self, col: float, row: float) -> tuple[float, float]:
+        """CRS coordinates of a (fractional) pixel position's centre."""
+        return self.transform * (col + 0.5, row + 0.5)
+
+
+@lru_cache(maxsize=64)
+def _to_geodetic(crs_wkt: str) -> pyproj.Transformer:
+    crs = pyproj.CRS.from_wkt(crs_wkt)
+    return pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
+
+
+def _linear_unit_metres(crs: pyproj.CRS) -> float:
+    return crs.axis_info[0].unit_conversion_factor
+
+
+def ground_metres_per_unit(crs: CRS, x: float, y: float) -> tuple[float, float]:
+    """Ground metres per CRS unit along x and y at point (x, y) of a CRS."""
+    pcrs = pyproj.CRS.from_wkt(crs.to_wkt())
+    lon, lat = _to_geodetic(pcrs.to_wkt()).transform(x, y)
+    if pcrs.is_geographic:
+        # One degree of longitude / latitude on the ellipsoid at this latitude.
+        _, _, dx = _GEOD.inv(lon - 0.5, lat, lon + 0.5, lat)
+        lat_a, lat_b = max(lat - 0.5, -90.0), min(lat + 0.5, 90.0)
+        _, _, dy = _GEOD.inv(lon, lat_a, lon, lat_b)
+        return dx, dy / (lat_b - lat_a)
+    unit = _linear_unit_metres(pcrs)
+    factors = pyproj.Proj(pcrs).get_factors(lon, lat)
+    scale_x, scale_y = factors.parallel_scale, factors.meridional_scale
+    if not (math.isfinite(scale_x) and math.isfinite(scale_y)) or scale_x <= 0 or scale_y <= 0:
+        raise InputError(
+            f"the CRS {crs.to_string()} has no usable scale at ({x:.3f}, {y:.3f}); "
+            "the point is probably outside the projection's valid area: choose an extent inside it"
+        )
+    if abs(scale_x - 1) <= _TRUE_SCALE_TOLERANCE and abs(scale_y - 1) <= _TRUE_SCALE_TOLERANCE:
+        return unit, unit
+    return unit / scale_x, unit / scale_y
+
+
+def grid_from_extent(
+    bounds: tuple[float, float, float, float],
+    crs: CRS | str,
+    resolution_m: float | None = None,
+    pixel_size: float | tuple[float, float] | None = None,
+) -> OutputGrid:
+    """North-up grid whose top-left corner is the extent's, at the requested pixel size.
+
+    Exactly one of `resolution_m` (ground metres) and `pixel_size` (CRS units) is given. The
+    pixel size is kept exactly; width and height are rounded, so the right and bottom edges lie
+    within half a pixel of the requested extent.
+    """
+    crs = CRS.from_user_input(crs) if not isinstance(crs, CRS) else crs
+    left, bottom, right, top = (float(v) for v in bounds)
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)):
+        raise InputError(f"the extent {bounds} has a non-finite coordinate; give four numbers")
+    if right <= left or top <= bottom:
+        raise InputError(
+            f"the extent {bounds} is empty or inverted: give it as (xmin, ymin, xmax, ymax) with "
+            "xmin < xmax and ymin < ymax, in the units of its CRS"
+        )
+    if (resolution_m is None) == (pixel_size is None):
+        raise InputError("give exactly one of a resolution in metres or a pixel size in CRS units")
+    if resolution_m is not None:
+        if not resolution_m > 0:
+            raise InputError(f"the resolution must be a positive number of metres, not {resolution_m}")
+        cx, cy = (left + right) / 2, (top + bottom) / 2
+        mx, my = ground_metres_per_unit(crs, cx, cy)
+        size_x, size_y = resolution_m / mx, resolution_m / my
+    else:
+        size_x, size_y = pixel_size if isinstance(pixel_size, tuple) else (pixel_size, pixel_size)
+        if not (size_x > 0 and size_y > 0):
+            raise InputError(f"the pixel size must be positive, not {pixel_size}")
+    width = max(1, round((right - left) / size_x))
+    height = max(1, round((top - bottom) / size_y))
+    return OutputGrid(crs, Affine(size_x, 0.0, left, 0.0, -size_y, top), width, height)
+
+
+def grid_like(crs: CRS, transform: Affine, width: int, height: int) -> OutputGrid:
+    """The grid of an existing north-up raster, so an output lines up with it pixel for pixel."""
+    if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
+        raise InputError("the reference raster is not north-up; warp it to a north-up grid first (gdalwarp)")
+    return OutputGrid(crs, transform, width, height)

@@ -1,0 +1,1 @@
+"""Model registry, DiffusionSat-compatible models, loaders and demo models."""

@@ -1,0 +1,1 @@
+"""One module per task over a shared sampling loop."""

@@ -1,0 +1,134 @@
+"""Latent canvases laid over output grids: their size, where their cells are, and decoding them.
+
+A latent cell covers `f x f` output pixels (f = the VAE's scale factor, 8 for SD-class models).
+The canvas starts at the grid's top-left corner and is padded right and down to whole cells and
+to at least one model window; the padding is generated but never written.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from engine.geo.grid import OutputGrid
+from engine.geo.tiling import Span
+from engine.pipelines.sampling import CancelCheck, check_cancel
+
+# Canvases larger than this (bytes) are kept in a memory-mapped scratch file.
+IN_MEMORY_LIMIT = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class LatentCanvas:
+    grid: OutputGrid
+    factor: int  # output pixels per latent cell
+    channels: int
+    height: int  # cells
+    width: int
+
+    @classmethod
+    def over(cls, grid: OutputGrid, factor: int, channels: int, min_cells: int) -> "LatentCanvas":
+        height = max(math.ceil(grid.height / factor), min_cells)
+        width = max(math.ceil(grid.width / factor), min_cells)
+        return cls(grid, factor, channels, height, width)
+
+    def centre_of(self, span: Span) -> tuple[float, float]:
+        """CRS coordinates of a latent span's centre."""
+        return self.grid.transform * ((span.col + span.width / 2) * self.factor, (span.row + span.height / 2) * self.factor)
+
+    def pixel_window(self, span: Span) -> Window | None:
+        """The part of the output grid a latent span covers, or None if it is all padding."""
+        row, col = span.row * self.factor, span.col * self.factor
+        height = min(span.height * self.factor, self.grid.height - row)
+        width = min(span.width * self.factor, self.grid.width - col)
+        if height <= 0 or width <= 0:
+            return None
+        return Window(col, row, width, height)
+
+
+class LatentStore:
+    """The finished latents of a canvas, in memory or in a scratch file when large."""
+
+    def __init__(self, canvas: LatentCanvas, scratch_dir: str | Path | None = None) -> None:
+        shape = (canvas.channels, canvas.height, canvas.width)
+        nbytes = int(np.prod(shape)) * 4
+        self._tmp = None
+        if nbytes > IN_MEMORY_LIMIT:
+            self._tmp = tempfile.TemporaryDirectory(prefix="gfm4d-latents-", dir=scratch_dir)
+            self.array = np.lib.format.open_memmap(Path(self._tmp.name) / "latents.npy", "w+", np.float32, shape)
+        else:
+            self.array = np.zeros(shape, dtype=np.float32)
+
+    def read(self, span: Span) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.array[(slice(None),) + span.slices]))[None]
+
+    def write(self, span: Span, latents: torch.Tensor, keep: np.ndarray | None = None) -> None:
+        """Store latents of a span; where `keep` is True the stored cells are left as they are."""
+        values = latents[0].detach().cpu().numpy()
+        target = self.array[(slice(None),) + span.slices]
+        if keep is None:
+            target[...] = values
+        else:
+            target[...] = np.where(keep[None], target, values)
+
+    def close(self) -> None:
+        self.array = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """VAE output in [-1, 1] -> uint8 (rounded, clipped)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
+    """VAE decode of (B, C, h, w) latents to images in [-1, 1]."""
+    latents = latents.to(model.device, model.vae.dtype) / model.vae_scaling_factor
+    return model.vae.decode(latents).sample
+
+
+def decode_blocks(canvas: LatentCanvas, block: int, margin: int) -> list[tuple[Span, Span]]:
+    """(core, context) latent spans that tile the grid part of a canvas for decoding.
+
+    Each core is decoded with `margin` cells of context on every side, and only the core is kept:
+    blocks never overlap in the output and every block sees its neighbours' latents.
+    """
+    rows = math.ceil(canvas.grid.height / canvas.factor)
+    cols = math.ceil(canvas.grid.width / canvas.factor)
+    pairs = []
+    for row in range(0, rows, block):
+        for col in range(0, cols, block):
+            core = Span(row, col, min(block, rows - row), min(block, cols - col))
+            top, left = max(0, row - margin), max(0, col - margin)
+            bottom = min(canvas.height, row + core.height + margin)
+            right = min(canvas.width, col + core.width + margin)
+            pairs.append((core, Span(top, left, bottom - top, right - left)))
+    return pairs
+
+
+def decode_to_writer(model, canvas: LatentCanvas, store: LatentStore, writer, *, block: int, margin: int,
+                     valid_mask=None, on_block=None, cancel: CancelCheck | None = None) -> None:
+    """Decode a stored canvas block by block straight into a GeoTIFF writer.
+
+    `valid_mask(window)`, when given, returns the validity mask written for each block.
+    """
+    f = canvas.factor
+    for core, context in decode_blocks(canvas, block, margin):
+        check_cancel(cancel)
+        pixels = to_uint8(decode_latents(model, store.read(context)))[0]
+        inner = core.relative_to(context)
+        window = canvas.pixel_window(core)
+        crop = pixels[:, inner.row * f : inner.row * f + int(window.height), inner.col * f : inner.col * f + int(window.width)]
+        writer.write(crop, window)
+        if valid_mask is not None:
+            writer.write_mask(valid_mask(window), window)
+        if on_block is not None:
+            on_block()

@@ -1,0 +1,199 @@
+"""The one sampling loop every task shares.
+
+A canvas of latents is denoised as overlapping windows: at each step every window's prediction
+(classifier-free guided, with the window's own metadata) is accumulated into a canvas-sized
+prediction with weights that fall off towards the window edges, and a single scheduler step is
+taken on the whole canvas. Because every diffusers scheduler updates each latent element from
+that element's prediction alone, blending predictions is the same as blending the windows'
+stepped results (MultiDiffusion), and multistep schedulers keep one consistent history.
+
+Known latents (the unmasked part of an inpainting job, or a neighbouring region already
+generated) are re-noised to the current noise level after every step and pasted back where the
+mask says so (masked latent blending), which lets any UNet continue existing content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from engine.errors import Cancelled
+from engine.geo.tiling import Span, blend_weights
+
+
+@dataclass
+class Progress:
+    """Where a job is: `done` of `total` work units (denoising steps and decoded blocks)."""
+
+    done: int
+    total: int
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+ProgressCallback = Callable[[Progress], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class TextConditioning:
+    """Prompt embeddings for the conditional and unconditional halves of guidance."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor | None
+
+
+@dataclass
+class CanvasJob:
+    """Everything one canvas (or region) needs to be denoised."""
+
+    noise: torch.Tensor  # (1, C, H, W) float32, the initial noise of this canvas
+    windows: Sequence[Span]  # latent windows, relative to the canvas
+    window_metadata: Sequence[np.ndarray] | None  # per window, (7,) normalised, or None
+    overlap: int  # latent cells over which window weights fall off
+    known: torch.Tensor | None = None  # (1, C, H, W) clean latents to keep
+    known_mask: torch.Tensor | None = None  # (1, 1, H, W), 1 = keep the known latents
+    extra_channels: torch.Tensor | None = field(default=None)  # concatenated to the UNet input
+
+
+def check_cancel(cancel: CancelCheck | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("the job was cancelled; nothing was written")
+
+
+@torch.no_grad()
+def encode_prompt(model, prompt: str, negative_prompt: str, guidance_scale: float) -> TextConditioning:
+    """Embed the prompt (and the negative prompt when guidance is on) with the model's text encoder."""
+
+    def embed(text: str) -> torch.Tensor:
+        tokens = model.tokenizer(
+            text,
+            padding="max_length",
+            max_length=model.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        output = model.text_encoder(tokens.input_ids.to(model.device))
+        return output[0].to(model.dtype)
+
+    cond = embed(prompt)
+    uncond = embed(negative_prompt) if guidance_scale > 1.0 else None
+    return TextConditioning(cond, uncond)
+
+
+def window_weights(windows: Sequence[Span], overlap: int, device) -> list[torch.Tensor]:
+    cache: dict[tuple[int, int], torch.Tensor] = {}
+    weights = []
+    for span in windows:
+        key = (span.height, span.width)
+        if key not in cache:
+            cache[key] = torch.from_numpy(blend_weights(span.height, span.width, overlap)).to(device)[None, None]
+        weights.append(cache[key])
+    return weights
+
+
+@torch.no_grad()
+def predict_canvas(
+    model,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    job: CanvasJob,
+    text: TextConditioning,
+    guidance_scale: float,
+    batch_size: int,
+    weights: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """The blended, guided model prediction for the whole canvas at one timestep."""
+    prediction = torch.zeros_like(latents)
+    weight_sum = torch.zeros_like(latents[:, :1])
+    guided = text.uncond is not None
+    unet_input = latents if job.extra_channels is None else torch.cat([latents, job.extra_channels], dim=1)
+    for start in range(0, len(job.windows), batch_size):
+        batch = list(range(start, min(start + batch_size, len(job.windows))))
+        spans = [job.windows[i] for i in batch]
+        x = torch.cat([unet_input[(slice(None), slice(None)) + s.slices] for s in spans]).to(model.dtype)
+        hidden = text.cond.expand(len(batch), -1, -1)
+        kwargs = {}
+        if job.window_metadata is not None:
+            kwargs["metadata"] = torch.from_numpy(np.stack([job.window_metadata[i] for i in batch])).to(model.device)
+        if guided:
+            x = torch.cat([x, x])
+            hidden = torch.cat([text.uncond.expand(len(batch), -1, -1), hidden])
+            if "metadata" in kwargs:
+                # The unconditional half has all-zero metadata, still passed through the MLPs.
+                kwargs["metadata"] = torch.cat([torch.zeros_like(kwargs["metadata"]), kwargs["metadata"]])
+        out = model.unet(x, timestep, encoder_hidden_states=hidden, **kwargs).sample.float()
+        if guided:
+            uncond, cond = out.chunk(2)
+            out = uncond + guidance_scale * (cond - uncond)
+        for k, i in enumerate(batch):
+            region = (slice(None), slice(None)) + job.windows[i].slices
+            prediction[region] += out[k : k + 1] * weights[i]
+            weight_sum[region] += weights[i]
+    return prediction / weight_sum
+
+
+@torch.no_grad()
+def denoise_canvas(
+    model,
+    scheduler,
+    job: CanvasJob,
+    text: TextConditioning,
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    on_step: Callable[[int], None] | None = None,
+    cancel: CancelCheck | None = None,
+) -> torch.Tensor:
+    """Run the full denoising loop on one canvas and return its clean latents (float32)."""
+    scheduler.set_timesteps(num_inference_steps, device=model.device)
+    timesteps = scheduler.timesteps
+    noise = job.noise.to(model.device)
+    latents = noise * scheduler.init_noise_sigma
+    known, mask = job.known, job.known_mask
+    if known is not None:
+        known, mask = known.to(model.device), mask.to(model.device)
+        latents = mask * scheduler.add_noise(known, noise, timesteps[:1]) + (1 - mask) * latents
+    weights = window_weights(job.windows, job.overlap, model.device)
+    for i, t in enumerate(timesteps):
+        check_cancel(cancel)
+        model_input = scheduler.scale_model_input(latents, t)
+        prediction = predict_canvas(model, model_input, t, job, text, guidance_scale, batch_size, weights)
+        latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+        if known is not None:
+            if i + 1 < len(timesteps):
+                known_now = scheduler.add_noise(known, noise, timesteps[i + 1 : i + 2])
+            else:
+                known_now = known
+            latents = mask * known_now + (1 - mask) * latents
+        if on_step is not None:
+            on_step(i + 1)
+    return latents
+
+
+def position_noise(seed: int, span: Span, channels: int, tile: int = 64) -> torch.Tensor:
+    """Initial noise of a latent span that depends only on the seed and the cells' positions.
+
+    The canvas is cut into fixed tiles, each drawn from its own generator, so the same cell gets
+    the same noise however the canvas is split into regions or windows.
+    """
+    out = torch.empty((1, channels, span.height, span.width), dtype=torch.float32)
+    for ty in range(span.row // tile, (span.row + span.height - 1) // tile + 1):
+        for tx in range(span.col // tile, (span.col + span.width - 1) // tile + 1):
+            state = np.random.SeedSequence([seed, ty, tx]).generate_state(2, dtype=np.uint64)
+            generator = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+            block = torch.randn((channels, tile, tile), generator=generator)
+            tile_span = Span(ty * tile, tx * tile, tile, tile)
+            common = tile_span.intersection(span)
+            src = common.relative_to(tile_span)
+            dst = common.relative_to(span)
+            out[(0, slice(None)) + dst.slices] = block[(slice(None),) + src.slices]
+    return out

@@ -1,0 +1,28 @@
+"""Shared fixtures: the real sample data."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = REPO / "tests" / "data"
+# Non-commercial samples (xBD) are not copied into the repository; they live beside it.
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def rasters_dir() -> Path:
+    return TEST_DATA / "rasters"
+
+
+@pytest.fixture(scope="session")
+def vectors_dir() -> Path:
+    return TEST_DATA / "vectors"
+
+
+@pytest.fixture(scope="session")
+def xbd_dir() -> Path:
+    path = SHARED_DATA / "xbd"
+    if not path.is_dir():
+        pytest.skip(f"xBD samples (non-commercial licence, not in the repository) not found at {path}")
+    return path
