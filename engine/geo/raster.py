@@ -1,0 +1,530 @@
+"""Input rasters: opened once, validated, and presented north-up to every pipeline.
+
+Files found in the wild are south-up, rotated, GCP-only, palette-coloured, masked five different
+ways or not georeferenced at all. `open_raster` decides once what each file means and either
+presents it as a plain north-up grid with a per-pixel validity mask, or raises `InputError` saying
+what is wrong and which command fixes it. Pipelines then read windows without caring.
+
+Decisions (each one tested):
+- south-up rasters are flipped exactly (nearest-neighbour WarpedVRT onto the mirrored grid);
+  rotated/sheared and GCP-only rasters are warped to a north-up grid in their own CRS with GDAL's
+  suggested resolution (bilinear; nearest for palettes); pixels outside the source footprint are
+  invalid. RPC-only rasters and rasters without a geotransform are rejected.
+- palette rasters are expanded to R, G, B through their colour map; entries with alpha 0 are invalid.
+- a pixel is valid when GDAL's mask says any of the read bands is valid (nodata is per band, so a
+  black red channel is not a hole) and none of them is NaN.
+- R, G, B come from, in order: the caller's explicit choice, the colour interpretation, band
+  descriptions naming red/green/blue; bands 1, 2, 3 are taken as R, G, B only when no band has a
+  colour interpretation other than gray/undefined and no band has a description. Otherwise
+  `rgb_bands` is None and `require_rgb` says how to choose.
+- rasters smaller than `min_size` pixels on a side (default 8: one latent cell of the models' VAE)
+  and rasters with no valid pixel are rejected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.coords import BoundingBox
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import array_bounds
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from engine.errors import InputError
+from engine.geo.crs import crosses_antimeridian, is_geographic, metres_per_pixel, require_earth_crs
+
+MIN_SIDE_PX = 8
+_SCAN_TILE_PX = 1024
+_UNINFORMATIVE_INTERP = frozenset({"undefined", "gray"})
+# "Red Edge" bands (Sentinel-2 B5-B7) are not red.
+_COLOUR_WORD = re.compile(r"\b(red|green|blue)\b(?![\s_-]*edge)", re.IGNORECASE)
+_COMPLEX_DTYPES = frozenset({"complex", "complex64", "complex128", "complex_int16"})
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """Everything a pipeline needs to know about an input raster, as presented (north-up).
+
+    `count`, `dtypes`, `colorinterp` and band indices describe the bands `read` returns (for a
+    palette raster: the three expanded colour bands). `mask_kind` says how the *file* marks invalid
+    pixels: 'none', 'nodata', 'alpha', 'internal', 'sidecar' (.msk file) or 'palette' (colour map
+    entries with alpha 0). Warped views additionally mask everything outside the source footprint.
+    """
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtypes: tuple[str, ...]
+    crs: CRS
+    transform: Affine
+    bounds: BoundingBox
+    nodata: float | None
+    mask_kind: str
+    alpha_band: int | None
+    colorinterp: tuple[str, ...]
+    descriptions: tuple[str | None, ...]
+    rgb_bands: tuple[int, int, int] | None
+    rgb_rule: str | None  # 'user' | 'colorinterp' | 'description' | 'position' | 'palette'
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+    is_palette: bool
+    is_geographic: bool
+    pixel_size_m: tuple[float, float]
+    source_orientation: str  # 'north-up' | 'south-up' | 'rotated' | 'gcps'
+    crosses_antimeridian: bool
+    tags: dict[str, str] = field(default_factory=dict, hash=False)
+    imagery_tags: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def data_bands(self) -> tuple[int, ...]:
+        """1-based indices of the image bands (every band but the alpha band)."""
+        return tuple(i for i in range(1, self.count + 1) if i != self.alpha_band)
+
+
+# --- opening ---------------------------------------------------------------------------------
+
+
+def _is_local_path(path: str) -> bool:
+    return "://" not in path and not path.startswith("/vsi")
+
+
+def _open_dataset(path: str) -> rasterio.io.DatasetReader:
+    """Open with GDAL; missing and unreadable files become InputErrors naming the path."""
+    if _is_local_path(path) and not os.path.exists(path):
+        raise InputError(f"raster {path} does not exist; check the path (and the working directory).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise InputError(
+            f"raster {path} cannot be opened as a raster ({exc}). Check that it is a complete, "
+            f"uncorrupted raster file (`gdalinfo {path}` shows what GDAL sees); an image in another "
+            "format can be converted with `gdal_translate <in> out.tif`."
+        ) from exc
+
+
+# --- checks on the opened file ----------------------------------------------------------------
+
+
+def _check_has_bands(ds, path: str) -> None:
+    if ds.count > 0:
+        return
+    if ds.subdatasets:
+        raise InputError(
+            f"raster {path} is a container of {len(ds.subdatasets)} subdatasets and has no bands "
+            f"of its own; open one of them instead, e.g. {ds.subdatasets[0]!r} "
+            f"(`gdalinfo {path}` lists them)."
+        )
+    raise InputError(f"raster {path} has no bands; check the file with `gdalinfo {path}`.")
+
+
+def _check_dtypes(ds, path: str) -> None:
+    complex_bands = [i + 1 for i, d in enumerate(ds.dtypes) if d in _COMPLEX_DTYPES]
+    if complex_bands:
+        raise InputError(
+            f"raster {path} has complex-valued bands {complex_bands} (e.g. SAR single-look "
+            "complex data), which are not images; convert to amplitude first, e.g. "
+            f"`gdal_translate -ot Float32 -b 1 {path} amplitude.tif` after `gdal_calc.py "
+            "--calc='absolute(A)'`."
+        )
+
+
+def _check_size(ds, path: str, min_size: int) -> None:
+    if ds.width < min_size or ds.height < min_size:
+        raise InputError(
+            f"raster {path} is {ds.width}x{ds.height} pixels; at least {min_size}x{min_size} are "
+            "needed (the models see images in 8x8-pixel latent cells). Use a larger extent or "
+            "resample to a finer grid, e.g. `gdalwarp -tr <smaller pixel size> ...`."
+        )
+
+
+def _source_orientation(ds, path: str) -> str:
+    """'north-up', 'south-up', 'rotated' or 'gcps'; rejects files with no usable geotransform."""
+    transform = ds.transform
+    gcps, _ = ds.gcps
+    if gcps and transform.is_identity:
+        return "gcps"
+    if transform.is_identity and ds.rpcs is not None:
+        raise InputError(
+            f"raster {path} is georeferenced only by RPC coefficients (a sensor model, typical of "
+            "unprocessed satellite scenes): it has no map grid and its bounds are meaningless. "
+            f"Orthorectify it first, e.g. `gdalwarp -rpc -t_srs EPSG:XXXX "
+            f"[-to RPC_DEM=dem.tif] {path} ortho.tif`."
+        )
+    if transform.is_identity:
+        raise InputError(
+            f"raster {path} has no geotransform, so its pixels have no position on the ground; "
+            f"georeference it, e.g. `gdal_edit.py -a_srs EPSG:XXXX -a_ullr <ulx> <uly> <lrx> <lry> "
+            f"{path}` or with QGIS's Georeferencer."
+        )
+    if transform.determinant == 0:
+        raise InputError(
+            f"raster {path} has a degenerate geotransform {tuple(transform)[:6]} (zero pixel size); "
+            f"fix it, e.g. `gdal_edit.py -a_ullr <ulx> <uly> <lrx> <lry> {path}`."
+        )
+    if transform.b == 0 and transform.d == 0 and transform.a > 0:
+        return "north-up" if transform.e < 0 else "south-up"
+    return "rotated"
+
+
+def _source_crs(ds, orientation: str, path: str) -> CRS:
+    crs = ds.gcps[1] if orientation == "gcps" else ds.crs
+    return require_earth_crs(crs, f"raster {path}")
+
+
+# --- band semantics -----------------------------------------------------------------------------
+
+
+def _alpha_band(ds) -> int | None:
+    alphas = [i + 1 for i, c in enumerate(ds.colorinterp) if c == ColorInterp.alpha]
+    return alphas[-1] if alphas else None
+
+
+def _palette_lut(ds) -> np.ndarray | None:
+    """(N, 4) uint8 RGBA lookup table of a single-band palette raster, else None."""
+    if ds.count != 1 or ds.colorinterp[0] != ColorInterp.palette:
+        return None
+    colormap = ds.colormap(1)
+    size = max(max(colormap) + 1, 256 if ds.dtypes[0] == "uint8" else 65536)
+    lut = np.zeros((size, 4), dtype="uint8")
+    for index, rgba in colormap.items():
+        lut[index] = rgba
+    return lut
+
+
+def _mask_kind(ds, alpha_band: int | None, lut: np.ndarray | None) -> str:
+    """How the file marks invalid pixels, as GDAL resolves it for the first image band."""
+    data_bands = [i for i in range(1, ds.count + 1) if i != alpha_band] or [1]
+    flags = ds.mask_flag_enums[data_bands[0] - 1]
+    if MaskFlags.alpha in flags:
+        return "alpha"
+    if MaskFlags.per_dataset in flags:
+        return "sidecar" if any(f.lower().endswith(".msk") for f in ds.files) else "internal"
+    if MaskFlags.nodata in flags:
+        return "nodata"
+    if lut is not None and bool((lut[:, 3] == 0).any()):
+        return "palette"
+    return "none"
+
+
+def _rgb_from_colorinterp(colorinterp: Sequence[str]) -> tuple[int, int, int] | None:
+    found = [[i + 1 for i, c in enumerate(colorinterp) if c == name] for name in ("red", "green", "blue")]
+    if all(len(bands) == 1 for bands in found):
+        return found[0][0], found[1][0], found[2][0]
+    return None
+
+
+def _rgb_from_descriptions(descriptions: Sequence[str | None]) -> tuple[int, int, int] | None:
+    words = [set(w.lower() for w in _COLOUR_WORD.findall(d or "")) for d in descriptions]
+    found = [[i + 1 for i, w in enumerate(words) if w == {name}] for name in ("red", "green", "blue")]
+    if all(len(bands) == 1 for bands in found):
+        return found[0][0], found[1][0], found[2][0]
+    return None
+
+
+def _check_explicit_rgb(
+    rgb_bands: Sequence[int], count: int, alpha_band: int | None, path: str
+) -> tuple[int, int, int]:
+    try:
+        bands = tuple(int(b) for b in rgb_bands)
+    except (TypeError, ValueError):
+        bands = ()
+    if len(bands) != 3 or any(b < 1 or b > count for b in bands):
+        raise InputError(
+            f"rgb_bands {tuple(rgb_bands)} for raster {path} must be three band numbers between 1 "
+            f"and {count} (red, green, blue in that order), e.g. (3, 2, 1) for a blue-green-red file."
+        )
+    if alpha_band in bands:
+        raise InputError(
+            f"rgb_bands {bands} for raster {path} include band {alpha_band}, which is its alpha "
+            "(transparency) band; choose the red, green and blue bands instead."
+        )
+    return bands  # type: ignore[return-value]
+
+
+def _resolve_rgb(
+    colorinterp: Sequence[str],
+    descriptions: Sequence[str | None],
+    alpha_band: int | None,
+    explicit: Sequence[int] | None,
+    path: str,
+) -> tuple[tuple[int, int, int] | None, str | None]:
+    """(R, G, B) band indices and the rule that found them; see the module docstring."""
+    if explicit is not None:
+        return _check_explicit_rgb(explicit, len(colorinterp), alpha_band, path), "user"
+    by_interp = _rgb_from_colorinterp(colorinterp)
+    if by_interp is not None:
+        return by_interp, "colorinterp"
+    by_description = _rgb_from_descriptions(descriptions)
+    if by_description is not None:
+        return by_description, "description"
+    data_bands = [i + 1 for i in range(len(colorinterp)) if i + 1 != alpha_band]
+    silent = all(c in _UNINFORMATIVE_INTERP for c in colorinterp) and not any(descriptions)
+    if silent and len(data_bands) >= 3:
+        return (data_bands[0], data_bands[1], data_bands[2]), "position"
+    return None, None
+
+
+def require_rgb(info: RasterInfo) -> tuple[int, int, int]:
+    """The raster's (R, G, B) band indices, or InputError saying how to choose them."""
+    if info.rgb_bands is not None:
+        return info.rgb_bands
+    described = ", ".join(
+        f"{i}: {interp}{f' ({desc})' if desc else ''}"
+        for i, (interp, desc) in enumerate(zip(info.colorinterp, info.descriptions), start=1)
+    )
+    raise InputError(
+        f"cannot tell which bands of raster {info.path} are red, green and blue (bands {described}). "
+        "Choose them explicitly (rgb_bands=(r, g, b), e.g. (3, 2, 1) for blue-green-red), or record "
+        "them in the file: `gdal_edit.py -colorinterp_1 red -colorinterp_2 green -colorinterp_3 blue "
+        f"{info.path}`."
+    )
+
+
+# --- the north-up view ------------------------------------------------------------------------
+
+
+def _north_up_view(ds, crs: CRS, orientation: str, alpha_band: int | None, is_palette: bool):
+    """The dataset itself when north-up, else a WarpedVRT presenting it north-up in its own CRS."""
+    if orientation == "north-up":
+        return ds
+    # Pixels outside the source footprint (and masked source pixels) need somewhere to go.
+    add_alpha = ds.nodata is None and alpha_band is None
+    if orientation == "south-up":
+        t = ds.transform
+        flipped = Affine(t.a, 0.0, t.c, 0.0, -t.e, t.f + t.e * ds.height)
+        return WarpedVRT(
+            ds, crs=crs, transform=flipped, width=ds.width, height=ds.height,
+            resampling=Resampling.nearest, add_alpha=add_alpha,
+        )
+    resampling = Resampling.nearest if is_palette else Resampling.bilinear
+    src_crs = crs if orientation == "gcps" else None
+    return WarpedVRT(ds, src_crs=src_crs, crs=crs, resampling=resampling, add_alpha=add_alpha)
+
+
+def _describe(
+    ds, view, path: str, crs: CRS, orientation: str, alpha_band: int | None,
+    lut: np.ndarray | None, explicit_rgb: Sequence[int] | None,
+) -> RasterInfo:
+    if lut is not None:
+        count, dtypes = 3, ("uint8",) * 3
+        colorinterp, descriptions = ("red", "green", "blue"), (None, None, None)
+        scales, offsets = (1.0,) * 3, (0.0,) * 3
+        rgb, rgb_rule = _resolve_rgb(colorinterp, descriptions, None, explicit_rgb, path)
+        rgb_rule = "palette" if rgb_rule == "colorinterp" else rgb_rule
+    else:
+        count, dtypes = ds.count, tuple(ds.dtypes)
+        colorinterp = tuple(c.name for c in ds.colorinterp)
+        descriptions = tuple(ds.descriptions)
+        scales, offsets = tuple(ds.scales), tuple(ds.offsets)
+        rgb, rgb_rule = _resolve_rgb(colorinterp, descriptions, alpha_band, explicit_rgb, path)
+    transform, width, height = view.transform, view.width, view.height
+    return RasterInfo(
+        path=path, width=width, height=height, count=count, dtypes=dtypes, crs=crs,
+        transform=transform, bounds=BoundingBox(*array_bounds(height, width, transform)),
+        nodata=ds.nodata, mask_kind=_mask_kind(ds, alpha_band, lut), alpha_band=alpha_band,
+        colorinterp=colorinterp, descriptions=descriptions, rgb_bands=rgb, rgb_rule=rgb_rule,
+        scales=scales, offsets=offsets, is_palette=lut is not None, is_geographic=is_geographic(crs),
+        pixel_size_m=metres_per_pixel(crs, transform, width, height), source_orientation=orientation,
+        crosses_antimeridian=crosses_antimeridian(crs, transform, width, height),
+        tags=dict(ds.tags()), imagery_tags=dict(ds.tags(ns="IMAGERY")),
+    )
+
+
+# --- windows ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _WindowPlan:
+    """A requested window, the part of it inside the raster, and where that part goes."""
+
+    height: int
+    width: int
+    inside: Window | None
+    rows: slice
+    cols: slice
+
+
+def _plan_window(window: Window | None, width: int, height: int) -> _WindowPlan:
+    if window is None:
+        window = Window(0, 0, width, height)
+    col, row = int(round(window.col_off)), int(round(window.row_off))
+    w, h = int(round(window.width)), int(round(window.height))
+    if w <= 0 or h <= 0:
+        raise InputError(f"window {window} is empty; a window needs a positive width and height.")
+    col0, row0 = max(col, 0), max(row, 0)
+    col1, row1 = min(col + w, width), min(row + h, height)
+    if col1 <= col0 or row1 <= row0:
+        return _WindowPlan(h, w, None, slice(0, 0), slice(0, 0))
+    inside = Window(col0, row0, col1 - col0, row1 - row0)
+    return _WindowPlan(h, w, inside, slice(row0 - row, row1 - row), slice(col0 - col, col1 - col))
+
+
+# --- the source ---------------------------------------------------------------------------------
+
+
+class RasterSource:
+    """An opened, validated raster presented north-up; read windows of it as masked arrays.
+
+    Windows may reach past the raster's edges: the outside part is returned masked. Use as a
+    context manager, or call `close()`.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX
+    ):
+        path = os.fspath(path)
+        self._dataset = _open_dataset(path)
+        self._view = self._dataset
+        try:
+            self._validate(path, rgb_bands, min_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _validate(self, path: str, rgb_bands: Sequence[int] | None, min_size: int) -> None:
+        ds = self._dataset
+        _check_has_bands(ds, path)
+        _check_dtypes(ds, path)
+        _check_size(ds, path, min_size)
+        orientation = _source_orientation(ds, path)
+        crs = _source_crs(ds, orientation, path)
+        alpha_band = _alpha_band(ds)
+        self._lut = _palette_lut(ds)
+        self._view = _north_up_view(ds, crs, orientation, alpha_band, self._lut is not None)
+        self.info = _describe(ds, self._view, path, crs, orientation, alpha_band, self._lut, rgb_bands)
+        self._require_valid_pixels()
+
+    @property
+    def dataset(self):
+        """The north-up rasterio dataset behind this source (a WarpedVRT for re-oriented files;
+        palette indices, not colours, for palette files), for rasterio.warp and friends."""
+        return self._view
+
+    def _band_list(self, bands: int | Sequence[int] | None) -> list[int]:
+        if bands is None:
+            return list(self.info.data_bands)
+        chosen = [bands] if isinstance(bands, (int, np.integer)) else [int(b) for b in bands]
+        if not chosen or any(b < 1 or b > self.info.count for b in chosen):
+            raise InputError(
+                f"bands {bands} do not exist in raster {self.info.path}, which has bands 1 to "
+                f"{self.info.count}; choose bands from that range."
+            )
+        return chosen
+
+    def _dtype_of(self, bands: list[int]) -> np.dtype:
+        """One dtype that holds every band read (bands of one file rarely differ)."""
+        return np.result_type(*[self.info.dtypes[b - 1] for b in bands])
+
+    def _read_inside(self, window: Window, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels and validity of a window that lies inside the raster."""
+        if self._lut is not None:
+            indices = self._view.read(1, window=window)
+            colours = self._lut[np.clip(indices, 0, len(self._lut) - 1)]
+            data = np.moveaxis(colours[..., [b - 1 for b in bands]], -1, 0)
+            valid = (self._view.read_masks(1, window=window) > 0) & (colours[..., 3] > 0)
+            return data, valid
+        dtype = self._dtype_of(bands)
+        data = self._view.read(bands, window=window, out_dtype=dtype)
+        valid = (self._view.read_masks(bands, window=window) > 0).any(axis=0)
+        if np.issubdtype(dtype, np.floating):
+            valid &= ~np.isnan(data).any(axis=0)
+        return data, valid
+
+    def read(
+        self,
+        window: Window | None = None,
+        bands: int | Sequence[int] | None = None,
+        out_dtype=None,
+        scaled: bool = False,
+    ) -> np.ma.MaskedArray:
+        """(bands, rows, cols) pixels of a window (default: the whole raster, image bands only).
+
+        Masked where invalid: nodata, alpha 0, internal/sidecar mask, NaN, outside the footprint
+        or outside the raster. `scaled=True` applies the file's scale/offset (value*scale+offset,
+        as floats); `out_dtype` casts the result last.
+        """
+        band_list = self._band_list(bands)
+        plan = _plan_window(window, self.info.width, self.info.height)
+        dtype = self._dtype_of(band_list)
+        data = np.zeros((len(band_list), plan.height, plan.width), dtype=dtype)
+        valid = np.zeros((plan.height, plan.width), dtype=bool)
+        if plan.inside is not None:
+            inside_data, inside_valid = self._read_inside(plan.inside, band_list)
+            data[:, plan.rows, plan.cols] = inside_data
+            valid[plan.rows, plan.cols] = inside_valid
+        if scaled:
+            data = self._apply_scale(data, band_list)
+        if out_dtype is not None:
+            data = data.astype(out_dtype)
+        return np.ma.MaskedArray(data, mask=np.broadcast_to(~valid, data.shape).copy())
+
+    def _apply_scale(self, data: np.ndarray, bands: list[int]) -> np.ndarray:
+        float_dtype = np.float64 if data.dtype == np.float64 else np.float32
+        scales = np.array([self.info.scales[b - 1] for b in bands], dtype=float_dtype)[:, None, None]
+        offsets = np.array([self.info.offsets[b - 1] for b in bands], dtype=float_dtype)[:, None, None]
+        return data.astype(float_dtype) * scales + offsets
+
+    def valid_mask(
+        self, window: Window | None = None, bands: int | Sequence[int] | None = None
+    ) -> np.ndarray:
+        """(rows, cols) bool, True where `read` with the same arguments would not be masked."""
+        band_list = self._band_list(bands)
+        plan = _plan_window(window, self.info.width, self.info.height)
+        valid = np.zeros((plan.height, plan.width), dtype=bool)
+        if plan.inside is None:
+            return valid
+        needs_pixels = self._lut is not None or np.issubdtype(self._dtype_of(band_list), np.floating)
+        if needs_pixels:  # NaN and transparent palette entries live in the pixels, not the mask
+            _, inside_valid = self._read_inside(plan.inside, band_list)
+        else:
+            inside_valid = (self._view.read_masks(band_list, window=plan.inside) > 0).any(axis=0)
+        valid[plan.rows, plan.cols] = inside_valid
+        return valid
+
+    def _require_valid_pixels(self) -> None:
+        """Scan tile by tile, stopping at the first valid pixel (cheap unless the file is empty)."""
+        for row in range(0, self.info.height, _SCAN_TILE_PX):
+            for col in range(0, self.info.width, _SCAN_TILE_PX):
+                if self.valid_mask(Window(col, row, _SCAN_TILE_PX, _SCAN_TILE_PX)).any():
+                    return
+        raise InputError(
+            f"raster {self.info.path} contains no valid pixel: every pixel is nodata, masked or NaN "
+            f"(mask: {self.info.mask_kind}, nodata={self.info.nodata}). Check that it is the right "
+            f"file (`gdalinfo -stats {self.info.path}`); if its nodata value is wrong, unset or "
+            f"change it with `gdal_edit.py -unsetnodata {self.info.path}` or `-a_nodata <value>`."
+        )
+
+    def close(self) -> None:
+        if self._view is not self._dataset:
+            self._view.close()
+        self._dataset.close()
+
+    def __enter__(self) -> RasterSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_raster(
+    path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX
+) -> RasterSource:
+    """Open and validate a raster; InputError (naming the file and the fix) when it is unusable.
+
+    `rgb_bands` is the caller's explicit (R, G, B) choice of 1-based bands; it overrides anything
+    the file says. `min_size` is the smallest acceptable width and height in pixels.
+    """
+    return RasterSource(path, rgb_bands=rgb_bands, min_size=min_size)
