@@ -1,28 +1,23 @@
 """Output grids: an extent in any CRS plus a resolution becomes a north-up pixel grid.
 
-A resolution in metres means metres on the ground at the extent's centre. For projected CRSs
-whose scale at that point is within 1 % of true (UTM, national grids) the CRS's linear unit is
-used as is, so "1 m on UTM" gives exactly 1-unit pixels as a GIS user expects; where the scale is
-further off (Web Mercator away from the equator) or the CRS is geographic, the pixel size in CRS
-units is derived from the true ground scale, so the model's GSD metadata is honest.
+A resolution in metres means metres on the ground at the extent's centre, measured the way the
+model's GSD metadata is (`engine.geo.metadata.pixel_size_metres`): projected CRSs use their linear
+unit, so "1 m on UTM" gives exactly 1-unit pixels as a GIS user expects; Mercator projections
+(Web Mercator) are corrected by their point scale and geographic CRSs use geodesic distances, so a
+"1 m" request is 1 m on the ground there too.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
-import pyproj
-from affine import Affine
+from rasterio.transform import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from engine.errors import InputError
-
-# Scale factors within this of 1 are treated as true scale (UTM's 0.9996 and national grids).
-_TRUE_SCALE_TOLERANCE = 0.01
-_GEOD = pyproj.Geod(ellps="WGS84")
+from engine.geo.metadata import pixel_size_metres
 
 
 @dataclass(frozen=True)
@@ -55,37 +50,9 @@ class OutputGrid:
         return self.transform * (col + 0.5, row + 0.5)
 
 
-@lru_cache(maxsize=64)
-def _to_geodetic(crs_wkt: str) -> pyproj.Transformer:
-    crs = pyproj.CRS.from_wkt(crs_wkt)
-    return pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
-
-
-def _linear_unit_metres(crs: pyproj.CRS) -> float:
-    return crs.axis_info[0].unit_conversion_factor
-
-
 def ground_metres_per_unit(crs: CRS, x: float, y: float) -> tuple[float, float]:
-    """Ground metres per CRS unit along x and y at point (x, y) of a CRS."""
-    pcrs = pyproj.CRS.from_wkt(crs.to_wkt())
-    lon, lat = _to_geodetic(pcrs.to_wkt()).transform(x, y)
-    if pcrs.is_geographic:
-        # One degree of longitude / latitude on the ellipsoid at this latitude.
-        _, _, dx = _GEOD.inv(lon - 0.5, lat, lon + 0.5, lat)
-        lat_a, lat_b = max(lat - 0.5, -90.0), min(lat + 0.5, 90.0)
-        _, _, dy = _GEOD.inv(lon, lat_a, lon, lat_b)
-        return dx, dy / (lat_b - lat_a)
-    unit = _linear_unit_metres(pcrs)
-    factors = pyproj.Proj(pcrs).get_factors(lon, lat)
-    scale_x, scale_y = factors.parallel_scale, factors.meridional_scale
-    if not (math.isfinite(scale_x) and math.isfinite(scale_y)) or scale_x <= 0 or scale_y <= 0:
-        raise InputError(
-            f"the CRS {crs.to_string()} has no usable scale at ({x:.3f}, {y:.3f}); "
-            "the point is probably outside the projection's valid area: choose an extent inside it"
-        )
-    if abs(scale_x - 1) <= _TRUE_SCALE_TOLERANCE and abs(scale_y - 1) <= _TRUE_SCALE_TOLERANCE:
-        return unit, unit
-    return unit / scale_x, unit / scale_y
+    """Ground metres per CRS unit along x and y at point (x, y): the GSD of a 1-unit pixel there."""
+    return pixel_size_metres(crs, Affine.translation(x, y), 0.0, 0.0)
 
 
 def grid_from_extent(
