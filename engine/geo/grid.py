@@ -43,11 +43,11 @@ class OutputGrid:
         return self.transform.a, -self.transform.e
 
     def window_transform(self, window: Window) -> Affine:
-        return self.transform * Affine.translation(window.col_off, window.row_off)
+        return self.transform @ Affine.translation(window.col_off, window.row_off)
 
     def pixel_centre(self, col: float, row: float) -> tuple[float, float]:
         """CRS coordinates of a (fractional) pixel position's centre."""
-        return self.transform * (col + 0.5, row + 0.5)
+        return self.transform @ (col + 0.5, row + 0.5)
 
 
 def ground_metres_per_unit(crs: CRS, x: float, y: float) -> tuple[float, float]:

@@ -40,7 +40,7 @@ class LatentCanvas:
 
     def centre_of(self, span: Span) -> tuple[float, float]:
         """CRS coordinates of a latent span's centre."""
-        return self.grid.transform * ((span.col + span.width / 2) * self.factor, (span.row + span.height / 2) * self.factor)
+        return self.grid.transform @ ((span.col + span.width / 2) * self.factor, (span.row + span.height / 2) * self.factor)
 
     def pixel_window(self, span: Span) -> Window | None:
         """The part of the output grid a latent span covers, or None if it is all padding."""

@@ -1,0 +1,315 @@
+"""Tiny deterministic demo models, written in the same on-disk layouts as real checkpoints.
+
+They are untrained (their images are noise-like), but every byte goes through the code that loads
+real models: `demo-satunet` is laid out like a released DiffusionSat run (root components, the
+SatUNet only under `checkpoint-100/unet/` as a `.bin`), `demo-sd` like a diffusers Stable
+Diffusion folder (safetensors). Nothing is downloaded: even the CLIP tokenizer's BPE vocabulary is
+built here, from words of DiffusionSat's captions.
+
+Both share one VAE (SD's 8x downsampling, 4 latent channels) and one text encoder (hidden size 32,
+77 positions), and run at 128 px (16x16 latents) so that CPU pipelines stay fast.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .layout import SETTINGS_FILE
+from .satunet import SatUNet
+
+DEMO_SEED = 1234
+DEMO_VERSION = 1  # bump when the demo models change, so old copies are rebuilt
+SATUNET_DEMO = "demo-satunet"
+SD_DEMO = "demo-sd"
+DEMO_RESOLUTION = 128
+TEXT_HIDDEN = 32
+MAX_TOKENS = 77
+CHECKPOINT = "checkpoint-100"
+
+BOS, EOS, PAD = "<|startoftext|>", "<|endoftext|>", "!"  # SD-2.1's OpenCLIP tokenizer pads with "!"
+
+# Words of DiffusionSat's caption templates (spec §8), fMoW classes and common countries.
+CAPTION_WORDS = """
+a an the of in on at by and with before after being affected natural disaster satellite image fmow
+spacenet satlas buildings building covering area squared meters flooding flood fire wind earthquake
+tsunami volcano farm airport hangar terminal amusement park aquaculture archaeological site barn border
+checkpoint burial car dealership construction crop field dam debris or rubble educational institution
+electric substation factory powerplant station flooded road fountain gas golf course ground
+transportation helipad hospital impoverished settlement interchange lake pond lighthouse military
+facility multi unit residential nuclear office oil place worship police port prison race track
+railway bridge recreational runway shipyard shopping mall single smokestack space stadium storage tank
+surface mine swimming pool toll booth tower tunnel opening waste disposal water treatment zoo river
+forest city town village coast island desert mountain urban rural industrial commercial solar
+united states kingdom italy france germany spain china india brazil australia japan canada mexico
+russia egypt nigeria kenya turkey indonesia argentina chile peru colombia
+""".split()
+
+SD21_SCHEDULER_CONFIG = {  # stabilityai/stable-diffusion-2-1 scheduler/scheduler_config.json
+    "_class_name": "DDIMScheduler",
+    "_diffusers_version": "0.8.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+
+_SHARED_FILES = (
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "scheduler/scheduler_config.json",
+    "model_index.json",
+    SETTINGS_FILE,
+)
+_EXPECTED_FILES = {
+    SATUNET_DEMO: _SHARED_FILES + (f"{CHECKPOINT}/unet/config.json", f"{CHECKPOINT}/unet/diffusion_pytorch_model.bin"),
+    SD_DEMO: _SHARED_FILES + ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
+}
+
+
+def build_demo_models(models_dir: Path, seed: int = DEMO_SEED) -> list[Path]:
+    """Write demo-satunet and demo-sd under `models_dir` (kept when already complete); their folders."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    writers = {SATUNET_DEMO: _write_satunet_run, SD_DEMO: _write_sd_folder}
+    return [_build(models_dir / name, writer, seed) for name, writer in writers.items()]
+
+
+def _is_complete(folder: Path) -> bool:
+    """Whether a demo folder has every file of the current demo version."""
+    folder = Path(folder)
+    if not all((folder / name).is_file() for name in _EXPECTED_FILES[folder.name]):
+        return False
+    try:
+        settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(settings, dict) and settings.get("demo_version") == DEMO_VERSION
+
+
+def _build(target: Path, writer, seed: int) -> Path:
+    if target.is_dir() and _is_complete(target):
+        return target
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
+    try:
+        folder = staging / target.name
+        folder.mkdir()
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+            writer(folder, seed)
+        if target.is_dir() and _is_complete(target):
+            return target  # another process finished first
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete or outdated demo build
+        folder.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write_satunet_run(folder: Path, seed: int) -> None:
+    _write_shared_components(folder, seed)
+    torch.manual_seed(seed + 3)
+    unet = SatUNet(use_metadata=True, num_metadata=7, **_unet_architecture())
+    unet_dir = folder / CHECKPOINT / "unet"
+    unet.save_config(unet_dir)  # "_class_name": "SatUNet", use_metadata, num_metadata
+    torch.save(unet.state_dict(), unet_dir / "diffusion_pytorch_model.bin")  # DiffusionSat's format
+    _write_json(
+        folder / "model_index.json",
+        {
+            "_class_name": "DiffusionSatPipeline",
+            "_diffusers_version": "0.17.0.dev0",
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusionsat", "SatUNet"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
+    _write_settings(
+        folder, "Demo DiffusionSat (tiny, untrained)", "A DiffusionSat-layout run folder for tests and demos"
+    )
+
+
+def _write_sd_folder(folder: Path, seed: int) -> None:
+    _write_shared_components(folder, seed)
+    torch.manual_seed(seed + 3)
+    unet = UNet2DConditionModel(**_unet_architecture())
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    _write_json(
+        folder / "model_index.json",
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
+    _write_settings(
+        folder, "Demo Stable Diffusion (tiny, untrained)", "A diffusers-layout SD folder for tests and demos"
+    )
+
+
+def _unet_architecture() -> dict:
+    """SD-2.1's UNet scaled down; sample_size 96 as in the released configs (and as meaningless)."""
+    return dict(
+        sample_size=96,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=TEXT_HIDDEN,
+        attention_head_dim=(2, 4),  # head counts, as in SD-2.1's [5, 10, 20, 20]
+        use_linear_projection=True,
+        upcast_attention=True,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+    )
+
+
+def _write_shared_components(folder: Path, seed: int) -> None:
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        latent_channels=4,
+        sample_size=DEMO_RESOLUTION,
+        scaling_factor=0.18215,
+    )
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+
+    vocab, merges = clip_bpe_vocabulary(CAPTION_WORDS)
+    _write_tokenizer(folder / "tokenizer", vocab, merges)
+    torch.manual_seed(seed + 1)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=2 * TEXT_HIDDEN,
+        projection_dim=TEXT_HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=MAX_TOKENS,
+        hidden_act="gelu",
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[PAD],
+    )
+    text_encoder = CLIPTextModel(config)
+    # Written like transformers' save_pretrained, without its progress bar.
+    config.save_pretrained(folder / "text_encoder")
+    safetensors.torch.save_file(
+        {key: value.contiguous() for key, value in text_encoder.state_dict().items()},
+        str(folder / "text_encoder" / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    _write_json(folder / "scheduler" / "scheduler_config.json", SD21_SCHEDULER_CONFIG)
+
+
+def clip_bpe_vocabulary(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP byte-level BPE vocabulary in which each of `words` is a single token.
+
+    Laid out like CLIP's: the 256 byte symbols, the same with the end-of-word mark '</w>', one
+    entry per merge, then the start/end tokens. Any other text still tokenizes (down to bytes).
+    """
+    symbols = list(_bytes_to_unicode().values())
+    tokens = symbols + [symbol + "</w>" for symbol in symbols]
+    ranks: dict[tuple[str, str], int] = {}
+    byte_symbol = _bytes_to_unicode()
+    for word in dict.fromkeys(words):
+        encoded = "".join(byte_symbol[b] for b in word.encode("utf-8"))
+        # Where the merges so far leave this word, join the pieces left to right. The new merges
+        # rank after all earlier ones, so they neither change earlier words nor get pre-empted.
+        parts = _apply_bpe(list(encoded[:-1]) + [encoded[-1] + "</w>"], ranks)
+        while len(parts) > 1:
+            ranks[(parts[0], parts[1])] = len(ranks)
+            tokens.append(parts[0] + parts[1])
+            parts = [parts[0] + parts[1]] + parts[2:]
+    tokens += [BOS, EOS]
+    return {token: index for index, token in enumerate(tokens)}, list(ranks)
+
+
+def _apply_bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE: merge the best-ranked adjacent pair until no pair is a known merge."""
+    while len(parts) > 1:
+        best = min(zip(parts, parts[1:]), key=lambda pair: ranks.get(pair, len(ranks)))
+        if best not in ranks:
+            return parts
+        merged, index = [], 0
+        while index < len(parts):
+            if index + 1 < len(parts) and (parts[index], parts[index + 1]) == best:
+                merged.append(parts[index] + parts[index + 1])
+                index += 2
+            else:
+                merged.append(parts[index])
+                index += 1
+        parts = merged
+    return parts
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {byte: chr(code) for byte, code in zip(printable, codes)}
+
+
+def _write_tokenizer(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+    """The four files of SD-2.1's tokenizer/ folder."""
+    folder.mkdir(parents=True)
+    _write_json(folder / "vocab.json", vocab)
+    lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in merges]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": EOS}
+    _write_json(folder / "special_tokens_map.json", special)
+    _write_json(
+        folder / "tokenizer_config.json",
+        {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_TOKENS, "do_lower_case": True, **special},
+    )
+
+
+def _write_settings(folder: Path, display_name: str, description: str) -> None:
+    _write_json(
+        folder / SETTINGS_FILE,
+        {
+            "native_resolution": DEMO_RESOLUTION,
+            "display_name": display_name,
+            "description": description,
+            "demo_version": DEMO_VERSION,
+        },
+    )
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,118 @@
+"""Copy a model folder or a released zip into the models directory, atomically.
+
+Only what the model uses is copied: the root components, `model_index.json`, `gfm4d.json` and the
+chosen network folder (at the same relative path, e.g. `checkpoint-150000/unet`), not the training
+state beside it (optimizer states, other checkpoints: several GB). Everything is staged in a hidden
+folder of the models directory and renamed into place at the end, so a model folder is either
+complete or absent.
+"""
+
+import json
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from engine.errors import ModelError
+
+from .layout import COMPONENTS, SETTINGS_FILE, inspect_model_folder
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_EXTRA_FILES = ("model_index.json", SETTINGS_FILE)
+STAGING_PREFIX = ".import-"  # hidden: the registry does not list half-imported folders
+
+
+def check_model_name(name: str) -> str:
+    if not _NAME.fullmatch(name or ""):
+        raise ModelError(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' or '-' (up to 100), "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def import_model(source: Path, models_dir: Path, name: str | None = None, unet: str | None = None) -> Path:
+    """Copy `source` (a model folder or a zip holding one) to `models_dir/<name>`; return that folder.
+
+    `unet` picks the network subfolder explicitly (e.g. "checkpoint-150000/unet_ema") and is
+    recorded in the copy's gfm4d.json.
+    """
+    source = Path(source)
+    models_dir = Path(models_dir)
+    if not source.exists():
+        raise ModelError(f"cannot import {source}: it does not exist")
+    is_zip = source.is_file() and zipfile.is_zipfile(source)
+    if not (is_zip or source.is_dir()):
+        raise ModelError(f"cannot import {source}: give a model folder or a .zip holding one")
+    name = check_model_name(name or (source.stem if is_zip else source.name))
+    target = models_dir / name
+    if target.exists():
+        raise ModelError(f"a model named {name!r} already exists at {target}; choose another name or remove it")
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=models_dir))
+    try:
+        root = _extract_zip(source, staging / "zip") if is_zip else source
+        info = inspect_model_folder(root, unet=unet)  # refuse anything unrecognisable before copying
+        staged = staging / "model"
+        staged.mkdir()
+        for relative in _paths_to_copy(root, info):
+            _copy(root / relative, staged / relative, move=is_zip)
+        if unet:
+            _record_unet_choice(staged, unet)
+        inspect_model_folder(staged)
+        try:
+            staged.rename(target)
+        except OSError as exc:
+            raise ModelError(f"cannot create {target}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _extract_zip(archive: Path, destination: Path) -> Path:
+    """Extract, then find the run folder: the archive root or its single top-level folder."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(destination)  # zipfile drops absolute paths and '..' from member names
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelError(f"cannot extract {archive}: {exc}") from exc
+    entries = [e for e in destination.iterdir() if not e.name.startswith((".", "__MACOSX"))]
+    folders = [e for e in entries if e.is_dir()]
+    if len(entries) == 1 and len(folders) == 1 and not _looks_like_model(destination):
+        return folders[0]
+    return destination
+
+
+def _looks_like_model(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ("unet", "controlnet", *_EXTRA_FILES)) or any(
+        folder.glob("checkpoint-*")
+    )
+
+
+def _paths_to_copy(root: Path, info) -> list[Path]:
+    paths = [Path(component) for component in COMPONENTS if (root / component).is_dir()]
+    paths += [Path(name) for name in _EXTRA_FILES if (root / name).is_file()]
+    for network in (info.unet_path, info.components.get("controlnet")):
+        if network is not None:
+            paths.append(network.relative_to(root))
+    return paths
+
+
+def _copy(source: Path, destination: Path, move: bool) -> None:
+    """Copy from a user's folder; move out of our own extraction (no second copy on disk)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if move:
+        shutil.move(source, destination)
+    elif source.is_dir():
+        shutil.copytree(source, destination)
+    else:
+        shutil.copy2(source, destination)
+
+
+def _record_unet_choice(folder: Path, unet: str) -> None:
+    path = folder / SETTINGS_FILE
+    settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    settings["unet"] = unet
+    path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")

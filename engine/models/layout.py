@@ -1,0 +1,295 @@
+"""Recognise what a local model folder holds, from its config files (spec §3).
+
+Two layouts are understood:
+
+- a diffusers pipeline folder: `unet/` (or `controlnet/`), `vae/`, `text_encoder/`, `tokenizer/`,
+  `scheduler/`;
+- a DiffusionSat training-run folder (the released checkpoints): the same root components, some
+  possibly missing, and the network only under `checkpoint-N/unet/` (plus `checkpoint-N/unet_ema/`).
+
+The kind comes from `unet/config.json` / `controlnet/config.json`, never from `model_index.json`:
+DiffusionSat's `model_index.json`, when present, names classes of its own package.
+
+Which network folder is used (first match):
+1. an explicit choice: the `unet` / `controlnet` key of the folder's `gfm4d.json` (a path relative
+   to the model folder, e.g. "checkpoint-150000/unet_ema");
+2. the root `unet/` (`controlnet/`), i.e. the pipeline a finished training run saves;
+3. the highest `checkpoint-N/` that has one: its `unet/` before its `unet_ema/`. The authors' own
+   notebook loads `checkpoint-N/unet`, so that is the default; the EMA copy is one `gfm4d.json`
+   line away.
+
+Missing root components (vae, text_encoder, tokenizer, scheduler) are the frozen SD-2.1 ones in
+DiffusionSat, so they are taken from a configured SD-2.1 folder when the model folder lacks them.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import ModelError
+
+from .weights import describe_folder, has_weights_file
+
+SATUNET = "satunet"
+SD_UNET = "sd-unet"
+SD_INPAINT_UNET = "sd-inpaint-unet"
+CONTROLNET_2D = "controlnet-2d-metadata"
+CONTROLNET_3D = "controlnet-3d"
+UNET_KINDS = (SATUNET, SD_UNET, SD_INPAINT_UNET)
+CONTROLNET_KINDS = (CONTROLNET_2D, CONTROLNET_3D)
+LOADABLE_KINDS = UNET_KINDS
+
+COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
+# A component folder counts as present when it has one of these files.
+_COMPONENT_MARKERS = {
+    "vae": ("config.json",),
+    "text_encoder": ("config.json",),
+    "tokenizer": ("vocab.json", "tokenizer.json"),
+    "scheduler": ("scheduler_config.json",),
+}
+TASKS = ("generate", "inpaint", "predict", "superres")
+SETTINGS_FILE = "gfm4d.json"
+SD21_ENV_VAR = "GFM4D_SD21_DIR"
+
+# DiffusionSat configs keep SD-2.1-768's sample_size (96 latents = 768 px) although the models were
+# fine-tuned at 512 and 256 px, so the config cannot tell; 512 is the authors' default and a
+# model's gfm4d.json says otherwise (e.g. {"native_resolution": 256}).
+DIFFUSIONSAT_DEFAULT_RESOLUTION = 512
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+_DESCRIPTIONS = {
+    SATUNET: "DiffusionSat single-image model (text + 7 metadata numbers)",
+    SD_UNET: "Stable Diffusion text-to-image UNet",
+    SD_INPAINT_UNET: "Stable Diffusion inpainting UNet (9 input channels)",
+    CONTROLNET_2D: "DiffusionSat 2D ControlNet with metadata",
+    CONTROLNET_3D: "DiffusionSat 3D (temporal) ControlNet",
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model folder is and where its parts are; reading it loads no weights."""
+
+    name: str
+    path: Path
+    kind: str
+    unet_path: Path | None
+    components: dict[str, Path]  # vae, text_encoder, tokenizer, scheduler (+ controlnet) folders
+    native_resolution: int  # pixels of the square the model was trained on
+    uses_metadata: bool
+    num_metadata: int
+    prediction_type: str
+    tasks: tuple[str, ...]
+    display_name: str = ""
+    description: str = ""
+    missing_components: tuple[str, ...] = field(default=())  # found neither here nor in SD-2.1
+
+    @property
+    def ready(self) -> bool:
+        """Whether `ModelRegistry.load` can load it as it stands."""
+        return self.kind in LOADABLE_KINDS and not self.missing_components
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a config file, or ModelError naming the file."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}. Copy the model folder again.") from exc
+    if not isinstance(value, dict):
+        raise ModelError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def recognise_unet_config(config: dict, source: str = "unet/config.json") -> str:
+    """The kind of UNet a diffusers config describes, or ModelError saying why it is not usable."""
+    class_name = config.get("_class_name")
+    if class_name == "SatUNet":
+        # DiffusionSat's SatUNet defaults use_metadata to True when the key is absent.
+        if config.get("use_metadata", True):
+            return SATUNET
+        class_name = "UNet2DConditionModel"  # a SatUNet without metadata is a plain UNet
+    if class_name != "UNet2DConditionModel":
+        raise ModelError(
+            f"{source}: _class_name {class_name!r} is not a UNet GFM4D can run "
+            "(expected SatUNet or UNet2DConditionModel)"
+        )
+    in_channels = config.get("in_channels", 4)
+    if in_channels == 4:
+        return SD_UNET
+    if in_channels == 9:
+        return SD_INPAINT_UNET
+    raise ModelError(
+        f"{source}: a UNet2DConditionModel with in_channels={in_channels} is not supported "
+        "(4: text-to-image, 9: inpainting)"
+    )
+
+
+def recognise_controlnet_config(config: dict, source: str = "controlnet/config.json") -> str:
+    """The kind of DiffusionSat ControlNet a config describes, or ModelError."""
+    class_name = config.get("_class_name")
+    if class_name == "ControlNetModel3D":
+        return CONTROLNET_3D
+    if class_name == "ControlNetModel":
+        extra = ("use_metadata", "conditioning_in_channels", "conditioning_scale")
+        absent = [key for key in extra if key not in config]
+        if not absent:
+            return CONTROLNET_2D
+        raise ModelError(
+            f"{source}: a plain diffusers ControlNetModel (no {', '.join(absent)}) is not supported; "
+            "GFM4D runs DiffusionSat's metadata ControlNets"
+        )
+    raise ModelError(
+        f"{source}: _class_name {class_name!r} is not a ControlNet GFM4D knows "
+        "(expected ControlNetModel with metadata keys, or ControlNetModel3D)"
+    )
+
+
+def find_network_folder(root: Path, name: str, explicit: str | None = None) -> Path | None:
+    """The `unet`/`controlnet` folder to use in a model folder (rules in the module docstring)."""
+    root = Path(root)
+    if explicit:
+        chosen = root / explicit
+        if not (chosen / "config.json").is_file():
+            raise ModelError(
+                f"{chosen} (chosen as the {name} of {root}) has no config.json; "
+                f"fix the '{name}' entry of {root / SETTINGS_FILE}. {describe_folder(root)}"
+            )
+        return chosen
+    if (root / name / "config.json").is_file():
+        return root / name
+    checkpoints = []
+    for entry in root.iterdir():
+        match = _CHECKPOINT.fullmatch(entry.name)
+        if match and entry.is_dir():
+            checkpoints.append((int(match.group(1)), entry))
+    for _, checkpoint in sorted(checkpoints, reverse=True):
+        for candidate in (checkpoint / name, checkpoint / f"{name}_ema"):
+            if (candidate / "config.json").is_file():
+                return candidate
+    return None
+
+
+def read_settings(root: Path) -> dict:
+    """The optional gfm4d.json of a model folder, with its known keys checked."""
+    path = Path(root) / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    settings = read_json(path)
+    resolution = settings.get("native_resolution")
+    if resolution is not None and (
+        not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0 or resolution % 8
+    ):
+        raise ModelError(f"{path}: native_resolution must be a positive multiple of 8, got {resolution!r}")
+    for key in ("display_name", "description", "unet", "controlnet"):
+        if key in settings and not isinstance(settings[key], str):
+            raise ModelError(f"{path}: {key} must be a string, got {settings[key]!r}")
+    tasks = settings.get("tasks")
+    if tasks is not None and (not isinstance(tasks, list) or not set(tasks) <= set(TASKS) or not tasks):
+        raise ModelError(f"{path}: tasks must be a non-empty list drawn from {list(TASKS)}, got {tasks!r}")
+    return settings
+
+
+def find_components(root: Path, sd21_dir: Path | None) -> tuple[dict[str, Path], tuple[str, ...]]:
+    """Component folders, from the model folder first and the SD-2.1 folder second; and those found nowhere."""
+    found, missing = {}, []
+    for component in COMPONENTS:
+        for base in (Path(root), Path(sd21_dir) if sd21_dir else None):
+            if base is not None and _has_component(base / component, component):
+                found[component] = base / component
+                break
+        else:
+            missing.append(component)
+    return found, tuple(missing)
+
+
+def _has_component(folder: Path, component: str) -> bool:
+    return any((folder / marker).is_file() for marker in _COMPONENT_MARKERS[component])
+
+
+def inspect_model_folder(root: Path, sd21_dir: Path | None = None, unet: str | None = None) -> ModelInfo:
+    """Recognise a model folder; ModelError says why when it is not a model GFM4D can use.
+
+    `unet` overrides the folder's own choice of network subfolder (see the module docstring).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ModelError(f"{root} is not a folder")
+    try:
+        return _inspect(root, sd21_dir, unet)
+    except OSError as exc:  # unreadable folders or files
+        raise ModelError(f"cannot read the model folder {root}: {exc}") from exc
+
+
+def _inspect(root: Path, sd21_dir: Path | None, unet: str | None) -> ModelInfo:
+    settings = read_settings(root)
+    controlnet_dir = find_network_folder(root, "controlnet", settings.get("controlnet"))
+    unet_dir = find_network_folder(root, "unet", unet or settings.get("unet"))
+    if controlnet_dir is not None:
+        network_dir = controlnet_dir
+        config = read_json(controlnet_dir / "config.json")
+        kind = recognise_controlnet_config(config, str(controlnet_dir / "config.json"))
+    elif unet_dir is not None:
+        network_dir = unet_dir
+        config = read_json(unet_dir / "config.json")
+        kind = recognise_unet_config(config, str(unet_dir / "config.json"))
+    else:
+        raise ModelError(
+            f"{root} is not a model folder: no unet/config.json, controlnet/config.json or "
+            f"checkpoint-N/unet/config.json. {describe_folder(root)}"
+        )
+    if not has_weights_file(network_dir):
+        raise ModelError(f"{network_dir} has a config.json but no weights. {describe_folder(network_dir)}")
+
+    components, missing = find_components(root, sd21_dir)
+    if controlnet_dir is not None:
+        components["controlnet"] = controlnet_dir
+    uses_metadata = kind == SATUNET or (kind in CONTROLNET_KINDS and bool(config.get("use_metadata", True)))
+    return ModelInfo(
+        name=root.name,
+        path=root,
+        kind=kind,
+        unet_path=unet_dir,
+        components=components,
+        native_resolution=settings.get("native_resolution") or _default_resolution(kind, config, components),
+        uses_metadata=uses_metadata,
+        num_metadata=int(config.get("num_metadata", 7)) if uses_metadata else 0,
+        prediction_type=_prediction_type(kind, components),
+        tasks=tuple(settings.get("tasks") or _default_tasks(kind, config)),
+        display_name=settings.get("display_name") or root.name,
+        description=settings.get("description") or _DESCRIPTIONS[kind],
+        missing_components=missing,
+    )
+
+
+def _default_resolution(kind: str, config: dict, components: dict[str, Path]) -> int:
+    if kind in (SATUNET, *CONTROLNET_KINDS):
+        return DIFFUSIONSAT_DEFAULT_RESOLUTION
+    # Plain SD: diffusers' own default, sample_size latents times the VAE's downsampling.
+    sample_size = config.get("sample_size")
+    if not isinstance(sample_size, int) or "vae" not in components:
+        return DIFFUSIONSAT_DEFAULT_RESOLUTION
+    vae_config = read_json(components["vae"] / "config.json")
+    return sample_size * 2 ** (len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
+
+
+def _prediction_type(kind: str, components: dict[str, Path]) -> str:
+    # Every DiffusionSat network is fine-tuned from SD-2.1-768, a v-prediction model (spec §4),
+    # whatever scheduler config sits beside it (the 512 "base" SD-2.1 one says epsilon).
+    if kind in (SATUNET, *CONTROLNET_KINDS):
+        return "v_prediction"
+    if "scheduler" not in components:
+        return "epsilon"
+    return read_json(components["scheduler"] / "scheduler_config.json").get("prediction_type", "epsilon")
+
+
+def _default_tasks(kind: str, config: dict) -> tuple[str, ...]:
+    if kind in (SATUNET, SD_UNET):
+        return ("generate", "inpaint")
+    if kind == SD_INPAINT_UNET:
+        return ("inpaint",)
+    if kind == CONTROLNET_3D:
+        return ("predict",)
+    # A 2D ControlNet on an RGB image is pre <-> post prediction; on other bands, super-resolution.
+    return ("predict",) if config.get("conditioning_in_channels") == 3 else ("superres",)

@@ -1,0 +1,142 @@
+"""Load a recognised model folder into memory, ready for a pipeline.
+
+The UNet is built from its config and filled strictly from its weight file (weights.py), so a
+DiffusionSat `.bin` and a diffusers safetensors go through the same checks. The frozen components
+(VAE, text encoder, tokenizer) use their libraries' `from_pretrained` on local folders only.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+from diffusers.utils import is_accelerate_available
+from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
+
+from engine.errors import ModelError
+
+from .layout import CONTROLNET_2D, CONTROLNET_3D, LOADABLE_KINDS, SATUNET, SD21_ENV_VAR, ModelInfo, read_json
+from .satunet import SatUNet
+from .schedulers import make_scheduler
+from .weights import load_into
+
+_DEFAULT_VAE_SCALING = 0.18215  # SD's, for VAE configs written before diffusers stored it
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded model: the networks on one device and dtype, and how to make its scheduler."""
+
+    info: ModelInfo
+    unet: UNet2DConditionModel  # a SatUNet for DiffusionSat models
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict  # prediction_type already set to info.prediction_type
+    device: torch.device
+    dtype: torch.dtype
+
+    def make_scheduler(self, name: str | None = None) -> SchedulerMixin:
+        """A fresh scheduler (schedulers keep per-run state): the model's own, or ddim/dpm++/euler/pndm/unipc."""
+        return make_scheduler(self.scheduler_config, name)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        return self.vae.config.get("scaling_factor", _DEFAULT_VAE_SCALING)
+
+
+def load_model(
+    info: ModelInfo, device: torch.device | str, dtype: torch.dtype, sd21_dir: Path | None
+) -> DiffusionModel:
+    """Load every part of a recognised model; ModelError when it cannot be loaded as it stands."""
+    device = torch.device(device)
+    _check_loadable(info, sd21_dir)
+    unet = build_unet(info.unet_path, info.kind, device, dtype)
+    # low_cpu_mem_usage needs `accelerate`; asking for it without only logs a warning.
+    vae = _from_pretrained(
+        AutoencoderKL, info, "vae", dtype=dtype, low_cpu_mem_usage=is_accelerate_available()
+    ).to(device)
+    text_encoder = _from_pretrained(CLIPTextModel, info, "text_encoder", dtype=dtype).to(device)
+    tokenizer = _from_pretrained(CLIPTokenizer, info, "tokenizer")
+    scheduler_config = dict(read_json(info.components["scheduler"] / "scheduler_config.json"))
+    scheduler_config["prediction_type"] = info.prediction_type
+    make_scheduler(scheduler_config)  # fail now, not in the middle of a job
+    for module in (unet, vae, text_encoder):
+        module.eval().requires_grad_(False)
+    return DiffusionModel(info, unet, vae, text_encoder, tokenizer, scheduler_config, device, dtype)
+
+
+def build_unet(
+    folder: Path, kind: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> UNet2DConditionModel:
+    """A UNet (SatUNet for DiffusionSat) from `folder/config.json` with the folder's weights."""
+    config = read_json(folder / "config.json")
+    cls = SatUNet if kind == SATUNET else UNet2DConditionModel
+    try:
+        # The meta device skips allocating and randomly initialising ~0.9 G parameters that the
+        # checkpoint replaces anyway.
+        with torch.device("meta"):
+            unet = cls.from_config(config)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelError(f"{folder / 'config.json'} describes a UNet that cannot be built: {exc}") from exc
+    load_into(unet, folder, device=device, dtype=dtype)
+    if any(tensor.is_meta for tensor in (*unet.parameters(), *unet.buffers())):
+        raise ModelError(f"the weights in {folder} leave part of the {cls.__name__} uninitialised")
+    return unet
+
+
+def _check_loadable(info: ModelInfo, sd21_dir: Path | None) -> None:
+    if info.kind in (CONTROLNET_2D, CONTROLNET_3D):
+        raise ModelError(
+            f"model {info.name!r} is a DiffusionSat ControlNet ({info.kind}); this version of GFM4D "
+            "recognises ControlNets but cannot load them yet. Use a generate/inpaint model "
+            "(kind satunet, sd-unet or sd-inpaint-unet)."
+        )
+    if info.kind not in LOADABLE_KINDS:
+        raise ModelError(f"model {info.name!r} has kind {info.kind!r}, which GFM4D cannot load")
+    if info.missing_components:
+        missing = ", ".join(f"{name}/" for name in info.missing_components)
+        if sd21_dir is None:
+            where = (
+                "and no SD-2.1 folder is configured to take them from. DiffusionSat reuses SD-2.1's frozen "
+                "VAE, text encoder, tokenizer and scheduler: put stabilityai/stable-diffusion-2-1 in diffusers "
+                f"layout on disk and set {SD21_ENV_VAR}=/path/to/stable-diffusion-2-1 "
+                "(or pass sd21_dir to ModelRegistry)."
+            )
+        else:
+            where = (
+                f"nor does the configured SD-2.1 folder {sd21_dir}. Point {SD21_ENV_VAR} (or sd21_dir) at a "
+                "complete stable-diffusion-2-1 folder in diffusers layout."
+            )
+        raise ModelError(f"model {info.name!r} at {info.path} has no {missing} {where}")
+
+
+def _from_pretrained(cls, info: ModelInfo, component: str, **kwargs):
+    folder = info.components[component]
+    try:
+        with _no_transformers_progress_bar():
+            return cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot load the {component} of model {info.name!r} from {folder}: {exc}") from exc
+
+
+@contextmanager
+def _no_transformers_progress_bar():
+    """transformers draws a "Loading weights" bar on stderr; the CLI and server report progress themselves."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()

@@ -1,0 +1,99 @@
+"""The models directory: which models there are, what they are, and loaded copies of them.
+
+Every sub-folder of the models directory is one model, named after the folder and recognised
+from its config files (layout.py). Folders that are not usable models are skipped with the reason
+logged, so one broken download does not hide the others. Loaded models are cached per
+(name, device, dtype): loading a real checkpoint takes seconds to minutes.
+"""
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.errors import ModelError
+
+from .importing import check_model_name, import_model
+from .layout import SD21_ENV_VAR, ModelInfo, inspect_model_folder
+from .loading import DiffusionModel, load_model
+
+__all__ = ["DiffusionModel", "ModelInfo", "ModelRegistry", "Scan"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scan:
+    """One look at the models directory."""
+
+    models: list[ModelInfo] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # folder name -> why it is not a model
+
+
+class ModelRegistry:
+    """Local models in diffusers layout under `models_dir`.
+
+    `sd21_dir` (default: the GFM4D_SD21_DIR environment variable) is an SD-2.1 folder in diffusers
+    layout that supplies the VAE, text encoder, tokenizer or scheduler a model folder lacks.
+    """
+
+    def __init__(self, models_dir: Path, sd21_dir: Path | None = None):
+        self.models_dir = Path(models_dir)
+        env_sd21 = os.environ.get(SD21_ENV_VAR)
+        self.sd21_dir = Path(sd21_dir) if sd21_dir else (Path(env_sd21) if env_sd21 else None)
+        self._loaded: dict[tuple[str, str, torch.dtype], DiffusionModel] = {}
+        self._lock = threading.Lock()
+
+    def scan(self) -> Scan:
+        """Recognise every model folder; hidden folders (staged imports) are not looked at."""
+        scan = Scan()
+        if not self.models_dir.is_dir():
+            return scan
+        for folder in sorted(self.models_dir.iterdir()):
+            if not folder.is_dir() or folder.name.startswith((".", "_")):
+                continue
+            try:
+                scan.models.append(inspect_model_folder(folder, self.sd21_dir))
+            except ModelError as exc:
+                scan.skipped[folder.name] = str(exc)
+        return scan
+
+    def list(self) -> list[ModelInfo]:
+        """The usable models, by name; unrecognisable folders are skipped and logged."""
+        scan = self.scan()
+        for name, reason in scan.skipped.items():
+            log.warning("skipping %s in %s: %s", name, self.models_dir, reason)
+        return scan.models
+
+    def get(self, name: str) -> ModelInfo:
+        """The model called `name`; ModelError lists the available names otherwise."""
+        folder = self.models_dir / name
+        if name and not name.startswith((".", "_")) and Path(name).name == name and folder.is_dir():
+            return inspect_model_folder(folder, self.sd21_dir)
+        names = [info.name for info in self.scan().models]
+        available = ", ".join(names) if names else f"none (put model folders in {self.models_dir}, or run `gfm4d demo`)"
+        raise ModelError(f"unknown model {name!r}; available models: {available}")
+
+    def load(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> DiffusionModel:
+        """The loaded model, from the cache when this (name, device, dtype) was loaded before."""
+        key = (name, str(torch.device(device)), dtype)
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = load_model(self.get(name), device, dtype, self.sd21_dir)
+            return self._loaded[key]
+
+    def unload(self, name: str | None = None) -> None:
+        """Drop cached models (all, or those of one name) so their memory can be freed."""
+        with self._lock:
+            for key in [key for key in self._loaded if name is None or key[0] == name]:
+                del self._loaded[key]
+
+    def import_model(self, source: Path, name: str | None = None, unet: str | None = None) -> ModelInfo:
+        """Copy a model folder or released zip into the models directory (see importing.py)."""
+        if name is not None:
+            check_model_name(name)
+        target = import_model(source, self.models_dir, name, unet=unet)
+        return self.get(target.name)

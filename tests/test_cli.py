@@ -1,0 +1,70 @@
+"""The `gfm4d` command: generate, models, demo, and one-line errors with exit status 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import rasterio
+
+from engine.cli import main
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    from engine.models.demo import build_demo_models
+
+    path = tmp_path_factory.mktemp("cli-models")
+    build_demo_models(path)
+    return path
+
+
+def test_generate_over_an_aoi_masks_outside_the_polygon(models_dir, tmp_path):
+    aoi = tmp_path / "aoi.geojson"
+    # A triangle in UTM 32N: half of its bounding box lies outside it.
+    aoi.write_text(json.dumps({
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32632"}},
+        "features": [{"type": "Feature", "properties": {}, "geometry": {
+            "type": "Polygon", "coordinates": [[[600000, 5100000], [600256, 5100000], [600000, 5100256], [600000, 5100000]]]}}],
+    }))
+    out = tmp_path / "aoi.tif"
+    code = main(["--models-dir", str(models_dir), "generate", "--aoi", str(aoi), "--resolution", "2",
+                 "--prompt", "a fmow satellite image of a farm", "--date", "2020-05-01", "--steps", "2",
+                 "-o", str(out), "--preview", str(tmp_path / "aoi.png")])
+    assert code == 0
+    with rasterio.open(out) as src:
+        assert src.crs.to_epsg() == 32632 and (src.width, src.height) == (128, 128)
+        assert src.bounds == (600000.0, 5100000.0, 600256.0, 5100256.0)
+        valid = src.dataset_mask() > 0
+    # The triangle is the lower-left half: pixel (row, col) has its centre inside when col < row.
+    assert valid[127, 0] and not valid[0, 127]
+    assert abs(int(valid.sum()) - 128 * 127 // 2) <= 128
+    assert (tmp_path / "aoi.png").stat().st_size > 0
+
+
+def test_models_list_json_shows_the_demo_models(models_dir, capsys):
+    assert main(["--models-dir", str(models_dir), "models", "list", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert listed["demo-satunet"]["kind"] == "satunet"
+    assert "generate" in listed["demo-satunet"]["tasks"]
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["generate", "--prompt", "x", "-o", "x.tif", "--resolution", "1"], "say where to generate"),
+        (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--resolution", "1"], "--crs"),
+        (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--crs", "EPSG:32632",
+          "--resolution", "1", "--date", "2020-13-45"], "2020-13-45"),
+        (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--crs", "EPSG:32632",
+          "--resolution", "1", "--model", "no-such-model"], "no-such-model"),
+    ],
+)
+def test_user_errors_are_one_line_with_status_2(models_dir, tmp_path, argv, words):
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--models-dir", str(models_dir), *argv],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("gfm4d: error:") and words in proc.stderr
+    assert not (tmp_path / "x.tif").exists()
