@@ -54,3 +54,17 @@ def test_blend_weights_are_separable_and_positive():
 def test_span_intersection():
     assert Span(0, 0, 10, 10).intersection(Span(5, 8, 10, 10)) == Span(5, 8, 5, 2)
     assert Span(0, 0, 10, 10).intersection(Span(10, 0, 5, 5)) is None
+
+
+def test_group_overlapping_makes_disjoint_regions():
+    from engine.geo.tiling import group_overlapping
+
+    a, b = Span(0, 0, 16, 16), Span(12, 12, 16, 16)  # overlap diagonally: one region
+    c = Span(40, 40, 16, 16)  # far away: its own region
+    d = Span(0, 20, 8, 8)  # overlaps neither a nor b, only their bounding box: joins them
+    groups = group_overlapping([a, b, c, d])
+    boxes = sorted((box for box, _ in groups), key=lambda s: (s.row, s.col))
+    assert boxes == [Span(0, 0, 28, 28), Span(40, 40, 16, 16)]
+    for (box1, _), (box2, _) in zip(groups, groups[1:]):
+        assert box1.intersection(box2) is None
+    assert sorted(len(m) for _, m in groups) == [1, 3]

@@ -81,3 +81,35 @@ def ramp(length: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
 def blend_weights(height: int, width: int, overlap: int) -> np.ndarray:
     """2-D separable blending weights of one window."""
     return np.outer(ramp(height, overlap), ramp(width, overlap))
+
+
+def bounding_span(spans: list[Span]) -> Span:
+    top = min(s.row for s in spans)
+    left = min(s.col for s in spans)
+    bottom = max(s.row + s.height for s in spans)
+    right = max(s.col + s.width for s in spans)
+    return Span(top, left, bottom - top, right - left)
+
+
+def group_overlapping(spans: list[Span]) -> list[tuple[Span, list[Span]]]:
+    """Group windows into regions with disjoint bounding boxes: (bounding box, its windows).
+
+    Windows that overlap go together, and so do groups whose bounding boxes would overlap, so
+    each region can be processed on its own and pasted without touching another's pixels.
+    """
+    groups = [(s, [s]) for s in spans]
+    merged = True
+    while merged:
+        merged = False
+        result: list[tuple[Span, list[Span]]] = []
+        for box, members in groups:
+            for i, (other_box, other_members) in enumerate(result):
+                if box.intersection(other_box) is not None:
+                    combined = other_members + members
+                    result[i] = (bounding_span(combined), combined)
+                    merged = True
+                    break
+            else:
+                result.append((box, members))
+        groups = result
+    return groups

@@ -170,12 +170,16 @@ def read_xbd_labels(
             np.array(geometries, dtype=object), lambda x, y: transform @ (x, y), interleaved=False
         )
         geometries = list(moved)
+    metadata = dict(content.get("metadata") or {})
+    # The scene's disaster and date go on every polygon, so a class mapping can find them.
+    scene = {key: metadata.get(key) for key in ("disaster", "disaster_type", "capture_date")}
     attributes = [
-        {"uid": p.get("uid"), "feature_type": p.get("feature_type"), "subtype": p.get("subtype")} for p in properties
+        {"uid": p.get("uid"), "feature_type": p.get("feature_type"), "subtype": p.get("subtype"), **scene}
+        for p in properties
     ]
     ids = [p.get("uid", i) for i, p in enumerate(properties)]
     layer = PolygonLayer(geometries, attributes, crs, str(path), ids)
-    return XbdLabels(layer, dict(content.get("metadata") or {}), lng_lat, xy, str(path))
+    return XbdLabels(layer, metadata, lng_lat, xy, str(path))
 
 
 def utm_crs_for(lon: float, lat: float) -> CRS:

@@ -95,23 +95,46 @@ def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
     return model.vae.decode(latents).sample
 
 
-def decode_blocks(canvas: LatentCanvas, block: int, margin: int) -> list[tuple[Span, Span]]:
-    """(core, context) latent spans that tile the grid part of a canvas for decoding.
+def context_blocks(rows: int, cols: int, limit_rows: int, limit_cols: int, block: int, margin: int) -> list[tuple[Span, Span]]:
+    """(core, context) spans: cores tile rows x cols; each context adds up to `margin` cells a side.
 
-    Each core is decoded with `margin` cells of context on every side, and only the core is kept:
-    blocks never overlap in the output and every block sees its neighbours' latents.
+    A block is processed with its context and only its core is kept, so blocks never overlap in
+    the result and every block still sees its neighbours (VAE encoding and decoding in tiles).
     """
-    rows = math.ceil(canvas.grid.height / canvas.factor)
-    cols = math.ceil(canvas.grid.width / canvas.factor)
     pairs = []
     for row in range(0, rows, block):
         for col in range(0, cols, block):
             core = Span(row, col, min(block, rows - row), min(block, cols - col))
             top, left = max(0, row - margin), max(0, col - margin)
-            bottom = min(canvas.height, row + core.height + margin)
-            right = min(canvas.width, col + core.width + margin)
+            bottom = min(limit_rows, row + core.height + margin)
+            right = min(limit_cols, col + core.width + margin)
             pairs.append((core, Span(top, left, bottom - top, right - left)))
     return pairs
+
+
+def decode_blocks(canvas: LatentCanvas, block: int, margin: int) -> list[tuple[Span, Span]]:
+    """Decoding blocks over the part of a canvas that lies on the grid."""
+    rows = math.ceil(canvas.grid.height / canvas.factor)
+    cols = math.ceil(canvas.grid.width / canvas.factor)
+    return context_blocks(rows, cols, canvas.height, canvas.width, block, margin)
+
+
+@torch.no_grad()
+def encode_pixels(model, pixels: torch.Tensor, block: int = 64, margin: int = 8) -> torch.Tensor:
+    """(1, 3, H, W) images in [-1, 1] (H, W multiples of the VAE factor) -> (1, C, H/f, W/f) latents.
+
+    Encoded in blocks with context like decoding, so memory follows the block, not the image; the
+    distribution's mode is used, so encoding is deterministic.
+    """
+    f = model.vae_scale_factor
+    rows, cols = pixels.shape[-2] // f, pixels.shape[-1] // f
+    latents = torch.empty((1, model.latent_channels, rows, cols), dtype=torch.float32)
+    for core, context in context_blocks(rows, cols, rows, cols, block, margin):
+        region = pixels[..., context.row * f : (context.row + context.height) * f, context.col * f : (context.col + context.width) * f]
+        encoded = model.vae.encode(region.to(model.device, model.vae.dtype)).latent_dist.mode()
+        inner = core.relative_to(context)
+        latents[(slice(None), slice(None)) + core.slices] = (encoded[(slice(None), slice(None)) + inner.slices] * model.vae_scaling_factor).float().cpu()
+    return latents
 
 
 def decode_to_writer(model, canvas: LatentCanvas, store: LatentStore, writer, *, block: int, margin: int,

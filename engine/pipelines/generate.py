@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from rasterio.features import geometry_mask
 
 from engine import __version__
 from engine.errors import InputError
+from engine.geo.dates import parse_date
 from engine.geo.grid import OutputGrid
 from engine.geo.metadata import SatMetadata, centre_lonlat, gsd_metres
 from engine.geo.tiling import Span, plan_windows
@@ -131,6 +132,7 @@ def generate(
     """Generate the request's grid into a COG-ready GeoTIFF at `output` (written atomically)."""
     started = time.perf_counter()
     output = check_destination(output)
+    request = replace(request, date=parse_date(request.date) if request.date else None)
     window_cells, overlap_cells = _validate(request, model)
     canvas = LatentCanvas.over(request.grid, model.vae_scale_factor, model.latent_channels, window_cells)
     regions = plan_windows(canvas.height, canvas.width, request.max_region_cells, window_cells)

@@ -43,10 +43,10 @@ CancelCheck = Callable[[], bool]
 
 @dataclass
 class TextConditioning:
-    """Prompt embeddings for the conditional and unconditional halves of guidance."""
+    """Prompt embeddings (one row per prompt) for the conditional and unconditional halves of guidance."""
 
-    cond: torch.Tensor
-    uncond: torch.Tensor | None
+    cond: torch.Tensor  # (P, tokens, dim)
+    uncond: torch.Tensor | None  # (1, tokens, dim): the negative prompt, shared by all prompts
 
 
 @dataclass
@@ -60,6 +60,9 @@ class CanvasJob:
     known: torch.Tensor | None = None  # (1, C, H, W) clean latents to keep
     known_mask: torch.Tensor | None = None  # (1, 1, H, W), 1 = keep the known latents
     extra_channels: torch.Tensor | None = field(default=None)  # concatenated to the UNet input
+    window_prompts: Sequence[int] | None = None  # per window, a row of TextConditioning.cond (default 0)
+    init: torch.Tensor | None = None  # (1, C, H, W) clean latents to start from when strength < 1
+    strength: float = 1.0  # 1: start from pure noise; below 1: from `init` noised part of the way
 
 
 def check_cancel(cancel: CancelCheck | None) -> None:
@@ -68,8 +71,8 @@ def check_cancel(cancel: CancelCheck | None) -> None:
 
 
 @torch.no_grad()
-def encode_prompt(model, prompt: str, negative_prompt: str, guidance_scale: float) -> TextConditioning:
-    """Embed the prompt (and the negative prompt when guidance is on) with the model's text encoder."""
+def encode_prompt(model, prompt: str | Sequence[str], negative_prompt: str, guidance_scale: float) -> TextConditioning:
+    """Embed the prompt(s) (and the negative prompt when guidance is on) with the model's text encoder."""
 
     def embed(text: str) -> torch.Tensor:
         tokens = model.tokenizer(
@@ -82,7 +85,8 @@ def encode_prompt(model, prompt: str, negative_prompt: str, guidance_scale: floa
         output = model.text_encoder(tokens.input_ids.to(model.device))
         return output[0].to(model.dtype)
 
-    cond = embed(prompt)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    cond = torch.cat([embed(p) for p in prompts])
     uncond = embed(negative_prompt) if guidance_scale > 1.0 else None
     return TextConditioning(cond, uncond)
 
@@ -118,7 +122,8 @@ def predict_canvas(
         batch = list(range(start, min(start + batch_size, len(job.windows))))
         spans = [job.windows[i] for i in batch]
         x = torch.cat([unet_input[(slice(None), slice(None)) + s.slices] for s in spans]).to(model.dtype)
-        hidden = text.cond.expand(len(batch), -1, -1)
+        rows = [job.window_prompts[i] if job.window_prompts is not None else 0 for i in batch]
+        hidden = text.cond[rows]
         kwargs = {}
         if job.window_metadata is not None:
             kwargs["metadata"] = torch.from_numpy(np.stack([job.window_metadata[i] for i in batch])).to(model.device)
@@ -136,7 +141,8 @@ def predict_canvas(
             region = (slice(None), slice(None)) + job.windows[i].slices
             prediction[region] += out[k : k + 1] * weights[i]
             weight_sum[region] += weights[i]
-    return prediction / weight_sum
+    # Cells no window covers (a region's corners outside every chosen window) get no prediction.
+    return prediction / weight_sum.clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -157,7 +163,15 @@ def denoise_canvas(
     scheduler.set_timesteps(num_inference_steps, device=model.device)
     timesteps = scheduler.timesteps
     noise = job.noise.to(model.device)
-    latents = noise * scheduler.init_noise_sigma
+    if job.init is not None and job.strength < 1.0:
+        # img2img: skip the noisiest steps and start from the input noised to that level.
+        skip = effective_start(num_inference_steps, job.strength) * scheduler.order
+        timesteps = timesteps[skip:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(skip)
+        latents = scheduler.add_noise(job.init.to(model.device), noise, timesteps[:1])
+    else:
+        latents = noise * scheduler.init_noise_sigma
     known, mask = job.known, job.known_mask
     if known is not None:
         known, mask = known.to(model.device), mask.to(model.device)
@@ -177,6 +191,11 @@ def denoise_canvas(
         if on_step is not None:
             on_step(i + 1)
     return latents
+
+
+def effective_start(num_inference_steps: int, strength: float) -> int:
+    """How many of the noisiest steps img2img skips at a strength (at least one step is run)."""
+    return min(int(round(num_inference_steps * (1.0 - strength))), num_inference_steps - 1)
 
 
 def position_noise(seed: int, span: Span, channels: int, tile: int = 64) -> torch.Tensor:

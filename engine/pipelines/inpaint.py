@@ -1,0 +1,385 @@
+"""Inpaint: a pre-event raster + disaster polygons -> a post-event raster whose damage location is known.
+
+Only the model windows that the (dilated, feathered) mask reaches are processed, grouped into
+disjoint regions, so work and memory follow the masked area, not the raster. In each region the
+visible bands are mapped to the model's range, VAE-encoded, and denoised with the post-event
+prompt of the window's dominant damage class and the window's own metadata. The UNet decides the
+method: a 9-channel inpainting UNet gets the mask and the masked image's latents as extra input
+channels; any other UNet (DiffusionSat's SatUNet included) keeps the unmasked latents by masked
+latent blending. The decoded pixels are composited with the feathered mask and mapped back to the
+input's dtype and range: outside the mask every output value is the input's, bit for bit, and
+bands the model cannot synthesise (NIR, ...) are copied unchanged.
+
+Outputs: the post-event raster on the input's grid, a label raster of class codes (0 = no change,
+255 = nodata where the input has no data), and optionally the label polygons.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from engine import __version__
+from engine.errors import InputError
+from engine.geo.dates import parse_date
+from engine.geo.damage_classes import PolygonClasses, classify_polygons
+from engine.geo.grid import OutputGrid
+from engine.geo.masks import dilate, label_raster, place_on_grid, soft_mask, windows_touching_mask
+from engine.geo.metadata import SatMetadata, centre_lonlat, gsd_metres
+from engine.geo.radiometry import Stretch, stretch_for
+from engine.geo.raster import RasterSource, open_raster, require_rgb
+from engine.geo.tiling import Span, group_overlapping, plan_windows
+from engine.geo.vectors import PolygonLayer, read_polygons, write_polygons
+from engine.geo.writer import GeoTIFFWriter, check_destination
+from engine.pipelines.canvas import context_blocks, decode_latents, encode_pixels
+from engine.pipelines.sampling import (
+    CancelCheck,
+    CanvasJob,
+    Progress,
+    ProgressCallback,
+    check_cancel,
+    denoise_canvas,
+    effective_start,
+    encode_prompt,
+    position_noise,
+)
+
+LABEL_NODATA = 255
+_COPY_BLOCK = 1024
+
+
+@dataclass
+class InpaintRequest:
+    image: Path
+    polygons: Path | PolygonLayer
+    class_field: str | None = None
+    class_prompts: dict | None = None  # {class name or code: prompt}
+    inpaint_classes: dict | None = None  # {class name or code: bool}, overrides the defaults
+    disaster_type: str | None = None  # flooding, fire, wind, earthquake, tsunami, volcano
+    prompt: str | None = None  # one prompt for every class, overriding the class prompts
+    negative_prompt: str = ""
+    date: dt.date | None = None  # post-event date for the metadata
+    cloud_cover: float | None = None
+    strength: float = 1.0
+    dilation_m: float = 0.0
+    feather_m: float | None = None  # default: three pixels
+    rgb_bands: tuple[int, int, int] | None = None
+    steps: int = 30
+    guidance_scale: float = 7.5
+    seed: int = 0
+    scheduler: str | None = None
+    window: int | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+
+
+@dataclass
+class InpaintOutputs:
+    image: Path
+    label: Path
+    polygons: Path | None = None
+
+
+@dataclass
+class InpaintResult:
+    outputs: InpaintOutputs
+    regions: int
+    windows: int
+    windows_total: int
+    polygons_used: int
+    report: str
+    seconds: float
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Plan:
+    """What the request resolves to on this raster."""
+
+    grid: OutputGrid
+    rgb: tuple[int, int, int]
+    classes: PolygonClasses
+    placed: object  # MaskPolygons
+    inpaint_mask_polygons: object  # dilated MaskPolygons of the inpainted classes
+    only: list[bool]
+    feather_m: float
+    stretch: Stretch
+    prompts: list[str]
+    prompt_of_code: dict[int, int]
+
+
+def _validate(request: InpaintRequest, model) -> tuple[int, int]:
+    factor = model.vae_scale_factor
+    window = request.window or model.info.native_resolution
+    overlap = request.overlap if request.overlap is not None else window // 4
+    if window % factor or overlap % factor or not 0 <= overlap < window:
+        raise InputError(f"window ({window}) and overlap ({overlap}) must be multiples of {factor} px with overlap < window")
+    if not 0.0 < request.strength <= 1.0:
+        raise InputError(f"strength must be in (0, 1], not {request.strength}")
+    if request.steps < 1 or request.batch_size < 1:
+        raise InputError("steps and batch size must be at least 1")
+    if request.dilation_m < 0 or (request.feather_m is not None and request.feather_m < 0):
+        raise InputError("dilation and feather are distances in metres and cannot be negative")
+    if request.cloud_cover is not None and not 0 <= request.cloud_cover <= 1:
+        raise InputError(f"cloud cover is a fraction from 0 to 1, not {request.cloud_cover}")
+    return window // factor, overlap // factor
+
+
+def _plan(request: InpaintRequest, source: RasterSource) -> _Plan:
+    info = source.info
+    if info.source_orientation != "north-up":
+        raise InputError(
+            f"{info.path} is {info.source_orientation}; inpainting writes on the input's own grid, which must be "
+            "north-up: warp it first (gdalwarp -t_srs <its CRS> in.tif north_up.tif)"
+        )
+    rgb = require_rgb(info)
+    grid = OutputGrid(info.crs, info.transform, info.width, info.height)
+    layer = request.polygons if isinstance(request.polygons, PolygonLayer) else read_polygons(request.polygons)
+    classes = classify_polygons(layer, request.class_field, disaster_type=request.disaster_type,
+                                prompts=request.class_prompts, inpaint=request.inpaint_classes)
+    feather_m = request.feather_m if request.feather_m is not None else 3 * min(info.pixel_size_m)
+    placed = place_on_grid(layer, grid, margin_m=request.dilation_m + feather_m)
+    inpainted = set(classes.inpainted_codes)
+    only = [int(code) in inpainted for code in classes.codes]
+    if not any(only[i] for i in placed.indices):
+        names = sorted({classes.classes[int(c)].name for c in classes.codes[placed.indices]})
+        raise InputError(
+            f"none of the polygons on the raster is of a class that is inpainted (classes there: {', '.join(names)}); "
+            "choose the class field, or switch classes on with inpaint_classes (e.g. {'no-damage': true})"
+        )
+    codes_used = sorted({int(c) for c, keep in zip(classes.codes, only) if keep})
+    prompts = [request.prompt] if request.prompt else [classes.prompt(c) for c in codes_used]
+    prompt_of_code = {c: (0 if request.prompt else i) for i, c in enumerate(codes_used)}
+    return _Plan(
+        grid=grid, rgb=rgb, classes=classes, placed=placed,
+        inpaint_mask_polygons=dilate(placed, request.dilation_m), only=only, feather_m=feather_m,
+        stretch=stretch_for(source.dataset, rgb), prompts=prompts, prompt_of_code=prompt_of_code,
+    )
+
+
+def _cell_window(span: Span, factor: int) -> Window:
+    return Window(span.col * factor, span.row * factor, span.width * factor, span.height * factor)
+
+
+def _dominant_prompt(plan: _Plan, window: Window) -> int:
+    """The prompt row of the most frequent inpainted class in a window."""
+    labels = label_raster(plan.placed, plan.classes, plan.grid, window)
+    counts = {code: int((labels == code).sum()) for code in plan.prompt_of_code}
+    return plan.prompt_of_code[max(counts, key=lambda c: (counts[c], c))]
+
+
+def _region_pixels(source: RasterSource, plan: _Plan, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Visible bands of a region in [-1, 1] (invalid pixels at mid-grey) and their validity."""
+    data = source.read(window, bands=list(plan.rgb))
+    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    unit = plan.stretch.to_unit(np.ma.getdata(data))
+    unit[:, ~valid] = 0.5
+    return unit * 2.0 - 1.0, valid
+
+
+def inpaint(
+    model,
+    request: InpaintRequest,
+    outputs: InpaintOutputs,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> InpaintResult:
+    """Inpaint the request's polygons into its raster; write the outputs atomically."""
+    started = time.perf_counter()
+    for path in (outputs.image, outputs.label):
+        check_destination(path)
+    request = replace(request, date=parse_date(request.date) if request.date else None)
+    window_cells, overlap_cells = _validate(request, model)
+    f = model.vae_scale_factor
+    with open_raster(request.image, rgb_bands=request.rgb_bands) as source:
+        plan = _plan(request, source)
+        grid = plan.grid
+        rows, cols = max(math.ceil(grid.height / f), window_cells), max(math.ceil(grid.width / f), window_cells)
+        all_windows = plan_windows(rows, cols, window_cells, overlap_cells)
+        touched = windows_touching_mask(plan.inpaint_mask_polygons, grid, [_cell_window(s, f) for s in all_windows],
+                                        0.0, plan.feather_m, only=plan.only)
+        touched_set = {(int(w.row_off), int(w.col_off)) for w in touched}
+        chosen = [s for s in all_windows if (s.row * f, s.col * f) in touched_set]
+        regions = group_overlapping(chosen)
+        steps_run = request.steps - effective_start(request.steps, request.strength)
+        total = len(regions) * steps_run + len(regions) + 1
+        done = 0
+
+        def report(message: str) -> None:
+            if progress is not None:
+                progress(Progress(done, total, message))
+
+        text = encode_prompt(model, plan.prompts, request.negative_prompt, request.guidance_scale)
+        results: list[tuple[Window, np.ndarray, np.ndarray]] = []
+        for index, (region, windows) in enumerate(regions):
+            check_cancel(cancel)
+
+            def on_step(step: int, index=index) -> None:
+                nonlocal done
+                done += 1
+                report(f"region {index + 1}/{len(regions)}: step {step}/{steps_run}")
+
+            pixels, soft = _inpaint_region(model, request, plan, source, region, windows, overlap_cells, text, on_step, cancel)
+            results.append((_cell_window(region, f), pixels, soft))
+            done += 1
+            report(f"region {index + 1}/{len(regions)} decoded")
+
+        tags = _tags(request, model, plan, source)
+        _write_outputs(source, plan, results, outputs, tags, cancel)
+        done = total
+        report("written")
+        return InpaintResult(
+            outputs=outputs, regions=len(regions), windows=len(chosen), windows_total=len(all_windows),
+            polygons_used=plan.placed.report.used, report=plan.placed.report.summary(),
+            seconds=time.perf_counter() - started, tags=tags,
+        )
+
+
+def _inpaint_region(model, request, plan: _Plan, source, region: Span, windows: list[Span], overlap_cells: int,
+                    text, on_step, cancel) -> tuple[np.ndarray, np.ndarray]:
+    """Inpaint one region; return its composited pixels (visible bands, input dtype) and soft mask."""
+    f = model.vae_scale_factor
+    window = _cell_window(region, f)
+    image, valid = _region_pixels(source, plan, window)
+    soft = soft_mask(plan.inpaint_mask_polygons, plan.grid, window, plan.feather_m, only=plan.only)
+    soft[~valid] = 0.0
+    image_t = torch.from_numpy(image)[None]
+    latents = encode_pixels(model, image_t)
+    # A latent cell is regenerated if any of its pixels is touched by the mask.
+    cell_mask = torch.from_numpy(soft > 0).float()[None, None]
+    cell_mask = torch.nn.functional.max_pool2d(cell_mask, f)
+    local = [s.relative_to(region) for s in windows]
+    job = CanvasJob(
+        noise=position_noise(request.seed, region, model.latent_channels),
+        windows=local,
+        window_metadata=_metadata(model, plan, region, local, request),
+        overlap=overlap_cells,
+        window_prompts=[_dominant_prompt(plan, _cell_window(s, f)) for s in windows],
+        init=latents,
+        strength=request.strength,
+    )
+    if model.unet.config.in_channels == 9:
+        masked_image = image_t * (torch.from_numpy(soft)[None, None] == 0)
+        job.extra_channels = torch.cat([cell_mask, encode_pixels(model, masked_image)], dim=1)
+    else:
+        job.known, job.known_mask = latents, 1.0 - cell_mask
+    generator = torch.Generator().manual_seed(request.seed)
+    out = denoise_canvas(model, model.make_scheduler(request.scheduler), job, text,
+                         num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                         batch_size=request.batch_size, generator=generator, on_step=on_step, cancel=cancel)
+    generated = _decode(model, out)
+    original = np.ma.getdata(source.read(window, bands=list(plan.rgb)))
+    unit = (generated + 1.0) / 2.0
+    blended = plan.stretch.to_unit(original) * (1 - soft) + unit * soft
+    composite = np.where(soft[None] > 0, plan.stretch.from_unit(blended), original)
+    return composite, soft
+
+
+def _decode(model, latents: torch.Tensor, block: int = 64, margin: int = 8) -> np.ndarray:
+    """Decode region latents in blocks with context -> (3, H, W) float32 in [-1, 1]."""
+    f = model.vae_scale_factor
+    rows, cols = latents.shape[-2:]
+    out = np.empty((3, rows * f, cols * f), dtype=np.float32)
+    for core, context in context_blocks(rows, cols, rows, cols, block, margin):
+        pixels = decode_latents(model, latents[(slice(None), slice(None)) + context.slices]).float().clamp(-1, 1)[0]
+        inner = core.relative_to(context)
+        out[:, core.row * f : (core.row + core.height) * f, core.col * f : (core.col + core.width) * f] = (
+            pixels[:, inner.row * f : (inner.row + inner.height) * f, inner.col * f : (inner.col + inner.width) * f].cpu().numpy()
+        )
+    return out
+
+
+def _metadata(model, plan: _Plan, region: Span, local: list[Span], request) -> list[np.ndarray] | None:
+    if not model.info.uses_metadata:
+        return None
+    f = model.vae_scale_factor
+    items = []
+    for span in local:
+        col = (region.col + span.col + span.width / 2) * f
+        row = (region.row + span.row + span.height / 2) * f
+        x, y = plan.grid.transform @ (col, row)
+        lon, lat = centre_lonlat(plan.grid.crs, x, y)
+        gsd = gsd_metres(plan.grid.crs, plan.grid.transform, col, row)
+        items.append(SatMetadata(lon=lon, lat=lat, gsd_m=gsd, cloud_cover=request.cloud_cover, date=request.date).normalised())
+    return items
+
+
+def _tags(request: InpaintRequest, model, plan: _Plan, source) -> dict[str, str]:
+    info = source.info
+    synthesised = ",".join(str(b) for b in plan.rgb)
+    unchanged = [b for b in info.data_bands if b not in plan.rgb]
+    return {
+        "GFM4D_VERSION": __version__,
+        "GFM4D_TASK": "inpaint",
+        "GFM4D_SYNTHETIC": "inside the label mask only: generated by a diffusion model; elsewhere the input's pixels",
+        "GFM4D_MODEL": model.info.name,
+        "GFM4D_METHOD": "inpainting-unet" if model.unet.config.in_channels == 9 else "masked-latent-blending",
+        "GFM4D_PROMPTS": " | ".join(plan.prompts),
+        "GFM4D_DATE": request.date.isoformat() if request.date else "",
+        "GFM4D_SEED": str(request.seed),
+        "GFM4D_STRENGTH": f"{request.strength:g}",
+        "GFM4D_SYNTHESISED_BANDS": synthesised,
+        "GFM4D_UNCHANGED_BANDS": ",".join(f"{b} ({info.colorinterp[b - 1]})" for b in unchanged),
+        "GFM4D_POLYGONS": plan.placed.report.summary(),
+        "GFM4D_SOURCE": Path(info.path).name,
+    }
+
+
+def _write_outputs(source: RasterSource, plan: _Plan, results, outputs: InpaintOutputs, tags: dict, cancel) -> None:
+    """Copy the input block by block, pasting inpainted regions; write the label raster beside it."""
+    info = source.info
+    dataset = source.dataset
+    bands = list(info.data_bands)
+    has_mask = info.mask_kind in ("alpha", "internal", "sidecar")
+    rgb_rows = [bands.index(b) for b in plan.rgb]
+    class_table = ";".join(f"{c.code}={c.name}" for c in sorted(plan.classes.classes.values(), key=lambda c: c.code))
+    with GeoTIFFWriter(outputs.image, plan.grid, count=len(bands), dtype=info.dtypes[bands[0] - 1], nodata=info.nodata,
+                       with_mask=has_mask, colorinterp=[dataset.colorinterp[b - 1] for b in bands],
+                       band_descriptions=[info.descriptions[b - 1] or "" for b in bands], tags=tags) as image_out, \
+         GeoTIFFWriter(outputs.label, plan.grid, count=1, dtype="uint8", nodata=LABEL_NODATA,
+                       tags={**tags, "GFM4D_LABEL_CLASSES": class_table, "GFM4D_SYNTHETIC": "no: the mask used"}) as label_out:
+        for row in range(0, info.height, _COPY_BLOCK):
+            for col in range(0, info.width, _COPY_BLOCK):
+                check_cancel(cancel)
+                block = Window(col, row, min(_COPY_BLOCK, info.width - col), min(_COPY_BLOCK, info.height - row))
+                data = dataset.read(bands, window=block)
+                valid = source.valid_mask(block)
+                for region_window, pixels, soft in results:
+                    _paste(data, rgb_rows, block, region_window, pixels)
+                image_out.write(data, block)
+                if has_mask:
+                    image_out.write_mask(valid, block)
+                labels = label_raster(plan.placed, plan.classes, plan.grid, block)
+                labels[~valid] = LABEL_NODATA
+                label_out.write(labels[None], block)
+        if outputs.polygons is not None:
+            _write_label_polygons(plan, outputs.polygons)
+
+
+def _paste(data: np.ndarray, rgb_rows: list[int], block: Window, region: Window, pixels: np.ndarray) -> None:
+    top, left = max(block.row_off, region.row_off), max(block.col_off, region.col_off)
+    bottom = min(block.row_off + block.height, region.row_off + region.height)
+    right = min(block.col_off + block.width, region.col_off + region.width)
+    if bottom <= top or right <= left:
+        return
+    dst = (slice(top - block.row_off, bottom - block.row_off), slice(left - block.col_off, right - block.col_off))
+    src = (slice(top - region.row_off, bottom - region.row_off), slice(left - region.col_off, right - region.col_off))
+    for k, row in enumerate(rgb_rows):
+        data[row][dst] = pixels[k][src]
+
+
+def _write_label_polygons(plan: _Plan, path: Path) -> None:
+    codes = plan.classes.codes[plan.placed.indices]
+    attributes = [
+        {**attrs, "class_code": int(code), "class_name": plan.classes.classes[int(code)].name}
+        for attrs, code in zip(plan.placed.attributes, codes)
+    ]
+    layer = PolygonLayer(list(plan.placed.geometries), attributes, plan.grid.crs, plan.placed.source)
+    write_polygons(layer, path)
