@@ -116,6 +116,89 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _class_mapping(pairs: list[str] | None, what: str) -> dict | None:
+    """CLASS=VALUE pairs -> {class: value}; classes may be names or codes."""
+    if not pairs:
+        return None
+    mapping = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"{what} takes CLASS=VALUE (e.g. destroyed=\"...\"), not {pair!r}")
+        mapping[int(key) if key.isdigit() else key] = value
+    return mapping
+
+
+def cmd_inpaint(args) -> int:
+    from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
+
+    output = Path(args.output)
+    inpaint_classes = {c: True for c in args.inpaint_class or []}
+    inpaint_classes.update({c: False for c in args.skip_class or []})
+    request = InpaintRequest(
+        image=Path(args.image),
+        polygons=Path(args.polygons),
+        class_field=args.class_field,
+        class_prompts=_class_mapping(args.class_prompt, "--class-prompt"),
+        inpaint_classes={int(k) if k.isdigit() else k: v for k, v in inpaint_classes.items()} or None,
+        disaster_type=args.disaster_type,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        date=_date(args.date),
+        cloud_cover=args.cloud_cover,
+        strength=args.strength,
+        dilation_m=args.dilation,
+        feather_m=args.feather,
+        rgb_bands=tuple(args.bands) if args.bands else None,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        scheduler=args.scheduler,
+        window=args.window,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+    )
+    outputs = InpaintOutputs(
+        image=output,
+        label=Path(args.label) if args.label else output.with_name(output.stem + "_label.tif"),
+        polygons=Path(args.label_polygons) if args.label_polygons else None,
+    )
+    model = _load_model(args, args.model)
+    bar = _progress_bar("inpaint")
+    try:
+        result = inpaint(model, request, outputs, progress=bar)
+    finally:
+        bar.close()
+    print(f"polygons: {result.report}")
+    print(f"processed {result.windows} of {result.windows_total} windows in {result.regions} region(s), {result.seconds:.1f} s")
+    print(f"wrote {outputs.image} and the label raster {outputs.label}" + (f" and {outputs.polygons}" if outputs.polygons else ""))
+    return 0
+
+
+def cmd_xbd_import(args) -> int:
+    from engine.geo.xbd import export_xbd_polygons, xbd_png_to_geotiff
+
+    print(f"wrote {export_xbd_polygons(Path(args.labels), Path(args.output))}")
+    if args.image:
+        if not args.image_output:
+            raise InputError("--image needs --image-output (a .tif path) for the georeferenced GeoTIFF")
+        print(f"wrote {xbd_png_to_geotiff(Path(args.image), Path(args.labels), Path(args.image_output))}")
+    return 0
+
+
+def _add_sampling_arguments(parser) -> None:
+    """Model and sampler options shared by every task."""
+    how = parser.add_argument_group("how")
+    how.add_argument("--model", default=config.DEMO_MODEL)
+    how.add_argument("--steps", type=int, default=30)
+    how.add_argument("--guidance", type=float, default=7.5)
+    how.add_argument("--seed", type=int, default=0)
+    how.add_argument("--scheduler", help="ddim, dpm++, euler, pndm, unipc (default: the model's)")
+    how.add_argument("--window", type=int, help="window size in pixels (default: the model's native resolution)")
+    how.add_argument("--overlap", type=int, help="window overlap in pixels (default: a quarter window)")
+    how.add_argument("--batch-size", type=int, default=4)
+
+
 def cmd_demo(args) -> int:
     from engine.demo import run_demo
 
@@ -172,18 +255,41 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--negative-prompt", default="")
     what.add_argument("--date", help="acquisition date to condition on, YYYY-MM-DD")
     what.add_argument("--cloud-cover", type=float, help="cloud cover fraction 0..1")
-    how = gen.add_argument_group("how")
-    how.add_argument("--model", default=config.DEMO_MODEL)
-    how.add_argument("--steps", type=int, default=30)
-    how.add_argument("--guidance", type=float, default=7.5)
-    how.add_argument("--seed", type=int, default=0)
-    how.add_argument("--scheduler", help="ddim, dpm++, euler, pndm, unipc (default: the model's)")
-    how.add_argument("--window", type=int, help="window size in pixels (default: the model's native resolution)")
-    how.add_argument("--overlap", type=int, help="window overlap in pixels (default: a quarter window)")
-    how.add_argument("--batch-size", type=int, default=4)
+    _add_sampling_arguments(gen)
     gen.add_argument("-o", "--output", required=True, help="output GeoTIFF")
     gen.add_argument("--preview", help="also write a PNG preview here")
     gen.set_defaults(func=cmd_generate)
+
+    inp = sub.add_parser("inpaint", help="paint disaster damage into a pre-event raster inside polygons")
+    inp.add_argument("image", help="pre-event raster (GeoTIFF or any GDAL raster)")
+    inp.add_argument("--polygons", required=True, help="disaster polygons: GeoJSON, GPKG, Shapefile, zip, or xBD label JSON")
+    classes = inp.add_argument_group("classes and prompts")
+    classes.add_argument("--class-field", help="attribute with the class per polygon (xBD subtype, dmg, notation)")
+    classes.add_argument("--class-prompt", action="append", metavar="CLASS=PROMPT", help="prompt for a class (repeatable)")
+    classes.add_argument("--inpaint-class", action="append", metavar="CLASS", help="also inpaint this class (e.g. no-damage)")
+    classes.add_argument("--skip-class", action="append", metavar="CLASS", help="label but do not inpaint this class")
+    classes.add_argument("--disaster-type", help="flooding, fire, wind, earthquake, tsunami or volcano")
+    classes.add_argument("--prompt", help="one prompt for every class (overrides the class prompts)")
+    classes.add_argument("--negative-prompt", default="")
+    post = inp.add_argument_group("post-event metadata and mask")
+    post.add_argument("--date", help="post-event date, YYYY-MM-DD")
+    post.add_argument("--cloud-cover", type=float, help="cloud cover fraction 0..1")
+    post.add_argument("--strength", type=float, default=1.0, help="1 repaints the mask fully; lower keeps more of the input")
+    post.add_argument("--dilation", type=float, default=0.0, help="grow the mask by this many metres")
+    post.add_argument("--feather", type=float, help="feathered edge width in metres (default: three pixels)")
+    post.add_argument("--bands", type=int, nargs=3, metavar=("R", "G", "B"), help="1-based red, green, blue bands")
+    _add_sampling_arguments(inp)
+    inp.add_argument("-o", "--output", required=True, help="post-event GeoTIFF")
+    inp.add_argument("--label", help="label raster (default: OUTPUT_label.tif)")
+    inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg or .geojson)")
+    inp.set_defaults(func=cmd_inpaint)
+
+    xbd = sub.add_parser("xbd-import", help="xBD label JSON -> georeferenced polygons (and the PNG -> GeoTIFF)")
+    xbd.add_argument("labels", help="xBD label JSON ({disaster}_{id}_{pre|post}_disaster.json)")
+    xbd.add_argument("-o", "--output", required=True, help="polygons out: .gpkg or .geojson")
+    xbd.add_argument("--image", help="the matching xBD PNG, to georeference")
+    xbd.add_argument("--image-output", help="GeoTIFF for --image")
+    xbd.set_defaults(func=cmd_xbd_import)
 
     demo = sub.add_parser("demo", help="build the demo models and generate over the bundled sample area")
     demo.add_argument("-o", "--output", default="demo_output")

@@ -68,3 +68,28 @@ def test_user_errors_are_one_line_with_status_2(models_dir, tmp_path, argv, word
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("gfm4d: error:") and words in proc.stderr
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_inpaint_command_writes_image_label_and_polygons(models_dir, rasters_dir, vectors_dir, tmp_path):
+    out = tmp_path / "post.tif"
+    code = main(["--models-dir", str(models_dir), "inpaint", str(rasters_dir / "xv2deploy_pre_tile_1361-10160.tif"),
+                 "--polygons", str(vectors_dir / "xview2_deploy_joplin" / "damage.shp"), "--class-field", "dmg",
+                 "--disaster-type", "wind", "--class-prompt", "4=a fmow satellite image of flattened houses",
+                 "--date", "2011-05-23", "--steps", "1", "--guidance", "1", "-o", str(out),
+                 "--label-polygons", str(tmp_path / "labels.gpkg")])
+    assert code == 0
+    with rasterio.open(out) as post, rasterio.open(tmp_path / "post_label.tif") as label:
+        assert post.transform == label.transform and post.crs == label.crs
+        assert "flattened houses" in post.tags()["GFM4D_PROMPTS"]
+        assert label.nodata == 255 and (label.read(1) == 4).sum() > 0
+    assert (tmp_path / "labels.gpkg").exists()
+
+
+def test_xbd_import_command(xbd_dir, tmp_path):
+    code = main(["xbd-import", str(xbd_dir / "santa-rosa-wildfire_00000273_post_disaster.json"), "-o", str(tmp_path / "b.geojson"),
+                 "--image", str(xbd_dir / "santa-rosa-wildfire_00000273_post_disaster.png"), "--image-output", str(tmp_path / "post.tif")])
+    assert code == 0
+    layer = json.loads((tmp_path / "b.geojson").read_text())
+    assert sorted(f["properties"]["damage"] for f in layer["features"]).count("destroyed") == 9
+    with rasterio.open(tmp_path / "post.tif") as src:
+        assert src.crs.is_projected and (src.width, src.height) == (1024, 1024)
