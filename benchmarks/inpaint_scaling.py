@@ -66,7 +66,8 @@ def run_case(raster: Path, polygons: Path, models: Path, out: Path, steps: int) 
                      InpaintOutputs(out / f"{raster.stem}_post.tif", out / f"{raster.stem}_label.tif"))
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "peak_mb": peak_mb, "windows": result.windows, "windows_total": result.windows_total}
+    return {"seconds": seconds, "peak_mb": peak_mb, "windows": result.windows, "windows_total": result.windows_total,
+            **result.timings}
 
 
 def main() -> None:
@@ -100,9 +101,10 @@ def main() -> None:
         figures = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append((size, figures))
     print(f"machine: {platform.processor() or platform.machine()}, {platform.system()}, python {platform.python_version()}")
-    print(f"{'raster':>14} | {'windows run / all':>18} | {'time s':>8} | {'peak RSS MB':>11}")
+    print(f"{'raster':>14} | {'windows run / all':>18} | {'total s':>7} | {'plan s':>6} | {'model s':>7} | {'write s':>7} | {'peak RSS MB':>11}")
     for size, f in rows:
-        print(f"{size:>6} x {size:<6}| {f['windows']:>7} / {f['windows_total']:<9}| {f['seconds']:>8.1f} | {f['peak_mb']:>11.0f}")
+        print(f"{size:>6} x {size:<6}| {f['windows']:>7} / {f['windows_total']:<9}| {f['seconds']:>7.1f} | {f['plan']:>6.1f} | "
+              f"{f['model']:>7.1f} | {f['write']:>7.1f} | {f['peak_mb']:>11.0f}")
 
 
 if __name__ == "__main__":

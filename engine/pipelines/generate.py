@@ -14,6 +14,7 @@ import datetime as dt
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -122,12 +123,20 @@ def result_tags(request: GenerateRequest, model) -> dict[str, str]:
     }
 
 
+# A hook that adds conditioning (ControlNet images, conditioning metadata) to each region's job:
+# called with the canvas, the region and its windows (relative to the region), it returns
+# CanvasJob fields. Temporal prediction and super-resolution are generation plus such a hook.
+RegionConditioning = Callable[[LatentCanvas, Span, list[Span]], dict]
+
+
 def generate(
     model,
     request: GenerateRequest,
     output: str | Path,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    conditioning: RegionConditioning | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> GenerateResult:
     """Generate the request's grid into a COG-ready GeoTIFF at `output` (written atomically)."""
     started = time.perf_counter()
@@ -159,6 +168,7 @@ def generate(
                 windows=windows,
                 window_metadata=metadata,
                 overlap=overlap_cells,
+                **(conditioning(canvas, region, windows) if conditioning is not None else {}),
             )
             if known_mask.any():
                 job.known = store.read(region)
@@ -184,7 +194,7 @@ def generate(
             )
             store.write(region, latents, keep=known_mask if known_mask.any() else None)
 
-        tags = result_tags(request, model)
+        tags = {**result_tags(request, model), **(extra_tags or {})}
         with GeoTIFFWriter(
             output,
             request.grid,

@@ -97,6 +97,7 @@ class InpaintResult:
     report: str
     seconds: float
     tags: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: plan, model, write
 
 
 @dataclass
@@ -216,6 +217,7 @@ def inpaint(
             if progress is not None:
                 progress(Progress(done, total, message))
 
+        planned = time.perf_counter()
         text = encode_prompt(model, plan.prompts, request.negative_prompt, request.guidance_scale)
         results: list[tuple[Window, np.ndarray, np.ndarray]] = []
         for index, (region, windows) in enumerate(regions):
@@ -231,14 +233,17 @@ def inpaint(
             done += 1
             report(f"region {index + 1}/{len(regions)} decoded")
 
+        modelled = time.perf_counter()
         tags = _tags(request, model, plan, source)
         _write_outputs(source, plan, results, outputs, tags, cancel)
+        finished = time.perf_counter()
         done = total
         report("written")
         return InpaintResult(
             outputs=outputs, regions=len(regions), windows=len(chosen), windows_total=len(all_windows),
             polygons_used=plan.placed.report.used, report=plan.placed.report.summary(),
-            seconds=time.perf_counter() - started, tags=tags,
+            seconds=finished - started, tags=tags,
+            timings={"plan": planned - started, "model": modelled - planned, "write": finished - modelled},
         )
 
 

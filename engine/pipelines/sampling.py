@@ -63,6 +63,12 @@ class CanvasJob:
     window_prompts: Sequence[int] | None = None  # per window, a row of TextConditioning.cond (default 0)
     init: torch.Tensor | None = None  # (1, C, H, W) clean latents to start from when strength < 1
     strength: float = 1.0  # 1: start from pure noise; below 1: from `init` noised part of the way
+    # ControlNet conditioning of the whole canvas, in [0, 1]: (1, C, H*k, W*k), or a frame stack
+    # (1, C, T, H*k, W*k) for the 3D ControlNet, with k condition pixels per latent cell.
+    control_image: torch.Tensor | None = None
+    control_factor: int = 8
+    window_cond_metadata: Sequence[np.ndarray] | None = None  # per window, (7,) or (7, T)
+    control_scale: float = 1.0
 
 
 def check_cancel(cancel: CancelCheck | None) -> None:
@@ -133,6 +139,8 @@ def predict_canvas(
             if "metadata" in kwargs:
                 # The unconditional half has all-zero metadata, still passed through the MLPs.
                 kwargs["metadata"] = torch.cat([torch.zeros_like(kwargs["metadata"]), kwargs["metadata"]])
+        if job.control_image is not None:
+            kwargs.update(_control_residuals(model, job, spans, batch, x, timestep, hidden, kwargs.get("metadata"), guided))
         out = model.unet(x, timestep, encoder_hidden_states=hidden, **kwargs).sample.float()
         if guided:
             uncond, cond = out.chunk(2)
@@ -143,6 +151,33 @@ def predict_canvas(
             weight_sum[region] += weights[i]
     # Cells no window covers (a region's corners outside every chosen window) get no prediction.
     return prediction / weight_sum.clamp_min(1e-12)
+
+
+def _control_residuals(model, job: CanvasJob, spans, batch, x, timestep, hidden, metadata, guided) -> dict:
+    """The ControlNet's residuals for a batch of windows.
+
+    Both guidance halves see the conditioning image (as in diffusers' ControlNet pipelines); the
+    unconditional half gets all-zero conditioning metadata, like its target metadata.
+    """
+    k = job.control_factor
+    cond = torch.cat([job.control_image[..., s.row * k : (s.row + s.height) * k, s.col * k : (s.col + s.width) * k] for s in spans])
+    cond_metadata = None
+    if job.window_cond_metadata is not None:
+        cond_metadata = torch.from_numpy(np.stack([job.window_cond_metadata[i] for i in batch])).to(model.device)
+    if guided:
+        cond = torch.cat([cond, cond])
+        if cond_metadata is not None:
+            cond_metadata = torch.cat([torch.zeros_like(cond_metadata), cond_metadata])
+    down, mid = model.controlnet(
+        x,
+        timestep,
+        encoder_hidden_states=hidden,
+        controlnet_cond=cond.to(model.device, model.dtype),
+        metadata=metadata,
+        cond_metadata=cond_metadata,
+        conditioning_scale=job.control_scale,
+    )
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
 
 @torch.no_grad()
