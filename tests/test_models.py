@@ -378,7 +378,7 @@ def test_fp16_safetensors_variant_is_loaded(tmp_path):
 def test_demo_models_are_listed_and_loaded(demo_dir, no_sd21_env):
     registry = ModelRegistry(demo_dir)
     infos = {info.name: info for info in registry.list()}
-    assert sorted(infos) == ["demo-satunet", "demo-sd"]
+    assert sorted(infos) == ["demo-controlnet-3d", "demo-satunet", "demo-sd", "demo-superres"]
     sat, sd = infos["demo-satunet"], infos["demo-sd"]
     assert (sat.kind, sd.kind) == (SATUNET, SD_UNET)
     assert sat.unet_path == demo_dir / "demo-satunet" / "checkpoint-100" / "unet"
@@ -493,7 +493,9 @@ def test_native_resolution_rules(demo_dir, tmp_path, no_sd21_env):
 
 
 def test_unknown_name_lists_available_models(demo_dir, no_sd21_env):
-    with pytest.raises(ModelError, match="'demo-sat'.*available models: demo-satunet, demo-sd"):
+    with pytest.raises(
+        ModelError, match="'demo-sat'.*available models: demo-controlnet-3d, demo-satunet, demo-sd, demo-superres"
+    ):
         ModelRegistry(demo_dir).get("demo-sat")
     with pytest.raises(ModelError, match="available models"):
         ModelRegistry(demo_dir).get("../demo-sd")
@@ -515,20 +517,6 @@ def test_unrecognisable_folders_are_skipped_with_a_reason(demo_dir, tmp_path, no
     assert "README.txt" in skipped["notes"]
     assert "UNet3DConditionModel" in skipped["inpaint-3d"]
     assert "no weights" in skipped["no-weights"]
-
-
-def test_controlnets_are_listed_but_not_loaded(demo_dir, tmp_path, no_sd21_env):
-    models = tmp_path / "models"
-    run_dir = copy_demo(demo_dir, "demo-satunet", models, "texas-housing-3d")
-    controlnet = run_dir / "checkpoint-50" / "controlnet"
-    write_json(controlnet / "config.json", {"_class_name": "ControlNetModel3D", "use_metadata": True})
-    (controlnet / "diffusion_pytorch_model.bin").write_bytes(b"")
-
-    info = ModelRegistry(models).get("texas-housing-3d")
-    assert info.kind == CONTROLNET_3D and info.components["controlnet"] == controlnet
-    assert info.tasks == ("predict",) and info.prediction_type == "v_prediction" and not info.ready
-    with pytest.raises(ModelError, match="ControlNet .*cannot load them yet"):
-        ModelRegistry(models).load("texas-housing-3d")
 
 
 def test_evil_pickle_as_unet_weights_is_refused_on_load(demo_dir, tmp_path, no_sd21_env):
@@ -597,9 +585,10 @@ def weight_digests(models_dir: Path) -> dict[str, str]:
 def test_demo_models_are_deterministic_and_idempotent(demo_dir, tmp_path):
     again = tmp_path / "again"
     paths = build_demo_models(again)
-    assert [p.name for p in paths] == ["demo-satunet", "demo-sd"]
+    assert [p.name for p in paths] == ["demo-satunet", "demo-sd", "demo-controlnet-3d", "demo-superres"]
     digests = weight_digests(again)
-    assert len(digests) == 6 and digests == weight_digests(demo_dir)
+    # vae + text encoder + network(s): 3 + 3 + 3 (controlnet; its UNet is demo-satunet's) + 4 (own unet/)
+    assert len(digests) == 13 and digests == weight_digests(demo_dir)
     assert "demo-satunet/checkpoint-100/unet/diffusion_pytorch_model.bin" in digests
     assert not (again / "demo-satunet" / "unet").exists()  # UNet only under checkpoint-100, as released
 

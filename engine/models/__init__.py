@@ -2,8 +2,11 @@
 
 - `registry`: `ModelRegistry` (list / get / load / import_model), `ModelInfo`, `DiffusionModel`;
 - `layout`: recognising a model folder from its config files (kinds, run-folder layout, SD-2.1 fill-in);
-- `loading`: building the networks and loading the frozen components;
+- `loading`: building the networks (UNet, ControlNet) and loading the frozen components;
 - `satunet` + `metadata_embedding`: DiffusionSat's metadata-conditioned UNet on current diffusers;
+- `controlnet_2d` / `controlnet_3d` (on `controlnet_base`): DiffusionSat's metadata ControlNet
+  (super-resolution, pre ⇄ post) and temporal ControlNet, key for key the released checkpoints;
+- `config_signature`: constructor signatures diffusers' `from_config` can read;
 - `weights`: strict `.safetensors` / `.bin` (weights_only) loading;
 - `schedulers`: diffusers schedulers by short name;
 - `importing`: copying a model folder or released zip into the models directory;

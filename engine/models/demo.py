@@ -6,11 +6,22 @@ SatUNet only under `checkpoint-100/unet/` as a `.bin`), `demo-sd` like a diffuse
 Diffusion folder (safetensors). Nothing is downloaded: even the CLIP tokenizer's BPE vocabulary is
 built here, from words of DiffusionSat's captions.
 
-Both share one VAE (SD's 8x downsampling, 4 latent channels) and one text encoder (hidden size 32,
+Two ControlNet runs, laid out like DiffusionSat's (`controlnet/` as a `.bin` beside the root
+components), are built on the demo SatUNet's trunk:
+- `demo-controlnet-3d`: the temporal ControlNet (3 RGB frames), its UNet taken from demo-satunet
+  through gfm4d.json's `base_model`, as the authors' notebook loads the base from another run;
+- `demo-superres`: the 2D metadata ControlNet for Sentinel-2 (10 bands, conditioning_scale 2: a
+  64 px condition for a 128 px output), with its own `unet/` as a finished training run saves it.
+A trained ControlNet's zero convs are no longer zero; an untrained one would be a no-op, so the demo
+fills them (and the temporal mixing weights) with small deterministic values and gives the
+conditioning encoder a variance-keeping init: the conditioning really changes the output.
+
+All share one VAE (SD's 8x downsampling, 4 latent channels) and one text encoder (hidden size 32,
 77 positions), and run at 128 px (16x16 latents) so that CPU pipelines stay fast.
 """
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +31,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from .controlnet_2d import MetadataControlNet
+from .controlnet_3d import ControlNetModel3D
 from .layout import SETTINGS_FILE
 from .satunet import SatUNet
 
@@ -27,6 +40,15 @@ DEMO_SEED = 1234
 DEMO_VERSION = 1  # bump when the demo models change, so old copies are rebuilt
 SATUNET_DEMO = "demo-satunet"
 SD_DEMO = "demo-sd"
+CONTROLNET_3D_DEMO = "demo-controlnet-3d"
+SUPERRES_DEMO = "demo-superres"
+DEMO_FRAMES = 3
+SUPERRES_BANDS = 10  # Sentinel-2 B4 B3 B2 B5 B6 B7 B8 B8A B11 B12 (spec §7)
+SUPERRES_SCALE = 2
+ZERO_CONV_FILL_STD = 0.02  # small stand-ins for the trained zero convs
+DEMO_MIXING = 0.5  # temporal blocks half on
+# Weight variance x fan_in that keeps activations' scale through conv + SiLU (E[silu(z)^2] ~ 0.36 for z ~ N(0, 1)).
+SILU_KEEPING_GAIN = 2.8
 DEMO_RESOLUTION = 128
 TEXT_HIDDEN = 32
 MAX_TOKENS = 77
@@ -81,14 +103,30 @@ _SHARED_FILES = (
 _EXPECTED_FILES = {
     SATUNET_DEMO: _SHARED_FILES + (f"{CHECKPOINT}/unet/config.json", f"{CHECKPOINT}/unet/diffusion_pytorch_model.bin"),
     SD_DEMO: _SHARED_FILES + ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
+    CONTROLNET_3D_DEMO: _SHARED_FILES + ("controlnet/config.json", "controlnet/diffusion_pytorch_model.bin"),
+    SUPERRES_DEMO: _SHARED_FILES
+    + (
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.bin",
+        "controlnet/config.json",
+        "controlnet/diffusion_pytorch_model.bin",
+    ),
 }
 
 
 def build_demo_models(models_dir: Path, seed: int = DEMO_SEED) -> list[Path]:
-    """Write demo-satunet and demo-sd under `models_dir` (kept when already complete); their folders."""
+    """Write the demo models under `models_dir` (each kept when already complete); their folders.
+
+    demo-satunet, demo-sd, demo-controlnet-3d (whose base_model is demo-satunet), demo-superres.
+    """
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    writers = {SATUNET_DEMO: _write_satunet_run, SD_DEMO: _write_sd_folder}
+    writers = {
+        SATUNET_DEMO: _write_satunet_run,
+        SD_DEMO: _write_sd_folder,
+        CONTROLNET_3D_DEMO: _write_controlnet_3d_run,
+        SUPERRES_DEMO: _write_superres_run,
+    }
     return [_build(models_dir / name, writer, seed) for name, writer in writers.items()]
 
 
@@ -123,13 +161,21 @@ def _build(target: Path, writer, seed: int) -> Path:
     return target
 
 
+def _demo_satunet(seed: int) -> SatUNet:
+    """The demo SatUNet; the same weights every time for one seed."""
+    torch.manual_seed(seed + 3)
+    return SatUNet(use_metadata=True, num_metadata=7, **_unet_architecture())
+
+
+def _save_diffusionsat(model, folder: Path) -> None:
+    """config.json + a `.bin` state dict, as DiffusionSat's training runs save networks."""
+    model.save_config(folder)  # "_class_name" SatUNet / ControlNetModel / ControlNetModel3D + extra keys
+    torch.save(model.state_dict(), folder / "diffusion_pytorch_model.bin")
+
+
 def _write_satunet_run(folder: Path, seed: int) -> None:
     _write_shared_components(folder, seed)
-    torch.manual_seed(seed + 3)
-    unet = SatUNet(use_metadata=True, num_metadata=7, **_unet_architecture())
-    unet_dir = folder / CHECKPOINT / "unet"
-    unet.save_config(unet_dir)  # "_class_name": "SatUNet", use_metadata, num_metadata
-    torch.save(unet.state_dict(), unet_dir / "diffusion_pytorch_model.bin")  # DiffusionSat's format
+    _save_diffusionsat(_demo_satunet(seed), folder / CHECKPOINT / "unet")
     _write_json(
         folder / "model_index.json",
         {
@@ -144,6 +190,85 @@ def _write_satunet_run(folder: Path, seed: int) -> None:
     )
     _write_settings(
         folder, "Demo DiffusionSat (tiny, untrained)", "A DiffusionSat-layout run folder for tests and demos"
+    )
+
+
+def _write_controlnet_3d_run(folder: Path, seed: int) -> None:
+    _write_shared_components(folder, seed)
+    unet = _demo_satunet(seed)
+    torch.manual_seed(seed + 4)
+    controlnet = ControlNetModel3D.from_unet(unet, conditioning_in_channels=3, use_temporal_transformer=True)
+    make_conditioning_visible(controlnet, seed + 5)
+    _save_diffusionsat(controlnet, folder / "controlnet")
+    _write_controlnet_model_index(folder, "ControlNetModel3D")
+    _write_settings(
+        folder,
+        "Demo DiffusionSat 3D ControlNet (tiny, untrained)",
+        "A DiffusionSat-layout temporal ControlNet run (3 frames) on demo-satunet, for tests and demos",
+        base_model=SATUNET_DEMO,
+        num_frames=DEMO_FRAMES,
+    )
+
+
+def _write_superres_run(folder: Path, seed: int) -> None:
+    _write_shared_components(folder, seed)
+    unet = _demo_satunet(seed)
+    _save_diffusionsat(unet, folder / "unet")
+    torch.manual_seed(seed + 6)
+    controlnet = MetadataControlNet.from_unet(
+        unet, conditioning_in_channels=SUPERRES_BANDS, conditioning_scale=SUPERRES_SCALE
+    )
+    make_conditioning_visible(controlnet, seed + 7)
+    _save_diffusionsat(controlnet, folder / "controlnet")
+    _write_controlnet_model_index(folder, "ControlNetModel")
+    _write_settings(
+        folder,
+        "Demo DiffusionSat Sentinel-2 super-resolution (tiny, untrained)",
+        "A DiffusionSat-layout 2D ControlNet run (10 Sentinel-2 bands, 64 px -> 128 px), for tests and demos",
+    )
+
+
+def make_conditioning_visible(controlnet, seed: int) -> None:
+    """Deterministic stand-ins for trained weights where an untrained ControlNet would ignore its condition.
+
+    The zero convs (conditioning encoder's conv_out, residual convs) would make it a no-op, so they
+    get small random values; and PyTorch's default init shrinks a [0, 1] image to about 1% over the
+    encoder's seven convs, so those get a variance-keeping init instead. Temporal blocks are
+    mixed in half way.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    encoder = controlnet.controlnet_cond_embedding
+    residual_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    with torch.no_grad():
+        for conv in (encoder.conv_in, *encoder.blocks):
+            _fill(conv.weight, generator, math.sqrt(SILU_KEEPING_GAIN / conv.weight[0].numel()))
+            conv.bias.zero_()
+        _fill(encoder.conv_out.weight, generator, math.sqrt(1.0 / encoder.conv_out.weight[0].numel()))
+        _fill(encoder.conv_out.bias, generator, ZERO_CONV_FILL_STD)
+        for conv in residual_convs:
+            _fill(conv.weight, generator, ZERO_CONV_FILL_STD)
+            _fill(conv.bias, generator, ZERO_CONV_FILL_STD)
+        for index in getattr(controlnet, "temporal_indices", ()):
+            controlnet.mixing_attns[index].fill_(DEMO_MIXING)
+
+
+def _fill(tensor: torch.Tensor, generator: torch.Generator, std: float) -> None:
+    tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
+
+
+def _write_controlnet_model_index(folder: Path, controlnet_class: str) -> None:
+    _write_json(
+        folder / "model_index.json",
+        {
+            "_class_name": "DiffusionSatControlNetPipeline",
+            "_diffusers_version": "0.17.0.dev0",
+            "controlnet": ["diffusionsat", controlnet_class],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusionsat", "SatUNet"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
     )
 
 
@@ -298,7 +423,7 @@ def _write_tokenizer(folder: Path, vocab: dict[str, int], merges: list[tuple[str
     )
 
 
-def _write_settings(folder: Path, display_name: str, description: str) -> None:
+def _write_settings(folder: Path, display_name: str, description: str, **extra) -> None:
     _write_json(
         folder / SETTINGS_FILE,
         {
@@ -306,6 +431,7 @@ def _write_settings(folder: Path, display_name: str, description: str) -> None:
             "display_name": display_name,
             "description": description,
             "demo_version": DEMO_VERSION,
+            **extra,
         },
     )
 

@@ -1,10 +1,11 @@
 """Copy a model folder or a released zip into the models directory, atomically.
 
 Only what the model uses is copied: the root components, `model_index.json`, `gfm4d.json` and the
-chosen network folder (at the same relative path, e.g. `checkpoint-150000/unet`), not the training
-state beside it (optimizer states, other checkpoints: several GB). Everything is staged in a hidden
-folder of the models directory and renamed into place at the end, so a model folder is either
-complete or absent.
+chosen network folders (at the same relative path, e.g. `checkpoint-150000/unet`), not the training
+state beside it (optimizer states, other checkpoints: several GB). A ControlNet whose gfm4d.json
+names a `base_model` is checked against that model in the destination models directory, and the
+base's UNet is not copied. Everything is staged in a hidden folder of the models directory and
+renamed into place at the end, so a model folder is either complete or absent.
 """
 
 import json
@@ -54,14 +55,15 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, unet: 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=models_dir))
     try:
         root = _extract_zip(source, staging / "zip") if is_zip else source
-        info = inspect_model_folder(root, unet=unet)  # refuse anything unrecognisable before copying
+        # Refuse anything unrecognisable before copying; a base_model must be in the destination.
+        info = inspect_model_folder(root, unet=unet, models_dir=models_dir)
         staged = staging / "model"
         staged.mkdir()
         for relative in _paths_to_copy(root, info):
             _copy(root / relative, staged / relative, move=is_zip)
         if unet:
             _record_unet_choice(staged, unet)
-        inspect_model_folder(staged)
+        inspect_model_folder(staged, models_dir=models_dir)
         try:
             staged.rename(target)
         except OSError as exc:
@@ -95,7 +97,7 @@ def _paths_to_copy(root: Path, info) -> list[Path]:
     paths = [Path(component) for component in COMPONENTS if (root / component).is_dir()]
     paths += [Path(name) for name in _EXTRA_FILES if (root / name).is_file()]
     for network in (info.unet_path, info.components.get("controlnet")):
-        if network is not None:
+        if network is not None and network.is_relative_to(root):  # not a base model's UNet
             paths.append(network.relative_to(root))
     return paths
 

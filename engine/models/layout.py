@@ -18,8 +18,18 @@ Which network folder is used (first match):
    notebook loads `checkpoint-N/unet`, so that is the default; the EMA copy is one `gfm4d.json`
    line away.
 
+A ControlNet folder (`controlnet/` at the root or under `checkpoint-N/`) also needs the base
+UNet it was trained with. DiffusionSat's training script saves a finished ControlNet run as a
+whole pipeline, so the folder's own `unet/` (found by the rules above) is that UNet; the authors'
+notebook instead loads the UNet from the single-image model's run folder. Both are supported:
+1. `gfm4d.json` {"base_model": "<name>"} names a single-image model (satunet) in the same models
+   directory; its UNet is used, whatever the ControlNet folder holds (explicit beats implicit);
+2. otherwise the ControlNet folder's own UNet;
+3. otherwise the model is listed but not ready, and loading it says to add `base_model`.
+
 Missing root components (vae, text_encoder, tokenizer, scheduler) are the frozen SD-2.1 ones in
-DiffusionSat, so they are taken from a configured SD-2.1 folder when the model folder lacks them.
+DiffusionSat, so they are taken from the base model (for a ControlNet) and then from a configured
+SD-2.1 folder when the model folder lacks them.
 """
 
 import json
@@ -38,7 +48,7 @@ CONTROLNET_2D = "controlnet-2d-metadata"
 CONTROLNET_3D = "controlnet-3d"
 UNET_KINDS = (SATUNET, SD_UNET, SD_INPAINT_UNET)
 CONTROLNET_KINDS = (CONTROLNET_2D, CONTROLNET_3D)
-LOADABLE_KINDS = UNET_KINDS
+LOADABLE_KINDS = UNET_KINDS + CONTROLNET_KINDS
 
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
 # A component folder counts as present when it has one of these files.
@@ -51,6 +61,8 @@ _COMPONENT_MARKERS = {
 TASKS = ("generate", "inpaint", "predict", "superres")
 SETTINGS_FILE = "gfm4d.json"
 SD21_ENV_VAR = "GFM4D_SD21_DIR"
+# The released 3D ControlNet ("Texas housing") was trained on 3 conditioning frames.
+DEFAULT_CONTROLNET_FRAMES = 3
 
 # DiffusionSat configs keep SD-2.1-768's sample_size (96 latents = 768 px) although the models were
 # fine-tuned at 512 and 256 px, so the config cannot tell; 512 is the authors' default and a
@@ -84,10 +96,14 @@ class ModelInfo:
     display_name: str = ""
     description: str = ""
     missing_components: tuple[str, ...] = field(default=())  # found neither here nor in SD-2.1
+    base_model: str | None = None  # the models-directory model whose UNet a ControlNet runs on
+    num_frames: int = 0  # conditioning frames a 3D ControlNet was trained with (0: not a 3D ControlNet)
 
     @property
     def ready(self) -> bool:
         """Whether `ModelRegistry.load` can load it as it stands."""
+        if self.kind in CONTROLNET_KINDS and self.unet_path is None:
+            return False
         return self.kind in LOADABLE_KINDS and not self.missing_components
 
 
@@ -182,21 +198,32 @@ def read_settings(root: Path) -> dict:
         not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0 or resolution % 8
     ):
         raise ModelError(f"{path}: native_resolution must be a positive multiple of 8, got {resolution!r}")
-    for key in ("display_name", "description", "unet", "controlnet"):
+    for key in ("display_name", "description", "unet", "controlnet", "base_model"):
         if key in settings and not isinstance(settings[key], str):
             raise ModelError(f"{path}: {key} must be a string, got {settings[key]!r}")
+    base_model = settings.get("base_model")
+    if base_model is not None and (not base_model or Path(base_model).name != base_model or base_model.startswith(".")):
+        raise ModelError(
+            f"{path}: base_model must be the name of a model folder in the same models directory "
+            f"(e.g. \"diffusionsat-512\"), not a path; got {base_model!r}"
+        )
+    frames = settings.get("num_frames")
+    if frames is not None and (not isinstance(frames, int) or isinstance(frames, bool) or frames < 1):
+        raise ModelError(f"{path}: num_frames must be a positive integer, got {frames!r}")
     tasks = settings.get("tasks")
     if tasks is not None and (not isinstance(tasks, list) or not set(tasks) <= set(TASKS) or not tasks):
         raise ModelError(f"{path}: tasks must be a non-empty list drawn from {list(TASKS)}, got {tasks!r}")
     return settings
 
 
-def find_components(root: Path, sd21_dir: Path | None) -> tuple[dict[str, Path], tuple[str, ...]]:
-    """Component folders, from the model folder first and the SD-2.1 folder second; and those found nowhere."""
+def find_components(
+    root: Path, sd21_dir: Path | None, base_dir: Path | None = None
+) -> tuple[dict[str, Path], tuple[str, ...]]:
+    """Component folders, from the model folder, then the base model's, then SD-2.1; and those found nowhere."""
     found, missing = {}, []
     for component in COMPONENTS:
-        for base in (Path(root), Path(sd21_dir) if sd21_dir else None):
-            if base is not None and _has_component(base / component, component):
+        for base in (Path(root), base_dir, Path(sd21_dir) if sd21_dir else None):
+            if base is not None and _has_component(Path(base) / component, component):
                 found[component] = base / component
                 break
         else:
@@ -208,44 +235,65 @@ def _has_component(folder: Path, component: str) -> bool:
     return any((folder / marker).is_file() for marker in _COMPONENT_MARKERS[component])
 
 
-def inspect_model_folder(root: Path, sd21_dir: Path | None = None, unet: str | None = None) -> ModelInfo:
+def inspect_model_folder(
+    root: Path, sd21_dir: Path | None = None, unet: str | None = None, models_dir: Path | None = None
+) -> ModelInfo:
     """Recognise a model folder; ModelError says why when it is not a model GFM4D can use.
 
     `unet` overrides the folder's own choice of network subfolder (see the module docstring).
+    `models_dir` is where a ControlNet's `base_model` is looked up (default: the folder's parent).
     """
     root = Path(root)
     if not root.is_dir():
         raise ModelError(f"{root} is not a folder")
     try:
-        return _inspect(root, sd21_dir, unet)
+        return _inspect(root, sd21_dir, unet, Path(models_dir) if models_dir else root.parent)
     except OSError as exc:  # unreadable folders or files
         raise ModelError(f"cannot read the model folder {root}: {exc}") from exc
 
 
-def _inspect(root: Path, sd21_dir: Path | None, unet: str | None) -> ModelInfo:
+def _inspect(root: Path, sd21_dir: Path | None, unet: str | None, models_dir: Path | None) -> ModelInfo:
+    """`models_dir` None: do not follow `base_model` (when inspecting a base model itself)."""
     settings = read_settings(root)
+    unet_choice = unet or settings.get("unet")
     controlnet_dir = find_network_folder(root, "controlnet", settings.get("controlnet"))
-    unet_dir = find_network_folder(root, "unet", unet or settings.get("unet"))
+    base = None
     if controlnet_dir is not None:
         network_dir = controlnet_dir
         config = read_json(controlnet_dir / "config.json")
         kind = recognise_controlnet_config(config, str(controlnet_dir / "config.json"))
-    elif unet_dir is not None:
+        uses_metadata = bool(config.get("use_metadata", True))
+        base_name = settings.get("base_model")
+        if base_name and unet_choice:
+            raise ModelError(
+                f"{root / SETTINGS_FILE}: give either base_model (the UNet of another model) or unet "
+                "(a UNet in this folder), not both"
+            )
+        if base_name and models_dir is not None:
+            base = _base_model(root, base_name, uses_metadata, sd21_dir, models_dir)
+            unet_dir = base.unet_path
+        else:
+            unet_dir = find_network_folder(root, "unet", unet_choice)
+            if unet_dir is not None:
+                unet_kind = recognise_unet_config(read_json(unet_dir / "config.json"), str(unet_dir / "config.json"))
+                _check_base_unet_kind(unet_kind, uses_metadata, unet_dir)
+    else:
+        unet_dir = find_network_folder(root, "unet", unet_choice)
+        if unet_dir is None:
+            raise ModelError(
+                f"{root} is not a model folder: no unet/config.json, controlnet/config.json or "
+                f"checkpoint-N/unet/config.json. {describe_folder(root)}"
+            )
         network_dir = unet_dir
         config = read_json(unet_dir / "config.json")
         kind = recognise_unet_config(config, str(unet_dir / "config.json"))
-    else:
-        raise ModelError(
-            f"{root} is not a model folder: no unet/config.json, controlnet/config.json or "
-            f"checkpoint-N/unet/config.json. {describe_folder(root)}"
-        )
+        uses_metadata = kind == SATUNET
     if not has_weights_file(network_dir):
         raise ModelError(f"{network_dir} has a config.json but no weights. {describe_folder(network_dir)}")
 
-    components, missing = find_components(root, sd21_dir)
+    components, missing = find_components(root, sd21_dir, base.path if base else None)
     if controlnet_dir is not None:
         components["controlnet"] = controlnet_dir
-    uses_metadata = kind == SATUNET or (kind in CONTROLNET_KINDS and bool(config.get("use_metadata", True)))
     return ModelInfo(
         name=root.name,
         path=root,
@@ -260,7 +308,40 @@ def _inspect(root: Path, sd21_dir: Path | None, unet: str | None) -> ModelInfo:
         display_name=settings.get("display_name") or root.name,
         description=settings.get("description") or _DESCRIPTIONS[kind],
         missing_components=missing,
+        base_model=base.name if base else None,
+        num_frames=settings.get("num_frames", DEFAULT_CONTROLNET_FRAMES) if kind == CONTROLNET_3D else 0,
     )
+
+
+def _base_model(root: Path, name: str, uses_metadata: bool, sd21_dir: Path | None, models_dir: Path) -> ModelInfo:
+    """The single-image model a ControlNet's gfm4d.json names as its base."""
+    folder = models_dir / name
+    where = f"{root / SETTINGS_FILE} names base_model {name!r}"
+    if folder.resolve() == root.resolve():
+        raise ModelError(f"{where}, which is this ControlNet itself; name the DiffusionSat model it was trained on")
+    if not folder.is_dir():
+        raise ModelError(
+            f"{where}, but {models_dir} has no folder {name!r}. Put the DiffusionSat single-image model the "
+            "ControlNet was trained on there (e.g. with `gfm4d models import`), or fix the name."
+        )
+    try:
+        base = _inspect(folder, sd21_dir, None, None)
+    except ModelError as exc:
+        raise ModelError(f"{where}, which is not usable: {exc}") from exc
+    if base.kind not in UNET_KINDS:
+        raise ModelError(f"{where}, a {base.kind}; the base must be a single-image model (kind {SATUNET})")
+    _check_base_unet_kind(base.kind, uses_metadata, base.unet_path)
+    return base
+
+
+def _check_base_unet_kind(unet_kind: str, uses_metadata: bool, unet_dir: Path) -> None:
+    """A metadata ControlNet needs a SatUNet beside it (and a plain one a plain SD UNet)."""
+    expected = SATUNET if uses_metadata else SD_UNET
+    if unet_kind != expected:
+        raise ModelError(
+            f"the UNet in {unet_dir} is a {unet_kind}, but this ControlNet needs a {expected} base; "
+            f"name the model it was trained on as base_model in the ControlNet's {SETTINGS_FILE}"
+        )
 
 
 def _default_resolution(kind: str, config: dict, components: dict[str, Path]) -> int:

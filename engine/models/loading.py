@@ -1,8 +1,9 @@
 """Load a recognised model folder into memory, ready for a pipeline.
 
-The UNet is built from its config and filled strictly from its weight file (weights.py), so a
-DiffusionSat `.bin` and a diffusers safetensors go through the same checks. The frozen components
-(VAE, text encoder, tokenizer) use their libraries' `from_pretrained` on local folders only.
+The UNet (and a ControlNet model's ControlNet) is built from its config and filled strictly from
+its weight file (weights.py), so a DiffusionSat `.bin` and a diffusers safetensors go through the
+same checks. The frozen components (VAE, text encoder, tokenizer) use their libraries'
+`from_pretrained` on local folders only.
 """
 
 from contextlib import contextmanager
@@ -17,12 +18,28 @@ from transformers.utils import logging as transformers_logging
 
 from engine.errors import ModelError
 
-from .layout import CONTROLNET_2D, CONTROLNET_3D, LOADABLE_KINDS, SATUNET, SD21_ENV_VAR, ModelInfo, read_json
+from .controlnet_2d import MetadataControlNet
+from .controlnet_3d import ControlNetModel3D
+from .layout import (
+    CONTROLNET_2D,
+    CONTROLNET_3D,
+    CONTROLNET_KINDS,
+    LOADABLE_KINDS,
+    SATUNET,
+    SD21_ENV_VAR,
+    SETTINGS_FILE,
+    ModelInfo,
+    read_json,
+    recognise_unet_config,
+)
 from .satunet import SatUNet
 from .schedulers import make_scheduler
 from .weights import load_into
 
 _DEFAULT_VAE_SCALING = 0.18215  # SD's, for VAE configs written before diffusers stored it
+_CONTROLNET_CLASSES = {CONTROLNET_2D: MetadataControlNet, CONTROLNET_3D: ControlNetModel3D}
+# ControlNet config keys that must equal the UNet's for the residuals to line up.
+_TRUNK_KEYS = ("in_channels", "block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim")
 
 
 @dataclass
@@ -37,6 +54,9 @@ class DiffusionModel:
     scheduler_config: dict  # prediction_type already set to info.prediction_type
     device: torch.device
     dtype: torch.dtype
+    # ControlNet models (kinds controlnet-2d-metadata / controlnet-3d): a MetadataControlNet or a
+    # ControlNetModel3D whose residuals go into `unet`; None for single-image models.
+    controlnet: MetadataControlNet | ControlNetModel3D | None = None
 
     def make_scheduler(self, name: str | None = None) -> SchedulerMixin:
         """A fresh scheduler (schedulers keep per-run state): the model's own, or ddim/dpm++/euler/pndm/unipc."""
@@ -61,7 +81,15 @@ def load_model(
     """Load every part of a recognised model; ModelError when it cannot be loaded as it stands."""
     device = torch.device(device)
     _check_loadable(info, sd21_dir)
-    unet = build_unet(info.unet_path, info.kind, device, dtype)
+    controlnet = None
+    if info.kind in CONTROLNET_KINDS:
+        unet_config = info.unet_path / "config.json"
+        unet_kind = recognise_unet_config(read_json(unet_config), str(unet_config))
+        unet = build_unet(info.unet_path, unet_kind, device, dtype)
+        controlnet = build_controlnet(info.components["controlnet"], info.kind, device, dtype)
+        check_controlnet_fits(controlnet, unet, info)
+    else:
+        unet = build_unet(info.unet_path, info.kind, device, dtype)
     # low_cpu_mem_usage needs `accelerate`; asking for it without only logs a warning.
     vae = _from_pretrained(
         AutoencoderKL, info, "vae", dtype=dtype, low_cpu_mem_usage=is_accelerate_available()
@@ -71,36 +99,72 @@ def load_model(
     scheduler_config = dict(read_json(info.components["scheduler"] / "scheduler_config.json"))
     scheduler_config["prediction_type"] = info.prediction_type
     make_scheduler(scheduler_config)  # fail now, not in the middle of a job
-    for module in (unet, vae, text_encoder):
-        module.eval().requires_grad_(False)
-    return DiffusionModel(info, unet, vae, text_encoder, tokenizer, scheduler_config, device, dtype)
+    for module in (unet, vae, text_encoder, controlnet):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return DiffusionModel(info, unet, vae, text_encoder, tokenizer, scheduler_config, device, dtype, controlnet)
 
 
 def build_unet(
     folder: Path, kind: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> UNet2DConditionModel:
     """A UNet (SatUNet for DiffusionSat) from `folder/config.json` with the folder's weights."""
+    return _build(SatUNet if kind == SATUNET else UNet2DConditionModel, folder, "UNet", device, dtype)
+
+
+def build_controlnet(
+    folder: Path, kind: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> MetadataControlNet | ControlNetModel3D:
+    """A DiffusionSat ControlNet (kind controlnet-2d-metadata or controlnet-3d) from `folder`."""
+    return _build(_CONTROLNET_CLASSES[kind], folder, "ControlNet", device, dtype)
+
+
+def _build(cls, folder: Path, what: str, device, dtype: torch.dtype):
     config = read_json(folder / "config.json")
-    cls = SatUNet if kind == SATUNET else UNet2DConditionModel
     try:
         # The meta device skips allocating and randomly initialising ~0.9 G parameters that the
         # checkpoint replaces anyway.
         with torch.device("meta"):
-            unet = cls.from_config(config)
+            model = cls.from_config(config)
     except (ValueError, TypeError, KeyError) as exc:
-        raise ModelError(f"{folder / 'config.json'} describes a UNet that cannot be built: {exc}") from exc
-    load_into(unet, folder, device=device, dtype=dtype)
-    if any(tensor.is_meta for tensor in (*unet.parameters(), *unet.buffers())):
+        raise ModelError(f"{folder / 'config.json'} describes a {what} that cannot be built: {exc}") from exc
+    load_into(model, folder, device=device, dtype=dtype)
+    if any(tensor.is_meta for tensor in (*model.parameters(), *model.buffers())):
         raise ModelError(f"the weights in {folder} leave part of the {cls.__name__} uninitialised")
-    return unet
+    return model
+
+
+def check_controlnet_fits(controlnet, unet: UNet2DConditionModel, info: ModelInfo) -> None:
+    """The ControlNet's residuals must match the UNet's skips, and both must agree on metadata."""
+    differences = [
+        f"{key} {_plain(controlnet.config.get(key))} != {_plain(unet.config.get(key))}"
+        for key in _TRUNK_KEYS
+        if _plain(controlnet.config.get(key)) != _plain(unet.config.get(key))
+    ]
+    unet_metadata = getattr(unet, "metadata_embedding", None)
+    if (controlnet.metadata_embedding is None) != (unet_metadata is None) or (
+        unet_metadata is not None and len(unet_metadata) != len(controlnet.metadata_embedding)
+    ):
+        differences.append("metadata fields (ControlNet vs UNet)")
+    if differences:
+        raise ModelError(
+            f"the ControlNet of model {info.name!r} ({info.components['controlnet']}) does not fit the UNet in "
+            f"{info.unet_path}: {'; '.join(differences)}. Use the UNet it was trained with: set "
+            f'{{"base_model": "<that model>"}} in {info.path / SETTINGS_FILE}.'
+        )
+
+
+def _plain(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _check_loadable(info: ModelInfo, sd21_dir: Path | None) -> None:
-    if info.kind in (CONTROLNET_2D, CONTROLNET_3D):
+    if info.kind in CONTROLNET_KINDS and info.unet_path is None:
         raise ModelError(
-            f"model {info.name!r} is a DiffusionSat ControlNet ({info.kind}); this version of GFM4D "
-            "recognises ControlNets but cannot load them yet. Use a generate/inpaint model "
-            "(kind satunet, sd-unet or sd-inpaint-unet)."
+            f"model {info.name!r} is a DiffusionSat ControlNet ({info.kind}) without its base UNet: "
+            f"{info.path} has no unet/ or checkpoint-N/unet/. Put the single-image DiffusionSat model it was "
+            f"trained on in the models directory and name it in {info.path / SETTINGS_FILE}, e.g. "
+            '{"base_model": "diffusionsat-512"}.'
         )
     if info.kind not in LOADABLE_KINDS:
         raise ModelError(f"model {info.name!r} has kind {info.kind!r}, which GFM4D cannot load")

@@ -55,3 +55,19 @@ def embed_metadata(
     for index in range(1, len(mlps)):
         embedding = embedding + mlps[index](projected[:, index])
     return embedding
+
+
+def embed_metadata_frames(
+    time_proj: nn.Module, mlps: nn.ModuleList, metadata: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """(B, N, T) metadata of T frames (metadata axis first, as DiffusionSat) -> (B, T, 4C) embeddings.
+
+    Each frame is embedded on its own, exactly as `embed_metadata` embeds one (B, N) vector.
+    """
+    if metadata.ndim != 3 or metadata.shape[1] != len(mlps):
+        raise ValueError(
+            f"frame metadata must have shape (batch, {len(mlps)}, frames), got {tuple(metadata.shape)}"
+        )
+    batch, count, frames = metadata.shape
+    rows = metadata.permute(0, 2, 1).reshape(batch * frames, count)  # row = b * T + t
+    return embed_metadata(time_proj, mlps, rows, dtype).reshape(batch, frames, -1)

@@ -56,7 +56,7 @@ class ModelRegistry:
             if not folder.is_dir() or folder.name.startswith((".", "_")):
                 continue
             try:
-                scan.models.append(inspect_model_folder(folder, self.sd21_dir))
+                scan.models.append(inspect_model_folder(folder, self.sd21_dir, models_dir=self.models_dir))
             except ModelError as exc:
                 scan.skipped[folder.name] = str(exc)
         return scan
@@ -72,7 +72,7 @@ class ModelRegistry:
         """The model called `name`; ModelError lists the available names otherwise."""
         folder = self.models_dir / name
         if name and not name.startswith((".", "_")) and Path(name).name == name and folder.is_dir():
-            return inspect_model_folder(folder, self.sd21_dir)
+            return inspect_model_folder(folder, self.sd21_dir, models_dir=self.models_dir)
         names = [info.name for info in self.scan().models]
         available = ", ".join(names) if names else f"none (put model folders in {self.models_dir}, or run `gfm4d demo`)"
         raise ModelError(f"unknown model {name!r}; available models: {available}")

@@ -12,11 +12,10 @@ None and `class_embeddings_concat` False), which is exactly DiffusionSat's
 `emb = time_embedding(proj(t)) + Σ_i MLP_i(proj(m_i))`. The UNet's forward is reused, not copied.
 """
 
-import inspect
-
 import torch
 from diffusers import UNet2DConditionModel
 
+from .config_signature import merged_signature
 from .metadata_embedding import embed_metadata, metadata_mlps
 
 
@@ -76,19 +75,5 @@ class SatUNet(UNet2DConditionModel):
         return embed_metadata(self.time_proj, self.metadata_embedding, class_labels, dtype=sample.dtype)
 
 
-def _config_signature() -> inspect.Signature:
-    """SatUNet's own keywords plus every UNet2DConditionModel keyword.
-
-    diffusers' `from_config` takes the accepted config keys from the signature of `cls.__init__`;
-    without this, a `**unet_config` signature would make it drop the whole UNet config as unexpected.
-    """
-    own = [p for p in inspect.signature(SatUNet.__init__).parameters.values() if p.kind != p.VAR_KEYWORD]
-    unet = [
-        p.replace(kind=p.KEYWORD_ONLY)
-        for name, p in inspect.signature(UNet2DConditionModel.__init__).parameters.items()
-        if name != "self"
-    ]
-    return inspect.Signature(own + unet)
-
-
-SatUNet.__init__.__signature__ = _config_signature()
+# from_config takes the accepted keys from this signature: SatUNet's own plus every UNet keyword.
+SatUNet.__init__.__signature__ = merged_signature(SatUNet.__init__, UNet2DConditionModel)
