@@ -378,7 +378,7 @@ def test_fp16_safetensors_variant_is_loaded(tmp_path):
 def test_demo_models_are_listed_and_loaded(demo_dir, no_sd21_env):
     registry = ModelRegistry(demo_dir)
     infos = {info.name: info for info in registry.list()}
-    assert sorted(infos) == ["demo-controlnet-3d", "demo-satunet", "demo-sd", "demo-superres"]
+    assert sorted(infos) == ["demo-controlnet-3d", "demo-prepost", "demo-satunet", "demo-sd", "demo-superres"]
     sat, sd = infos["demo-satunet"], infos["demo-sd"]
     assert (sat.kind, sd.kind) == (SATUNET, SD_UNET)
     assert sat.unet_path == demo_dir / "demo-satunet" / "checkpoint-100" / "unet"
@@ -494,7 +494,7 @@ def test_native_resolution_rules(demo_dir, tmp_path, no_sd21_env):
 
 def test_unknown_name_lists_available_models(demo_dir, no_sd21_env):
     with pytest.raises(
-        ModelError, match="'demo-sat'.*available models: demo-controlnet-3d, demo-satunet, demo-sd, demo-superres"
+        ModelError, match="'demo-sat'.*available models: demo-controlnet-3d, demo-prepost, demo-satunet, demo-sd, demo-superres"
     ):
         ModelRegistry(demo_dir).get("demo-sat")
     with pytest.raises(ModelError, match="available models"):
@@ -585,10 +585,10 @@ def weight_digests(models_dir: Path) -> dict[str, str]:
 def test_demo_models_are_deterministic_and_idempotent(demo_dir, tmp_path):
     again = tmp_path / "again"
     paths = build_demo_models(again)
-    assert [p.name for p in paths] == ["demo-satunet", "demo-sd", "demo-controlnet-3d", "demo-superres"]
+    assert [p.name for p in paths] == ["demo-satunet", "demo-sd", "demo-controlnet-3d", "demo-prepost", "demo-superres"]
     digests = weight_digests(again)
-    # vae + text encoder + network(s): 3 + 3 + 3 (controlnet; its UNet is demo-satunet's) + 4 (own unet/)
-    assert len(digests) == 13 and digests == weight_digests(demo_dir)
+    # vae + text encoder + network(s): 3 + 3 + 3 + 3 (controlnets; their UNet is demo-satunet's) + 4 (own unet/)
+    assert len(digests) == 16 and digests == weight_digests(demo_dir)
     assert "demo-satunet/checkpoint-100/unet/diffusion_pytorch_model.bin" in digests
     assert not (again / "demo-satunet" / "unet").exists()  # UNet only under checkpoint-100, as released
 

@@ -42,6 +42,7 @@ SATUNET_DEMO = "demo-satunet"
 SD_DEMO = "demo-sd"
 CONTROLNET_3D_DEMO = "demo-controlnet-3d"
 SUPERRES_DEMO = "demo-superres"
+PREPOST_DEMO = "demo-prepost"
 DEMO_FRAMES = 3
 SUPERRES_BANDS = 10  # Sentinel-2 B4 B3 B2 B5 B6 B7 B8 B8A B11 B12 (spec §7)
 SUPERRES_SCALE = 2
@@ -104,6 +105,7 @@ _EXPECTED_FILES = {
     SATUNET_DEMO: _SHARED_FILES + (f"{CHECKPOINT}/unet/config.json", f"{CHECKPOINT}/unet/diffusion_pytorch_model.bin"),
     SD_DEMO: _SHARED_FILES + ("unet/config.json", "unet/diffusion_pytorch_model.safetensors"),
     CONTROLNET_3D_DEMO: _SHARED_FILES + ("controlnet/config.json", "controlnet/diffusion_pytorch_model.bin"),
+    PREPOST_DEMO: _SHARED_FILES + ("controlnet/config.json", "controlnet/diffusion_pytorch_model.bin"),
     SUPERRES_DEMO: _SHARED_FILES
     + (
         "unet/config.json",
@@ -117,7 +119,8 @@ _EXPECTED_FILES = {
 def build_demo_models(models_dir: Path, seed: int = DEMO_SEED) -> list[Path]:
     """Write the demo models under `models_dir` (each kept when already complete); their folders.
 
-    demo-satunet, demo-sd, demo-controlnet-3d (whose base_model is demo-satunet), demo-superres.
+    demo-satunet, demo-sd, demo-controlnet-3d and demo-prepost (whose base_model is demo-satunet),
+    demo-superres.
     """
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,7 @@ def build_demo_models(models_dir: Path, seed: int = DEMO_SEED) -> list[Path]:
         SATUNET_DEMO: _write_satunet_run,
         SD_DEMO: _write_sd_folder,
         CONTROLNET_3D_DEMO: _write_controlnet_3d_run,
+        PREPOST_DEMO: _write_prepost_run,
         SUPERRES_DEMO: _write_superres_run,
     }
     return [_build(models_dir / name, writer, seed) for name, writer in writers.items()]
@@ -207,6 +211,23 @@ def _write_controlnet_3d_run(folder: Path, seed: int) -> None:
         "A DiffusionSat-layout temporal ControlNet run (3 frames) on demo-satunet, for tests and demos",
         base_model=SATUNET_DEMO,
         num_frames=DEMO_FRAMES,
+    )
+
+
+def _write_prepost_run(folder: Path, seed: int) -> None:
+    """DiffusionSat's single-frame xBD task: a 2D ControlNet on RGB, pre-event <-> post-event."""
+    _write_shared_components(folder, seed)
+    unet = _demo_satunet(seed)
+    torch.manual_seed(seed + 8)
+    controlnet = MetadataControlNet.from_unet(unet, conditioning_in_channels=3, conditioning_scale=1)
+    make_conditioning_visible(controlnet, seed + 9)
+    _save_diffusionsat(controlnet, folder / "controlnet")
+    _write_controlnet_model_index(folder, "ControlNetModel")
+    _write_settings(
+        folder,
+        "Demo DiffusionSat pre/post 2D ControlNet (tiny, untrained)",
+        "A DiffusionSat-layout 2D ControlNet run on RGB frames (one frame -> the image at another date) on demo-satunet",
+        base_model=SATUNET_DEMO,
     )
 
 
