@@ -84,7 +84,7 @@ def footprint_on(frame: Frame, grid: OutputGrid) -> shapely.Geometry:
     """The frame's valid footprint (its bounds) in the grid's CRS."""
     info = frame.source.info
     box = shapely.box(*info.bounds)
-    moved = transform_geom(info.crs, grid.crs, shapely.geometry.mapping(box), antimeridian_cutting=False)
+    moved = transform_geom(info.crs, grid.crs, shapely.geometry.mapping(box))
     return shapely.geometry.shape(moved)
 
 
@@ -101,10 +101,33 @@ def check_coverage(frames: Sequence[Frame], grid: OutputGrid) -> list[float]:
     if missing:
         left, bottom, right, top = grid.bounds
         raise InputError(
-            f"{', '.join(missing)} do(es) not overlap the target extent ({left:.6g}, {bottom:.6g}, {right:.6g}, "
+            f"{', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not overlap the target extent ({left:.6g}, {bottom:.6g}, {right:.6g}, "
             f"{top:.6g} in {grid.crs.to_string()}): remove it from the stack or choose another reference grid"
         )
     return fractions
+
+
+def warped_view(dataset, grid: OutputGrid, resampling: Resampling = Resampling.bilinear) -> WarpedVRT:
+    """A dataset warped onto a grid; pixels the source does not cover are masked (an alpha band is
+    added when the source has no nodata value to mark them)."""
+    return WarpedVRT(dataset, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                     resampling=resampling, add_alpha=dataset.nodata is None)
+
+
+def read_warped(vrt: WarpedVRT, bands: list[int], window: Window) -> np.ma.MaskedArray:
+    """A window of a warped view that may reach past its edges (warped views cannot read boundless)."""
+    rows, cols = int(window.height), int(window.width)
+    out = np.ma.masked_all((len(bands), rows, cols), dtype=vrt.dtypes[bands[0] - 1])
+    inside = window.intersection(Window(0, 0, vrt.width, vrt.height)) if _overlaps(window, vrt) else None
+    if inside is not None:
+        r0, c0 = int(inside.row_off - window.row_off), int(inside.col_off - window.col_off)
+        out[:, r0 : r0 + int(inside.height), c0 : c0 + int(inside.width)] = vrt.read(bands, window=inside, masked=True)
+    return out
+
+
+def _overlaps(window: Window, vrt: WarpedVRT) -> bool:
+    return (window.col_off < vrt.width and window.row_off < vrt.height
+            and window.col_off + window.width > 0 and window.row_off + window.height > 0)
 
 
 class WarpedFrame:
@@ -113,12 +136,11 @@ class WarpedFrame:
     def __init__(self, frame: Frame, grid: OutputGrid, resampling: Resampling = Resampling.bilinear):
         self.frame = frame
         self.grid = grid
-        self._vrt = WarpedVRT(frame.source.dataset, crs=grid.crs, transform=grid.transform, width=grid.width,
-                              height=grid.height, resampling=resampling)
+        self._vrt = warped_view(frame.source.dataset, grid, resampling)
 
     def read_unit(self, window: Window) -> np.ma.MaskedArray:
         """(bands, rows, cols) in [0, 1], masked where the frame has no data; windows may pass the edge."""
-        data = self._vrt.read(list(self.frame.bands), window=window, boundless=True, masked=True)
+        data = read_warped(self._vrt, list(self.frame.bands), window)
         valid = ~np.ma.getmaskarray(data).any(axis=0)
         unit = self.frame.stretch.to_unit(np.ma.getdata(data))
         return np.ma.MaskedArray(unit, mask=np.broadcast_to(~valid, unit.shape).copy())

@@ -15,12 +15,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from rasterio.enums import Resampling
 from rasterio.transform import Affine
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from engine.errors import InputError, ModelError
+from engine.geo.coregister import read_warped, warped_view
 from engine.geo.dates import acquisition_for_raster, parse_date
 from engine.geo.grid import OutputGrid, grid_from_extent
 from engine.geo.metadata import SatMetadata, centre_lonlat
@@ -62,17 +61,14 @@ class Sentinel2Conditioning:
         self.date, self.cloud, self.control_scale = date, cloud, control_scale
         scale = 8 / condition_factor
         self.grid = grid
-        self._vrt = WarpedVRT(
-            source.dataset, crs=grid.crs, transform=grid.transform * Affine.scale(scale),
-            width=int(np.ceil(grid.width / scale)), height=int(np.ceil(grid.height / scale)),
-            resampling=Resampling.bilinear,
-        )
+        condition_grid = OutputGrid(grid.crs, grid.transform @ Affine.scale(scale),
+                                    int(np.ceil(grid.width / scale)), int(np.ceil(grid.height / scale)))
+        self._vrt = warped_view(source.dataset, condition_grid)
         self._normalise = Sentinel2Normalisation()
 
     def __call__(self, canvas: LatentCanvas, region: Span, windows: list[Span]) -> dict:
         k = self.k
-        data = self._vrt.read(self.bands, window=Window(region.col * k, region.row * k, region.width * k, region.height * k),
-                              boundless=True, masked=True)
+        data = read_warped(self._vrt, self.bands, Window(region.col * k, region.row * k, region.width * k, region.height * k))
         image = self._normalise.to_unit(np.ma.getdata(data))
         image[:, np.ma.getmaskarray(data).any(axis=0)] = 0.0
         cond_metadata = []
@@ -110,7 +106,6 @@ def superres(model, request: SuperresRequest, output: str | Path, progress: Prog
         bands = condition_band_indices(info.descriptions, request.bands)
         acquisition = acquisition_for_raster(request.image, imagery_tags=info.imagery_tags,
                                              explicit_date=parse_date(request.date) if request.date else None)
-        resolution = request.resolution_m or min(info.pixel_size_m) / DEFAULT_FACTOR
         if request.extent is not None:
             extent = request.extent
             left, bottom, right, top = info.bounds
@@ -118,7 +113,11 @@ def superres(model, request: SuperresRequest, output: str | Path, progress: Prog
                 raise InputError(f"the extent {extent} does not overlap the scene's bounds {tuple(info.bounds)} (in {info.crs.to_string()})")
         else:
             extent = tuple(info.bounds)
-        grid = grid_from_extent(extent, info.crs, resolution_m=resolution)
+        if request.resolution_m:
+            grid = grid_from_extent(extent, info.crs, resolution_m=request.resolution_m)
+        else:  # an eighth of the scene's pixel, in its own units: the grids nest exactly
+            size = (info.transform.a / DEFAULT_FACTOR, -info.transform.e / DEFAULT_FACTOR)
+            grid = grid_from_extent(extent, info.crs, pixel_size=size)
         cloud = request.cloud_cover if request.cloud_cover is not None else acquisition.cloud_cover
         conditioning = Sentinel2Conditioning(source, bands, grid, factor, acquisition.date, cloud, request.control_scale)
         try:
