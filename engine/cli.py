@@ -175,6 +175,74 @@ def cmd_inpaint(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from engine.pipelines.predict import PredictRequest, predict
+
+    reference = args.reference_frame
+    if args.extent or args.like or args.aoi:
+        reference, _ = _grid_from_args(args)
+    dates = [None if d in ("", "-", "auto") else d for d in args.dates] if args.dates else None
+    request = PredictRequest(
+        frames=[Path(f) for f in args.frames], dates=dates, target_date=args.target_date, reference=reference,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, cloud_cover=args.cloud_cover,
+        control_scale=args.control_scale, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+        scheduler=args.scheduler, window=args.window, overlap=args.overlap, batch_size=args.batch_size,
+    )
+    model = _load_model(args, args.model)
+    bar = _progress_bar("predict")
+    try:
+        result = predict(model, request, args.output, progress=bar)
+    finally:
+        bar.close()
+    for name, date, fraction in result.frames:
+        print(f"frame {name}: {date}, covers {fraction:.0%} of the grid")
+    grid = result.generated.grid
+    print(f"wrote {result.generated.path} ({grid.width} x {grid.height} px, {grid.crs.to_string()}, {result.generated.seconds:.1f} s)")
+    return 0
+
+
+def cmd_superres(args) -> int:
+    from engine.pipelines.superres import SuperresRequest, superres
+
+    request = SuperresRequest(
+        image=Path(args.image), bands=args.bands.split(",") if args.bands else None,
+        extent=tuple(args.extent) if args.extent else None, resolution_m=args.resolution, date=args.date,
+        cloud_cover=args.cloud_cover, prompt=args.prompt, negative_prompt=args.negative_prompt,
+        control_scale=args.control_scale, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
+        scheduler=args.scheduler, batch_size=args.batch_size,
+    )
+    model = _load_model(args, args.model)
+    bar = _progress_bar("superres")
+    try:
+        result = superres(model, request, args.output, progress=bar)
+    finally:
+        bar.close()
+    grid = result.grid
+    print(f"wrote {result.path} ({grid.width} x {grid.height} px at {grid.pixel_size[0]:g} {grid.crs.to_string()} units, {result.seconds:.1f} s)")
+    return 0
+
+
+def cmd_sequence(args) -> int:
+    from engine.pipelines.sequence import SequenceRequest, generate_sequence
+
+    grid, _ = _grid_from_args(args)
+    generator = _load_model(args, args.model)
+    predictor = _load_model(args, args.predictor)
+    out_dir = Path(args.output_dir)
+    if not out_dir.is_dir():
+        raise InputError(f"the output folder {out_dir} does not exist; create it first")
+    request = SequenceRequest(grid=grid, dates=args.dates, prompt=args.prompt, cloud_cover=args.cloud_cover,
+                              steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
+    bar = _progress_bar("sequence")
+    try:
+        paths = generate_sequence(generator, predictor, request, out_dir, progress=bar)
+    finally:
+        bar.close()
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_xbd_import(args) -> int:
     from engine.geo.xbd import export_xbd_polygons, xbd_png_to_geotiff
 
@@ -197,6 +265,16 @@ def _add_sampling_arguments(parser) -> None:
     how.add_argument("--window", type=int, help="window size in pixels (default: the model's native resolution)")
     how.add_argument("--overlap", type=int, help="window overlap in pixels (default: a quarter window)")
     how.add_argument("--batch-size", type=int, default=4)
+
+
+def _add_grid_arguments(parser, required: bool = True) -> None:
+    where = parser.add_argument_group("where" if required else "reference grid (default: the reference frame's)")
+    where.add_argument("--extent", nargs=4, type=float, metavar=("XMIN", "YMIN", "XMAX", "YMAX"))
+    where.add_argument("--crs", help="CRS of --extent and of the output, e.g. EPSG:32618 (default with --aoi: the AOI's)")
+    where.add_argument("--aoi", help="polygon file (GeoJSON, GPKG, Shapefile): its extent (generate also masks outside)")
+    where.add_argument("--like", help="raster whose grid (CRS, transform, size) the output takes")
+    where.add_argument("--resolution", type=float, help="output pixel size in ground metres")
+    where.add_argument("--pixel-size", type=float, help="output pixel size in CRS units")
 
 
 def cmd_demo(args) -> int:
@@ -243,13 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate an image over an extent from a prompt and metadata")
-    where = gen.add_argument_group("where")
-    where.add_argument("--extent", nargs=4, type=float, metavar=("XMIN", "YMIN", "XMAX", "YMAX"))
-    where.add_argument("--crs", help="CRS of --extent and of the output, e.g. EPSG:32618 (default with --aoi: the AOI's)")
-    where.add_argument("--aoi", help="polygon file (GeoJSON, GPKG, Shapefile): generate over its extent, mask outside")
-    where.add_argument("--like", help="raster whose grid (CRS, transform, size) the output takes")
-    where.add_argument("--resolution", type=float, help="output pixel size in ground metres")
-    where.add_argument("--pixel-size", type=float, help="output pixel size in CRS units")
+    _add_grid_arguments(gen)
     what = gen.add_argument_group("what")
     what.add_argument("--prompt", required=True)
     what.add_argument("--negative-prompt", default="")
@@ -283,6 +355,46 @@ def build_parser() -> argparse.ArgumentParser:
     inp.add_argument("--label", help="label raster (default: OUTPUT_label.tif)")
     inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg or .geojson)")
     inp.set_defaults(func=cmd_inpaint)
+
+    pre = sub.add_parser("predict", help="predict the image at a target date from a stack of dated rasters")
+    pre.add_argument("frames", nargs="+", help="rasters of one place (any CRS, resolution, footprint)")
+    pre.add_argument("--dates", nargs="+", metavar="DATE", help="one date per frame (YYYY-MM-DD, or 'auto' to read it)")
+    pre.add_argument("--target-date", required=True, help="date to predict, YYYY-MM-DD (past, future or in between)")
+    pre.add_argument("--reference-frame", type=int, default=0, help="index of the frame whose grid the output takes")
+    _add_grid_arguments(pre, required=False)
+    pre.add_argument("--prompt", default="a fmow satellite image")
+    pre.add_argument("--negative-prompt", default="")
+    pre.add_argument("--cloud-cover", type=float, help="target cloud cover fraction 0..1")
+    pre.add_argument("--control-scale", type=float, default=1.0, help="multiplier of the ControlNet's residuals")
+    _add_sampling_arguments(pre)
+    pre.set_defaults(model="demo-controlnet-3d", steps=50, guidance=1.0)
+    pre.add_argument("-o", "--output", required=True)
+    pre.set_defaults(func=cmd_predict)
+
+    sr = sub.add_parser("superres", help="super-resolve a Sentinel-2 scene to RGB (DiffusionSat 2D ControlNet)")
+    sr.add_argument("image", help="Sentinel-2 raster with 10 or 13 bands")
+    sr.add_argument("--bands", help="Sentinel-2 name of each band in order, e.g. B2,B3,B4,B5,B6,B7,B8,B8A,B11,B12")
+    sr.add_argument("--extent", nargs=4, type=float, metavar=("XMIN", "YMIN", "XMAX", "YMAX"), help="in the scene's CRS")
+    sr.add_argument("--resolution", type=float, help="output pixel size in metres (default: an eighth of the scene's)")
+    sr.add_argument("--date", help="acquisition date (default: read from the scene)")
+    sr.add_argument("--cloud-cover", type=float)
+    sr.add_argument("--prompt", default="a fmow satellite image")
+    sr.add_argument("--negative-prompt", default="")
+    sr.add_argument("--control-scale", type=float, default=1.0)
+    _add_sampling_arguments(sr)
+    sr.set_defaults(model="demo-superres")
+    sr.add_argument("-o", "--output", required=True)
+    sr.set_defaults(func=cmd_superres)
+
+    seq = sub.add_parser("sequence", help="generate the first date, then predict each next date from the frames so far")
+    _add_grid_arguments(seq)
+    seq.add_argument("--dates", nargs="+", required=True)
+    seq.add_argument("--prompt", required=True)
+    seq.add_argument("--cloud-cover", type=float)
+    seq.add_argument("--predictor", default="demo-controlnet-3d", help="temporal ControlNet model")
+    _add_sampling_arguments(seq)
+    seq.add_argument("--output-dir", required=True)
+    seq.set_defaults(func=cmd_sequence)
 
     xbd = sub.add_parser("xbd-import", help="xBD label JSON -> georeferenced polygons (and the PNG -> GeoTIFF)")
     xbd.add_argument("labels", help="xBD label JSON ({disaster}_{id}_{pre|post}_disaster.json)")

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import rasterio
+import rasterio.windows
 
 from engine.cli import main
 
@@ -93,3 +94,35 @@ def test_xbd_import_command(xbd_dir, tmp_path):
     assert sorted(f["properties"]["damage"] for f in layer["features"]).count("destroyed") == 9
     with rasterio.open(tmp_path / "post.tif") as src:
         assert src.crs.is_projected and (src.width, src.height) == (1024, 1024)
+
+
+def test_predict_command_on_a_like_grid(models_dir, rasters_dir, tmp_path):
+    crop = tmp_path / "ref.tif"
+    with rasterio.open(rasters_dir / "xv2deploy_pre_tile_1361-10160.tif") as src:
+        window = rasterio.windows.Window(800, 300, 128, 128)
+        profile = {**src.profile, "width": 128, "height": 128, "transform": src.window_transform(window)}
+        with rasterio.open(crop, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    out = tmp_path / "pred.tif"
+    code = main(["--models-dir", str(models_dir), "predict", str(rasters_dir / "xv2deploy_pre_tile_1361-10160.tif"),
+                 str(rasters_dir / "xv2deploy_post_tile_32524-5137.tif"), "--dates", "2011-05-20", "2011-05-26",
+                 "--target-date", "2011-07-01", "--like", str(crop), "--steps", "1", "-o", str(out)])
+    assert code == 0
+    with rasterio.open(out) as a, rasterio.open(crop) as b:
+        assert a.transform == b.transform and a.crs == b.crs and a.shape == b.shape
+
+
+def test_sequence_command_writes_one_file_per_date(models_dir, tmp_path):
+    code = main(["--models-dir", str(models_dir), "sequence", "--extent", "600000", "5100000", "600256", "5100256",
+                 "--crs", "EPSG:32632", "--resolution", "2", "--dates", "2020-01-01", "2020-07-01", "2021-01-01",
+                 "--prompt", "a fmow satellite image of a farm", "--steps", "1", "--output-dir", str(tmp_path)])
+    assert code == 0
+    written = sorted(p.name for p in tmp_path.glob("*.tif"))
+    assert written == ["frame_2020-01-01.tif", "frame_2020-07-01.tif", "frame_2021-01-01.tif"]
+    transforms, tasks = set(), []
+    for name in written:
+        with rasterio.open(tmp_path / name) as src:
+            transforms.add(tuple(src.transform))
+            tasks.append(src.tags()["GFM4D_TASK"])
+    assert len(transforms) == 1
+    assert tasks == ["generate", "predict", "predict"]
