@@ -1,0 +1,209 @@
+"""The FastAPI application of API v1.
+
+Routes stay thin: they translate HTTP to `JobManager` calls and `schemas` models back. Every
+GFM4DError becomes a 4xx answer `{"detail": ..., "errors": [...]}` whose detail says what to fix;
+a 500 means a bug in GFM4D.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from engine import __version__
+from engine.errors import GFM4DError, InputError
+from engine.tasks import DeviceRegistry, all_tasks
+
+from .errors import UnsupportedMediaType, status_for
+from .jobs import JobManager, media_type_of
+from .schemas import (
+    ErrorBody,
+    Health,
+    JobInfo,
+    JobList,
+    JobState,
+    ModelEntry,
+    ModelList,
+    TaskList,
+    describe_validation_errors,
+    job_params_schemas,
+    task_entry,
+)
+from .security import BearerTokenMiddleware, PathPolicy
+from .settings import ServerSettings
+from .uploads import check_declared_length, receive_json_text, receive_multipart
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)}
+
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["params"],
+                    "properties": {"params": {"$ref": "#/components/schemas/JobParams"}},
+                    "additionalProperties": {"type": "string", "format": "binary"},
+                    "description": "`params` (JSON) plus one file part per input slot of the task (e.g. like, aoi)",
+                },
+                "encoding": {"params": {"contentType": "application/json"}},
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobParams"}},
+        },
+    }
+}
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """The engine's HTTP application; the worker starts and stops with the app's lifespan."""
+    settings = settings or ServerSettings()
+    tasks = all_tasks()
+    registry = DeviceRegistry(settings.models_dir, settings.sd21_dir, settings.device)
+    manager = JobManager(settings, registry, PathPolicy(settings.allowed_dirs))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        manager.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(manager.stop)
+
+    app = FastAPI(title="GFM4D engine", version=__version__, lifespan=lifespan,
+                  summary="Diffusion models for satellite imagery, georeferenced in and out")
+    app.state.manager = manager
+    app.state.settings = settings
+    if settings.token:
+        app.add_middleware(BearerTokenMiddleware, token=settings.token)
+    _add_error_handlers(app)
+
+    @app.get("/v1/health", response_model=Health, responses=_ERRORS)
+    def health() -> Health:
+        free = total = None
+        if registry.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(registry.device)
+        queued, running = manager.counts()
+        return Health(
+            version=__version__,
+            device=str(registry.device),
+            dtype=str(registry.dtype).removeprefix("torch."),
+            gpu_free_bytes=free,
+            gpu_total_bytes=total,
+            loaded_models=registry.loaded_names(),
+            tasks=list(tasks),
+            queued=queued,
+            running=running,
+            max_upload_bytes=settings.max_upload_bytes,
+            result_ttl_s=settings.result_ttl_s,
+            server_paths=manager.paths.enabled,
+        )
+
+    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+    def models() -> ModelList:
+        loaded = set(registry.loaded_names())
+        return ModelList(models=[
+            ModelEntry(name=i.name, kind=i.kind, tasks=list(i.tasks), native_resolution=i.native_resolution,
+                       display_name=i.display_name, description=i.description, uses_metadata=i.uses_metadata,
+                       ready=i.ready, loaded=i.name in loaded)
+            for i in registry.list()
+        ])
+
+    @app.get("/v1/tasks", response_model=TaskList, responses=_ERRORS)
+    def task_list() -> TaskList:
+        return TaskList(tasks=[task_entry(spec) for spec in tasks.values()])
+
+    @app.post("/v1/jobs", status_code=202, response_model=JobInfo, responses=_ERRORS, openapi_extra=_SUBMIT_BODY)
+    async def submit_job(request: Request, response: Response) -> JobInfo:
+        """Queue a job: multipart (`params` JSON + files) or a plain JSON body (no files)."""
+        check_declared_length(request, settings.max_upload_bytes)
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in ("multipart/form-data", "application/json"):
+            raise UnsupportedMediaType(
+                f"send the job as multipart/form-data (a `params` JSON field plus files) or as application/json, not {media or 'no content type'}"
+            )
+        staging = await run_in_threadpool(manager.new_staging_dir)
+        try:
+            if media == "multipart/form-data":
+                form = await receive_multipart(request, staging / "inputs", settings.max_upload_bytes)
+                params_text = form.fields.pop("params", None)
+                if params_text is None:
+                    raise InputError('the form has no `params` field; add one holding the job as JSON, e.g. {"task": "generate", ...}')
+                if form.fields:
+                    raise InputError(f"unexpected form fields {', '.join(sorted(form.fields))}: put parameters inside the `params` JSON, and send files as file parts")
+                uploaded = form.files
+            else:
+                params_text, uploaded = await receive_json_text(request), []
+            record = await run_in_threadpool(manager.submit, params_text, uploaded, staging)
+        except BaseException:
+            await run_in_threadpool(shutil.rmtree, staging, True)
+            raise
+        response.headers["Location"] = f"/v1/jobs/{record.id}"
+        return manager.info(record)
+
+    @app.get("/v1/jobs", response_model=JobList, responses=_ERRORS)
+    def list_jobs(state: JobState | None = Query(None, description="only jobs in this state")) -> JobList:
+        return JobList(jobs=[manager.info(record) for record in manager.list(state)])
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobInfo, responses=_ERRORS)
+    def job_status(job_id: str) -> JobInfo:
+        return manager.info(manager.get(job_id))
+
+    @app.get("/v1/jobs/{job_id}/results/{name}", response_class=FileResponse, responses=_ERRORS)
+    def job_result(job_id: str, name: str) -> FileResponse:
+        path = manager.result_path(job_id, name)
+        return FileResponse(path, media_type=media_type_of(path), filename=path.name)
+
+    @app.delete("/v1/jobs/{job_id}", response_model=JobInfo, responses=_ERRORS)
+    def cancel_or_delete_job(job_id: str) -> JobInfo:
+        """Cancel a queued or running job; delete a finished one and its files."""
+        record, deleted = manager.cancel_or_delete(job_id)
+        return manager.info(record, deleted=deleted)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(job_params_schemas())
+            if settings.token:
+                schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GFM4DError)
+    async def user_error(request: Request, exc: GFM4DError) -> JSONResponse:
+        errors = getattr(exc, "errors", None)
+        body = ErrorBody(detail=str(exc), errors=errors)
+        return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status_for(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = describe_validation_errors(list(exc.errors()))
+        detail = "invalid request: " + "; ".join(f"{e.field}: {e.message}" for e in errors)
+        return JSONResponse(ErrorBody(detail=detail, errors=errors).model_dump(mode="json"), status_code=422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=400)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        detail = f"internal error in the engine ({type(exc).__name__}); this is a bug in GFM4D: the engine's log has the details"
+        return JSONResponse({"detail": detail}, status_code=500)

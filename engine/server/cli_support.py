@@ -1,0 +1,148 @@
+"""What the `gfm4d` command line calls for `serve` and for running a task on an engine (`--engine URL`).
+
+Kept apart from engine/cli.py so that the CLI only has to add the arguments and dispatch:
+
+    serve = sub.add_parser("serve", ...); add_serve_arguments(serve); serve.set_defaults(func=run_serve)
+    add_engine_arguments(gen)
+    # first lines of cmd_generate:
+    if args.engine:
+        bar = _progress_bar("generate")
+        try:
+            lines = generate_on_engine(args, progress=bar)
+        finally:
+            bar.close()
+        for line in lines:
+            print(line)
+        return 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine.errors import InputError
+
+from .settings import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_RESULT_TTL_HOURS, default_token
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `gfm4d serve` (models dir, SD-2.1 dir and device come from the top-level parser)."""
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1; any other needs a token)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--work-dir", default=None, help="folder of job folders (default: env GFM4D_WORK_DIR or $GFM4D_HOME/jobs)")
+    parser.add_argument("--token", default=None, help="bearer token clients must send (prefer env GFM4D_TOKEN: arguments are visible to other users)")
+    parser.add_argument("--allow-dir", action="append", default=[], metavar="FOLDER",
+                        help="let jobs name files inside FOLDER on this machine instead of uploading them (repeatable)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest request body accepted")
+    parser.add_argument("--result-ttl-hours", type=float, default=DEFAULT_RESULT_TTL_HOURS, help="delete finished jobs this long after they end")
+    parser.add_argument("--no-requeue", action="store_true", help="on start, fail jobs left queued by a previous run instead of running them")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """`gfm4d serve`: run the engine until Ctrl-C (InsecureBind, a GFM4DError, when the address needs a token)."""
+    from .main import serve
+
+    try:
+        serve(
+            host=args.host,
+            port=args.port,
+            models_dir=getattr(args, "models_dir", None),
+            work_dir=args.work_dir,
+            token=args.token or default_token(),
+            allowed_dirs=args.allow_dir,
+            sd21_dir=getattr(args, "sd21_dir", None) or None,
+            device=getattr(args, "device", None),
+            max_upload_mb=args.max_upload_mb,
+            result_ttl_hours=args.result_ttl_hours,
+            requeue_on_restart=not args.no_requeue,
+            log_level=args.log_level,
+        )
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
+    return 0
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--engine URL` (and its token) for task commands: run on an engine instead of in-process."""
+    parser.add_argument("--engine", metavar="URL", default=os.environ.get("GFM4D_ENGINE_URL"),
+                        help="run the task on a GFM4D engine at URL (e.g. http://127.0.0.1:8765; env GFM4D_ENGINE_URL)")
+    parser.add_argument("--engine-token", default=None, help="the engine's token (prefer env GFM4D_TOKEN)")
+
+
+@dataclass
+class RemoteProgress:
+    """A job's progress in the shape of engine.pipelines.sampling.Progress (for the CLI's progress bar)."""
+
+    done: int
+    total: int
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
+def run_on_engine(
+    url: str,
+    token: str | None,
+    task: str,
+    params: dict,
+    files: dict[str, Path],
+    outputs: dict[str, Path],
+    progress: Callable[[RemoteProgress], None] | None = None,
+) -> dict[str, Path]:
+    """Submit a task to the engine at `url`, wait (Ctrl-C cancels it there), download the results named
+    in `outputs` to their paths; result name -> path written."""
+    from engine.client import EngineClient
+
+    client = EngineClient(url, token=token)
+    job_id = client.submit(task, params, files)
+
+    def report(job: dict) -> None:
+        if progress is not None:
+            progress(RemoteProgress(job["done"], job["total"], job["message"] or job["state"]))
+
+    job = client.wait(job_id, progress=report)
+    available = {r["name"] for r in job["results"]}
+    missing = sorted(set(outputs) - available)
+    if missing:
+        raise InputError(f"the {task} job has no result {', '.join(missing)}; it has: {', '.join(sorted(available))}")
+    return {name: client.download(job_id, name, dest) for name, dest in outputs.items()}
+
+
+def generate_params_from_args(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
+    """`gfm4d generate` arguments as generate-task params and files to upload."""
+    params = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "model": args.model,
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "seed": args.seed,
+    }
+    optional = {
+        "extent": args.extent, "crs": args.crs, "resolution_m": args.resolution, "pixel_size": args.pixel_size,
+        "date": args.date, "cloud_cover": args.cloud_cover, "scheduler": args.scheduler, "window": args.window,
+        "overlap": args.overlap, "batch_size": args.batch_size,
+    }
+    params.update({key: value for key, value in optional.items() if value is not None})
+    files = {name: Path(value) for name, value in (("like", args.like), ("aoi", args.aoi)) if value}
+    return params, files
+
+
+def generate_on_engine(args: argparse.Namespace, progress: Callable[[RemoteProgress], None] | None = None) -> list[str]:
+    """`gfm4d generate --engine URL ...`: the lines to print (what was written where)."""
+    params, files = generate_params_from_args(args)
+    outputs = {"image": Path(args.output)}
+    if getattr(args, "preview", None):
+        outputs["preview"] = Path(args.preview)
+    written = run_on_engine(args.engine, args.engine_token or default_token(), "generate", params, files, outputs, progress)
+    lines = [f"wrote {written['image']} (generated on {args.engine})"]
+    if "preview" in written:
+        lines.append(f"preview {written['preview']}")
+    return lines

@@ -1,0 +1,542 @@
+"""Jobs on disk, the queue, and the worker that runs them one at a time on the engine's device.
+
+The work folder holds one folder per job:
+
+    <work_dir>/<job id>/job.json    state, params, progress, timestamps, error (written atomically)
+                        inputs/     uploaded files
+                        results/    named result files, filled only while running or on success
+    <work_dir>/.incoming/<id>/      uploads still arriving (removed when refused, moved when accepted)
+
+One worker thread consumes the queue, so the device holds one job's tensors at a time and loaded
+models stay cached between jobs. A job survives its client going away; its folder stays until
+it is deleted or its results expire (`result_ttl_s` after it finished; a cleanup pass runs at
+start and every `cleanup_interval_s`).
+
+When the engine starts on a work folder used before, it lists the finished jobs as they were. A
+job that was running when the previous engine died is marked failed (its results may be partial,
+and running it again could crash the engine again); jobs that were still queued are queued again
+in their original order (their inputs are on disk and were validated), unless
+`requeue_on_restart` is off, in which case they are marked failed too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import mimetypes
+import os
+import queue
+import shutil
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from engine import __version__
+from engine.errors import Cancelled, GFM4DError, InputError, ModelError
+from engine.pipelines.sampling import Progress
+from engine.tasks import DeviceRegistry, TaskSpec, check_inputs, get_task
+
+from .errors import Conflict, NotFound
+from .schemas import FINISHED_STATES, JobInfo, JobState, ResultFile, parse_job_params
+from .security import PathPolicy
+from .settings import ServerSettings
+from .uploads import UploadedFile
+
+log = logging.getLogger(__name__)
+
+JOB_FILE = "job.json"
+INCOMING = ".incoming"
+PROGRESS_SAVE_INTERVAL_S = 1.0
+STALE_UPLOAD_S = 24 * 3600
+_RESULT_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_EXTRA_MEDIA_TYPES = {".tif": "image/tiff", ".tiff": "image/tiff", ".gpkg": "application/geopackage+sqlite3",
+                      ".geojson": "application/geo+json"}
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobRecord(BaseModel):
+    """What job.json holds."""
+
+    id: str
+    task: str
+    state: JobState
+    params: dict[str, Any]
+    inputs: dict[str, str] = Field(default_factory=dict)  # input name -> path relative to the job folder
+    server_inputs: dict[str, str] = Field(default_factory=dict)  # input name -> absolute path on this machine
+    input_filenames: dict[str, str] = Field(default_factory=dict)  # input name -> the client's file name
+    results: dict[str, str] = Field(default_factory=dict)  # result name -> file name in results/
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    error: str | None = None
+    cancel_requested: bool = False
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    engine_version: str = __version__
+
+
+def write_json_atomic(path: Path, text: str, durable: bool = True) -> None:
+    """Replace `path` with `text` in one step: readers see the old or the new file, never half of one."""
+    scratch = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(scratch, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def media_type_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return _EXTRA_MEDIA_TYPES.get(suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+class JobManager:
+    """Accepts, stores, runs, cancels and expires jobs; safe to call from any thread."""
+
+    def __init__(self, settings: ServerSettings, registry: DeviceRegistry, paths: PathPolicy):
+        self.settings = settings
+        self.registry = registry
+        self.paths = paths
+        self.work_dir = Path(settings.work_dir)
+        self._jobs: dict[str, JobRecord] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self._order: dict[str, int] = {}  # queue order of queued jobs
+        self._sequence = itertools.count()
+        self._lock = threading.RLock()
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._running: str | None = None
+        self._worker = threading.Thread(target=self._work, name="gfm4d-worker", daemon=True)
+        self._janitor = threading.Thread(target=self._clean_periodically, name="gfm4d-cleanup", daemon=True)
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.work_dir / INCOMING, ignore_errors=True)
+        self.recover()
+        self.cleanup()
+        self._worker.start()
+        self._janitor.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; a running job is interrupted (and marked failed), queued ones stay queued."""
+        self._stopping.set()
+        with self._lock:
+            if self._running is not None:
+                self._cancel[self._running].set()
+        self._queue.put(None)
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+        if self._janitor.is_alive():
+            self._janitor.join(timeout)
+
+    def recover(self) -> None:
+        """Load the jobs of an earlier run (see the module docstring for what happens to unfinished ones)."""
+        records = []
+        for folder in sorted(self.work_dir.iterdir()):
+            if not folder.is_dir() or folder.name.startswith("."):
+                continue
+            try:
+                record = JobRecord.model_validate_json((folder / JOB_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError, ValidationError) as exc:
+                log.warning("ignoring %s: its %s cannot be read (%s)", folder, JOB_FILE, exc)
+                continue
+            if record.id == folder.name:
+                records.append(record)
+        now = utc_now()
+        for record in sorted(records, key=lambda r: r.created_at):
+            if record.state == JobState.running or (record.state == JobState.queued and not self.settings.requeue_on_restart):
+                was = "running" if record.state == JobState.running else "waiting"
+                self._clear_results(record)
+                record.state, record.finished_at = JobState.failed, now
+                record.error = f"the engine stopped while this job was {was} and was restarted; submit the job again"
+                record.message = ""
+                self._save(record)
+            with self._lock:
+                self._jobs[record.id] = record
+                self._cancel[record.id] = threading.Event()
+                if record.state == JobState.queued:
+                    self._enqueue(record.id)
+
+    # --- submitting ----------------------------------------------------------------------------
+
+    def new_staging_dir(self) -> Path:
+        folder = self.work_dir / INCOMING / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return folder
+
+    def submit(self, params_text: str, uploaded: list[UploadedFile], staging: Path) -> JobRecord:
+        """Validate a job completely (params, model, inputs) and queue it; GFM4DError otherwise.
+
+        `uploaded` are files under `staging`, which becomes the job's folder.
+        """
+        request = parse_job_params(params_text)
+        spec = request.spec
+        inputs = self._uploaded_inputs(spec, uploaded)
+        server_inputs = self._server_inputs(spec, request.paths, uploaded)
+        self._check_model(spec, request.params)
+        every_input = {**{name: upload.path for name, upload in inputs.items()}, **server_inputs}
+        filenames = {name: upload.filename for name, upload in inputs.items()}
+        try:
+            check_inputs(spec, every_input)
+            if spec.check is not None:
+                spec.check(request.params, every_input)
+        except GFM4DError as exc:
+            raise _with_message(exc, describe_uploads(str(exc), {n: u.path for n, u in inputs.items()}, filenames)) from None
+
+        job_id = uuid.uuid4().hex
+        record = JobRecord(
+            id=job_id,
+            task=spec.name,
+            state=JobState.queued,
+            params=request.params.model_dump(mode="json"),
+            inputs={name: upload.path.relative_to(staging).as_posix() for name, upload in inputs.items()},
+            server_inputs={name: str(path) for name, path in server_inputs.items()},
+            input_filenames=filenames,
+            created_at=utc_now(),
+        )
+        (staging / "results").mkdir(exist_ok=True)
+        write_json_atomic(staging / JOB_FILE, record.model_dump_json(indent=2))
+        os.replace(staging, self.work_dir / job_id)
+        with self._lock:
+            self._jobs[job_id] = record
+            self._cancel[job_id] = threading.Event()
+            self._enqueue(job_id)
+        return record.model_copy(deep=True)
+
+    def _uploaded_inputs(self, spec: TaskSpec, uploaded: list[UploadedFile]) -> dict[str, UploadedFile]:
+        counts = Counter(upload.field for upload in uploaded)
+        seen: Counter[str] = Counter()
+        inputs = {}
+        for upload in uploaded:
+            field = upload.field
+            slot = spec.inputs.get(field)
+            if slot is None:
+                raise InputError(f"the {spec.name} task takes no file named {field!r}; it takes: {', '.join(spec.inputs) or 'no files'}")
+            if slot.many:
+                inputs[f"{field}.{seen[field]}"] = upload
+            elif counts[field] > 1:
+                raise InputError(f"{field!r} takes one file, but {counts[field]} were sent")
+            else:
+                inputs[field] = upload
+            seen[field] += 1
+        return inputs
+
+    def _server_inputs(self, spec: TaskSpec, paths: dict, uploaded: list[UploadedFile]) -> dict[str, Path]:
+        uploaded_fields = {upload.field for upload in uploaded}
+        resolved = {}
+        for name, value in paths.items():
+            slot = spec.inputs.get(name)
+            if slot is None:
+                raise InputError(f"paths names {name!r}, but the {spec.name} task takes: {', '.join(spec.inputs) or 'no files'}")
+            if name in uploaded_fields:
+                raise InputError(f"{name!r} is both uploaded and named in paths; give it one way")
+            values = value if isinstance(value, list) else [value]
+            if not slot.many and len(values) != 1:
+                raise InputError(f"{name!r} takes one file, but paths names {len(values)}")
+            for index, item in enumerate(values):
+                resolved[f"{name}.{index}" if slot.many else name] = self.paths.resolve(item)
+        return resolved
+
+    def _check_model(self, spec: TaskSpec, params) -> None:
+        name = getattr(params, "model", None)
+        if name is None:
+            return
+        info = self.registry.get(name)
+        if spec.name not in info.tasks:
+            able = [m.name for m in self.registry.list() if spec.name in m.tasks]
+            raise ModelError(
+                f"model {name!r} ({info.kind}) does not do {spec.name}; "
+                f"models that do: {', '.join(able) if able else 'none in this engine'}"
+            )
+        if not info.ready:
+            from engine.models.loading import _check_loadable
+
+            _check_loadable(info, self.registry.sd21_dir)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None:
+                hours = self.settings.result_ttl_s / 3600
+                raise NotFound(f"no job {job_id!r} on this engine (finished jobs are deleted {hours:g} h after they end)")
+            return record.model_copy(deep=True)
+
+    def list(self, state: JobState | None = None) -> list[JobRecord]:
+        with self._lock:
+            records = [r.model_copy(deep=True) for r in self._jobs.values() if state is None or r.state == state]
+        return sorted(records, key=lambda r: r.created_at)
+
+    def queue_position(self, job_id: str) -> int | None:
+        with self._lock:
+            if job_id not in self._order:
+                return None
+            mine = self._order[job_id]
+            return sum(1 for other in self._order.values() if other < mine)
+
+    def counts(self) -> tuple[int, str | None]:
+        """(queued jobs, running job id)."""
+        with self._lock:
+            return len(self._order), self._running
+
+    def result_path(self, job_id: str, name: str) -> Path:
+        record = self.get(job_id)
+        if record.state != JobState.succeeded:
+            if record.state in FINISHED_STATES:
+                raise Conflict(f"job {job_id} {record.state.value} and has no results" + (f": {record.error}" if record.error else ""))
+            raise Conflict(f"job {job_id} is {record.state.value}; wait until it has succeeded")
+        if name not in record.results:
+            raise NotFound(f"job {job_id} has no result {name!r}; its results are: {', '.join(record.results)}")
+        path = self.work_dir / job_id / "results" / record.results[name]
+        if not path.is_file():
+            raise NotFound(f"the file of result {name!r} of job {job_id} is gone from the engine's work folder; run the job again")
+        return path
+
+    def info(self, record: JobRecord, deleted: bool = False) -> JobInfo:
+        """The wire view of a job."""
+        results = []
+        for name, filename in record.results.items():
+            path = self.work_dir / record.id / "results" / filename
+            size = path.stat().st_size if not deleted and path.exists() else 0
+            results.append(ResultFile(name=name, filename=filename, size_bytes=size, media_type=media_type_of(path),
+                                      url=f"/v1/jobs/{record.id}/results/{name}"))
+        expires = record.finished_at + timedelta(seconds=self.settings.result_ttl_s) if record.finished_at else None
+        return JobInfo(
+            id=record.id,
+            task=record.task,
+            state=record.state,
+            progress=min(1.0, record.done / record.total) if record.total else (1.0 if record.state == JobState.succeeded else 0.0),
+            done=record.done,
+            total=record.total,
+            message=record.message,
+            error=record.error,
+            cancel_requested=record.cancel_requested,
+            deleted=deleted,
+            queue_position=None if deleted else self.queue_position(record.id),
+            inputs=sorted([*record.inputs, *record.server_inputs]),
+            results=results,
+            params=record.params,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            expires_at=expires,
+        )
+
+    # --- cancelling and deleting -----------------------------------------------------------------
+
+    def cancel_or_delete(self, job_id: str) -> tuple[JobRecord, bool]:
+        """Cancel a queued or running job, or delete a finished one with its files; (record, deleted)."""
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None:
+                self.get(job_id)  # raises NotFound
+            if record.state == JobState.queued:
+                self._order.pop(job_id, None)
+                record.state, record.finished_at = JobState.cancelled, utc_now()
+                record.cancel_requested, record.message = True, "cancelled before it started"
+                self._save(record)
+                return record.model_copy(deep=True), False
+            if record.state == JobState.running:
+                record.cancel_requested = True
+                self._cancel[job_id].set()
+                self._save(record)
+                return record.model_copy(deep=True), False
+            del self._jobs[job_id]
+            self._cancel.pop(job_id, None)
+        shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+        return record, True
+
+    # --- the worker ------------------------------------------------------------------------------
+
+    def _enqueue(self, job_id: str) -> None:
+        self._order[job_id] = next(self._sequence)
+        self._queue.put(job_id)
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            job_id = self._queue.get()
+            if job_id is None or self._stopping.is_set():
+                break
+            try:
+                self._run(job_id)
+            except Exception:  # a bug in the bookkeeping must not stop the worker
+                log.exception("job %s: unexpected error outside its task", job_id)
+
+    def _run(self, job_id: str) -> None:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.state != JobState.queued:
+                return
+            self._order.pop(job_id, None)
+            record.state, record.started_at, record.message = JobState.running, utc_now(), "starting"
+            self._running = job_id
+            cancel_event = self._cancel[job_id]
+            self._save(record)
+        folder = self.work_dir / job_id
+        results_dir = folder / "results"
+        outcome: dict[str, Any]
+        try:
+            spec = get_task(record.task)
+            params = spec.params.model_validate(record.params)
+            inputs = {name: folder / rel for name, rel in record.inputs.items()}
+            inputs.update({name: self.paths.resolve(path) for name, path in record.server_inputs.items()})
+            shutil.rmtree(results_dir, ignore_errors=True)
+            results_dir.mkdir()
+            produced = spec.run(self.registry, params, inputs, results_dir, self._progress_callback(job_id), cancel_event.is_set)
+            outcome = {"state": JobState.succeeded, "results": self._collect(produced, results_dir), "message": "done"}
+        except Cancelled:
+            if self._stopping.is_set() and not record.cancel_requested:
+                outcome = {"state": JobState.failed, "error": "the engine was stopped while this job was running; submit it again"}
+            else:
+                outcome = {"state": JobState.cancelled, "message": "cancelled; nothing was written"}
+        except GFM4DError as exc:
+            uploads = {name: folder / rel for name, rel in record.inputs.items()}
+            outcome = {"state": JobState.failed, "error": describe_uploads(str(exc), uploads, record.input_filenames)}
+        except Exception as exc:
+            outcome = {"state": JobState.failed, "error": _unexpected_error_message(exc)}
+            if not _is_out_of_memory(exc):
+                log.exception("job %s (%s) failed", job_id, record.task)
+        finally:
+            _release_device_memory(self.registry)
+        self._finish(job_id, **outcome)
+
+    def _finish(self, job_id: str, state: JobState, results: dict[str, str] | None = None,
+                message: str = "", error: str | None = None) -> None:
+        with self._lock:
+            record = self._jobs[job_id]
+            if state != JobState.succeeded:
+                self._clear_results(record)
+            record.state, record.results, record.error = state, results or {}, error
+            record.message, record.finished_at = message, utc_now()
+            if state == JobState.succeeded:
+                record.done = record.total
+            self._running = None
+            self._save(record)
+
+    def _collect(self, produced: dict[str, Path], results_dir: Path) -> dict[str, str]:
+        """Result names -> file names, checking that a task kept its results in its folder."""
+        results = {}
+        for name, path in produced.items():
+            path = Path(path)
+            if not name or not set(name) <= _RESULT_NAME_CHARS:
+                raise RuntimeError(f"task result name {name!r} must be letters, digits, _ or -")
+            if path.resolve().parent != results_dir.resolve() or not path.is_file():
+                raise RuntimeError(f"task result {name!r} ({path}) is not a file in the job's results folder")
+            results[name] = path.name
+        return results
+
+    def _progress_callback(self, job_id: str):
+        last_save = [0.0]
+
+        def report(progress: Progress) -> None:
+            with self._lock:
+                record = self._jobs.get(job_id)
+                if record is None:
+                    return
+                record.done, record.total, record.message = progress.done, progress.total, progress.message
+                now = time.monotonic()
+                if now - last_save[0] >= PROGRESS_SAVE_INTERVAL_S:
+                    last_save[0] = now
+                    self._save(record, durable=False)
+
+        return report
+
+    # --- storage and expiry ------------------------------------------------------------------------
+
+    def _save(self, record: JobRecord, durable: bool = True) -> None:
+        folder = self.work_dir / record.id
+        if folder.is_dir():
+            write_json_atomic(folder / JOB_FILE, record.model_dump_json(indent=2), durable=durable)
+
+    def _clear_results(self, record: JobRecord) -> None:
+        results_dir = self.work_dir / record.id / "results"
+        shutil.rmtree(results_dir, ignore_errors=True)
+        results_dir.mkdir(exist_ok=True)
+
+    def cleanup(self, now: datetime | None = None) -> list[str]:
+        """Delete finished jobs older than the results' lifetime and stale uploads; the ids deleted."""
+        now = now or utc_now()
+        ttl = timedelta(seconds=self.settings.result_ttl_s)
+        with self._lock:
+            expired = [r.id for r in self._jobs.values() if r.state in FINISHED_STATES and r.finished_at and r.finished_at + ttl <= now]
+            for job_id in expired:
+                del self._jobs[job_id]
+                self._cancel.pop(job_id, None)
+        for job_id in expired:
+            shutil.rmtree(self.work_dir / job_id, ignore_errors=True)
+        incoming = self.work_dir / INCOMING
+        if incoming.is_dir():
+            for folder in incoming.iterdir():
+                try:
+                    if time.time() - folder.stat().st_mtime > STALE_UPLOAD_S:
+                        shutil.rmtree(folder, ignore_errors=True)
+                except FileNotFoundError:
+                    pass
+        if expired:
+            log.info("deleted %d expired job(s)", len(expired))
+        return expired
+
+    def _clean_periodically(self) -> None:
+        while not self._stopping.wait(self.settings.cleanup_interval_s):
+            try:
+                self.cleanup()
+            except OSError:
+                log.exception("cleanup of %s failed", self.work_dir)
+
+
+def describe_uploads(message: str, paths: dict[str, Path], filenames: dict[str, str]) -> str:
+    """A message with the engine's paths of uploaded files replaced by what the client called them."""
+    for name, path in sorted(paths.items(), key=lambda item: -len(str(item[1]))):
+        label = f"the uploaded {name} file" + (f" {filenames[name]!r}" if filenames.get(name) else "")
+        message = message.replace(str(path), label)
+    return message
+
+
+def _with_message(exc: GFM4DError, message: str) -> GFM4DError:
+    """The same kind of error with another message (InputError when its class takes other arguments)."""
+    try:
+        return type(exc)(message)
+    except TypeError:
+        return InputError(message)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+
+
+def _unexpected_error_message(exc: BaseException) -> str:
+    if _is_out_of_memory(exc):
+        return (
+            "the engine ran out of memory; lower batch_size or window, or generate a smaller extent "
+            "(the other jobs are not affected)"
+        )
+    return (
+        f"internal error in the engine ({type(exc).__name__}: {exc}); this is a bug in GFM4D, "
+        "not in the request: the engine's log has the details, please report it"
+    )
+
+
+def _release_device_memory(registry: DeviceRegistry) -> None:
+    import torch
+
+    if registry.device.type == "cuda":
+        torch.cuda.empty_cache()

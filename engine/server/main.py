@@ -1,0 +1,67 @@
+"""Run the engine's HTTP API with uvicorn (what `gfm4d serve` calls)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+from .security import check_bind
+from .settings import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_RESULT_TTL_HOURS, ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    models_dir: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike | None = None,
+    token: str | None = None,
+    allowed_dirs: Iterable[str | os.PathLike] = (),
+    *,
+    sd21_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    result_ttl_hours: float = DEFAULT_RESULT_TTL_HOURS,
+    cleanup_interval_s: float = 300.0,
+    requeue_on_restart: bool = True,
+    log_level: str = "info",
+    access_log: bool = True,
+) -> None:
+    """Serve API v1 until interrupted. Refuses (InsecureBind) to listen beyond loopback without a token.
+
+    The bind check runs before anything heavy is imported, so a refused start is immediate.
+    """
+    check_bind(host, token)
+    for folder in allowed_dirs:
+        if not Path(folder).is_dir():
+            from engine.errors import InputError
+
+            raise InputError(f"allowed folder {folder} does not exist or is not a folder")
+    import uvicorn
+
+    from .app import create_app
+
+    settings = ServerSettings(
+        token=token,
+        allowed_dirs=tuple(Path(p) for p in allowed_dirs),
+        device=device,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        result_ttl_s=result_ttl_hours * 3600,
+        cleanup_interval_s=cleanup_interval_s,
+        requeue_on_restart=requeue_on_restart,
+    )
+    if models_dir is not None:
+        settings.models_dir = Path(models_dir)
+    if work_dir is not None:
+        settings.work_dir = Path(work_dir)
+    if sd21_dir:
+        settings.sd21_dir = Path(sd21_dir)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    log.info("GFM4D engine: models %s, jobs %s, listening on %s:%d", settings.models_dir, settings.work_dir, host, port)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
+                            timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run()

@@ -1,0 +1,171 @@
+"""The generate task: an extent, a `like` raster or an `aoi` polygon file -> image.tif + preview.png.
+
+Params mirror `gfm4d generate` so that CLI, HTTP and QGIS users describe the same request the
+same way; `output_grid` is where "where to generate" becomes an OutputGrid, checked before a
+job is queued and again when it runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+
+from engine.errors import GFM4DError, InputError
+from engine.geo.grid import OutputGrid, grid_from_extent, grid_like
+
+from . import Input, TaskParams, task
+
+# Far beyond any real request (65536 x 65536 px); what lies above is a unit mix-up, e.g. an
+# extent in metres with a CRS in degrees, and would occupy the engine for weeks.
+MAX_OUTPUT_PIXELS = 1 << 32
+
+
+class GenerateParams(TaskParams):
+    """Where, what and how to generate (sizes in output pixels)."""
+
+    extent: tuple[float, float, float, float] | None = Field(
+        None, description="xmin, ymin, xmax, ymax in the units of `crs`; or upload a `like` raster or an `aoi` file"
+    )
+    crs: str | None = Field(None, description="CRS of `extent` and of the output (EPSG:32618, WKT, ...); default with `aoi`: the AOI's")
+    resolution_m: float | None = Field(None, gt=0, description="output pixel size in ground metres")
+    pixel_size: float | None = Field(None, gt=0, description="output pixel size in CRS units")
+    prompt: str = Field(..., max_length=2000, description="text prompt, e.g. 'a fmow satellite image of a farm in italy'")
+    negative_prompt: str = Field("", max_length=2000)
+    date: dt.date | None = Field(None, description="acquisition date to condition on (ISO 8601)")
+    cloud_cover: float | None = Field(None, ge=0, le=1, description="cloud cover fraction 0..1")
+    steps: int = Field(30, ge=1, le=500, description="denoising steps")
+    guidance_scale: float = Field(7.5, ge=0, le=100, description="classifier-free guidance scale (<= 1: no guidance)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="same seed, same request -> same image")
+    scheduler: str | None = Field(None, description="ddim, dpm++, euler, pndm, unipc or a diffusers class name; default: the model's")
+    window: int | None = Field(None, gt=0, le=4096, description="window size in pixels; default: the model's native resolution")
+    overlap: int | None = Field(None, ge=0, le=4096, description="window overlap in pixels; default: a quarter window")
+    batch_size: int = Field(4, ge=1, le=256, description="windows per UNet call")
+
+    @field_validator("crs")
+    @classmethod
+    def _known_crs(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                CRS.from_user_input(value)
+            except (CRSError, ValueError, TypeError) as exc:
+                raise ValueError(f"{value!r} is not a CRS GDAL knows ({exc}); give e.g. 'EPSG:32618' or a WKT string") from None
+        return value
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _parse_date(cls, value):
+        if isinstance(value, str):
+            from engine.geo.dates import parse_date
+
+            try:
+                return parse_date(value)
+            except (GFM4DError, ValueError) as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        if value is not None:
+            from engine.models.schedulers import scheduler_class
+
+            try:
+                scheduler_class(value)
+            except GFM4DError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_pixel_size(self) -> "GenerateParams":
+        if self.resolution_m is not None and self.pixel_size is not None:
+            raise ValueError("give resolution_m (ground metres) or pixel_size (CRS units), not both")
+        return self
+
+
+def output_grid(params: GenerateParams, inputs: dict[str, Path]) -> tuple[OutputGrid, list | None]:
+    """The output grid (and AOI polygons in its CRS) from exactly one of extent, `like` or `aoi`."""
+    like, aoi_file = inputs.get("like"), inputs.get("aoi")
+    given = [name for name, value in (("extent", params.extent), ("like", like), ("aoi", aoi_file)) if value is not None]
+    if len(given) != 1:
+        have = f"; got {' and '.join(given)}" if given else ""
+        raise InputError(
+            "say where to generate with exactly one of: `extent` (with `crs`), a `like` raster "
+            f"(its grid is taken) or an `aoi` polygon file{have}"
+        )
+    if like is not None:
+        if params.resolution_m is not None or params.pixel_size is not None or params.crs is not None:
+            raise InputError("a `like` raster fixes the CRS and pixel size: drop crs, resolution_m and pixel_size")
+        from engine.geo.raster import open_raster
+
+        with open_raster(like) as source:
+            info = source.info
+        return grid_like(info.crs, info.transform, info.width, info.height), None
+    if (params.resolution_m is None) == (params.pixel_size is None):
+        raise InputError("give the output pixel size: resolution_m (ground metres) or pixel_size (CRS units)")
+    if aoi_file is not None:
+        from engine.geo.vectors import read_polygons
+
+        layer = read_polygons(aoi_file)
+        crs = CRS.from_user_input(params.crs) if params.crs else layer.crs
+        layer = layer.to_crs(crs)
+        bounds = layer.bounds()
+        aoi = [g for g in layer.geometries if g is not None and not g.is_empty]
+        return grid_from_extent(bounds, crs, resolution_m=params.resolution_m, pixel_size=params.pixel_size), aoi
+    if params.crs is None:
+        raise InputError("`extent` needs `crs` (e.g. 'EPSG:32618') to say what its numbers mean")
+    grid = grid_from_extent(params.extent, params.crs, resolution_m=params.resolution_m, pixel_size=params.pixel_size)
+    return grid, None
+
+
+def check_size(grid: OutputGrid) -> None:
+    pixels = grid.width * grid.height
+    if pixels > MAX_OUTPUT_PIXELS:
+        raise InputError(
+            f"the output would be {grid.width} x {grid.height} px ({pixels / 1e9:.3g} Gpx), more than one job makes "
+            f"({MAX_OUTPUT_PIXELS / 1e9:.3g} Gpx): use a coarser resolution or a smaller extent "
+            "(are the extent's numbers in the units of its CRS?)"
+        )
+
+
+def check(params: GenerateParams, inputs: dict[str, Path]) -> None:
+    check_size(output_grid(params, inputs)[0])
+
+
+@task(
+    "generate",
+    GenerateParams,
+    inputs={
+        "like": Input("raster", "raster whose grid (CRS, transform, size) the output takes"),
+        "aoi": Input("vector", "polygons (GeoJSON, GPKG, zipped Shapefile, xBD JSON): generate over their extent, mask outside"),
+    },
+    check=check,
+    summary="prompt + metadata -> a georeferenced RGB image over an extent (results: image, preview)",
+)
+def run(registry, params: GenerateParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:
+    from engine.geo.writer import write_preview_png
+    from engine.pipelines.generate import GenerateRequest, generate
+
+    grid, aoi = output_grid(params, inputs)
+    check_size(grid)
+    model = registry.load(params.model)
+    request = GenerateRequest(
+        grid=grid,
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        date=params.date,
+        cloud_cover=params.cloud_cover,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        seed=params.seed,
+        scheduler=params.scheduler,
+        window=params.window,
+        overlap=params.overlap,
+        batch_size=params.batch_size,
+        aoi=aoi,
+    )
+    result = generate(model, request, out_dir / "image.tif", progress=progress, cancel=cancel)
+    return {"image": result.path, "preview": write_preview_png(result.path, out_dir / "preview.png")}
