@@ -15,21 +15,30 @@ from engine import __version__, config
 from engine.errors import Cancelled, GFM4DError, InputError
 
 
-def _progress_bar(description: str):
-    """A tqdm bar fed by pipeline Progress reports."""
-    from tqdm import tqdm
+class _ProgressBar:
+    """A tqdm bar fed by Progress reports, shown from the first report on (so an input error that
+    comes before any work prints alone, on one line)."""
 
-    bar = tqdm(total=1, desc=description, unit="step", dynamic_ncols=True, leave=True)
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar = None
 
-    def update(progress) -> None:
-        if bar.total != progress.total:
-            bar.total = progress.total
-        bar.n = progress.done
-        bar.set_postfix_str(progress.message, refresh=False)
-        bar.refresh()
+    def __call__(self, progress) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
 
-    update.close = bar.close
-    return update
+            self.bar = tqdm(total=progress.total, desc=self.description, unit="step", dynamic_ncols=True)
+        self.bar.total = progress.total
+        self.bar.n = progress.done
+        self.bar.set_postfix_str(progress.message, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+_progress_bar = _ProgressBar
 
 
 def _registry(args):
@@ -45,74 +54,69 @@ def _load_model(args, name: str):
     return _registry(args).load(name, device=device, dtype=config.dtype_for(device))
 
 
-def _grid_from_args(args):
-    """The output grid from --like, --aoi or --extent/--crs, with --resolution or --pixel-size."""
-    from rasterio.crs import CRS
+def _check_outputs(outputs: dict[str, Path]) -> None:
+    from engine.geo.writer import check_destination
 
-    from engine.geo.grid import grid_from_extent, grid_like
-
-    if args.like:
-        from engine.geo.raster import open_raster
-
-        with open_raster(args.like) as source:
-            info = source.info
-            return grid_like(info.crs, info.transform, info.width, info.height), None
-    if (args.resolution is None) == (args.pixel_size is None):
-        raise InputError("give --resolution (metres) or --pixel-size (CRS units), or --like RASTER")
-    aoi = None
-    if args.aoi:
-        from engine.geo.vectors import read_polygons
-
-        layer = read_polygons(args.aoi)
-        crs = CRS.from_user_input(args.crs) if args.crs else layer.crs
-        layer = layer.to_crs(crs)
-        bounds = layer.bounds()
-        aoi = [g for g in layer.geometries if g is not None and not g.is_empty]
-    elif args.extent:
-        if not args.crs:
-            raise InputError("--extent needs --crs (e.g. --crs EPSG:32618) to say what its numbers mean")
-        crs = CRS.from_user_input(args.crs)
-        bounds = tuple(args.extent)
-    else:
-        raise InputError("say where to generate: --extent XMIN YMIN XMAX YMAX with --crs, --aoi FILE, or --like RASTER")
-    return grid_from_extent(bounds, crs, resolution_m=args.resolution, pixel_size=args.pixel_size), aoi
+    for name, path in outputs.items():
+        if path.suffix.lower() in (".tif", ".tiff") or name in ("image", "label"):
+            check_destination(path)
+        elif not (path.parent if str(path.parent) else Path(".")).is_dir():
+            raise InputError(f"the folder {path.parent} for {path.name} does not exist; create it first")
 
 
-def _date(value):
-    from engine.geo.dates import parse_date
+def _run_task(args, task: str, params: dict, files: dict[str, Path], outputs: dict[str, Path]) -> dict[str, Path]:
+    """Run a task in this process, or on the engine named by --engine: same params, same results."""
+    params = {key: value for key, value in params.items() if value is not None}
+    outputs = {name: Path(path) for name, path in outputs.items() if path}
+    _check_outputs(outputs)
+    bar = _progress_bar(task)
+    try:
+        if getattr(args, "engine", None):
+            from engine.server.cli_support import run_on_engine
+            from engine.server.settings import default_token
 
-    return parse_date(value) if value else None
+            return run_on_engine(args.engine, args.engine_token or default_token(), task, params, files, outputs, bar)
+        from engine.tasks import DeviceRegistry, run_task_locally
+
+        registry = DeviceRegistry(Path(args.models_dir), Path(args.sd21_dir) if args.sd21_dir else None, device=args.device)
+        return run_task_locally(registry, {"task": task, **params}, files, outputs, progress=bar)
+    finally:
+        bar.close()
+
+
+def _report(written: dict[str, Path]) -> None:
+    """What was written where, with the image's grid and the notes the task left in its tags."""
+    import rasterio
+
+    for name, path in written.items():
+        line = f"wrote {name}: {path}"
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with rasterio.open(path) as src:
+                line += f" ({src.width} x {src.height} px, {src.crs.to_string()}, pixel {src.res[0]:g} x {src.res[1]:g})"
+                for key in ("GFM4D_POLYGONS", "GFM4D_FRAMES"):
+                    if key in src.tags() and name == "image":
+                        line += f"\n  {key[6:].lower()}: {src.tags()[key]}"
+        print(line)
+
+
+def _sampling_params(args) -> dict:
+    return {
+        "model": args.model, "steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
+        "scheduler": args.scheduler, "window": getattr(args, "window", None), "overlap": getattr(args, "overlap", None),
+        "batch_size": args.batch_size, "negative_prompt": args.negative_prompt, "cloud_cover": args.cloud_cover,
+    }
+
+
+def _where_params(args) -> tuple[dict, dict[str, Path]]:
+    params = {"extent": args.extent, "crs": args.crs, "resolution_m": args.resolution, "pixel_size": args.pixel_size}
+    files = {name: Path(value) for name, value in (("like", args.like), ("aoi", args.aoi)) if value}
+    return params, files
 
 
 def cmd_generate(args) -> int:
-    from engine.geo.writer import write_preview_png
-    from engine.pipelines.generate import GenerateRequest, generate
-
-    grid, aoi = _grid_from_args(args)
-    model = _load_model(args, args.model)
-    request = GenerateRequest(
-        grid=grid,
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        date=_date(args.date),
-        cloud_cover=args.cloud_cover,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        scheduler=args.scheduler,
-        window=args.window,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        aoi=aoi,
-    )
-    bar = _progress_bar("generate")
-    try:
-        result = generate(model, request, args.output, progress=bar)
-    finally:
-        bar.close()
-    print(f"wrote {result.path} ({grid.width} x {grid.height} px, {grid.crs.to_string()}, {result.windows} windows, {result.seconds:.1f} s)")
-    if args.preview:
-        print(f"preview {write_preview_png(result.path, args.preview)}")
+    where, files = _where_params(args)
+    params = {**_sampling_params(args), **where, "prompt": args.prompt, "date": args.date}
+    _report(_run_task(args, "generate", params, files, {"image": args.output, "preview": args.preview}))
     return 0
 
 
@@ -125,112 +129,59 @@ def _class_mapping(pairs: list[str] | None, what: str) -> dict | None:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise InputError(f"{what} takes CLASS=VALUE (e.g. destroyed=\"...\"), not {pair!r}")
-        mapping[int(key) if key.isdigit() else key] = value
+        mapping[key] = value
     return mapping
 
 
 def cmd_inpaint(args) -> int:
-    from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
-
     output = Path(args.output)
-    inpaint_classes = {c: True for c in args.inpaint_class or []}
-    inpaint_classes.update({c: False for c in args.skip_class or []})
-    request = InpaintRequest(
-        image=Path(args.image),
-        polygons=Path(args.polygons),
-        class_field=args.class_field,
-        class_prompts=_class_mapping(args.class_prompt, "--class-prompt"),
-        inpaint_classes={int(k) if k.isdigit() else k: v for k, v in inpaint_classes.items()} or None,
-        disaster_type=args.disaster_type,
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        date=_date(args.date),
-        cloud_cover=args.cloud_cover,
-        strength=args.strength,
-        dilation_m=args.dilation,
-        feather_m=args.feather,
-        rgb_bands=tuple(args.bands) if args.bands else None,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        scheduler=args.scheduler,
-        window=args.window,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-    )
-    outputs = InpaintOutputs(
-        image=output,
-        label=Path(args.label) if args.label else output.with_name(output.stem + "_label.tif"),
-        polygons=Path(args.label_polygons) if args.label_polygons else None,
-    )
-    model = _load_model(args, args.model)
-    bar = _progress_bar("inpaint")
-    try:
-        result = inpaint(model, request, outputs, progress=bar)
-    finally:
-        bar.close()
-    print(f"polygons: {result.report}")
-    print(f"processed {result.windows} of {result.windows_total} windows in {result.regions} region(s), {result.seconds:.1f} s")
-    print(f"wrote {outputs.image} and the label raster {outputs.label}" + (f" and {outputs.polygons}" if outputs.polygons else ""))
+    switches = {**{c: True for c in args.inpaint_class or []}, **{c: False for c in args.skip_class or []}}
+    params = {
+        **_sampling_params(args), "prompt": args.prompt, "class_field": args.class_field,
+        "class_prompts": _class_mapping(args.class_prompt, "--class-prompt"), "inpaint_classes": switches or None,
+        "disaster_type": args.disaster_type, "date": args.date, "strength": args.strength, "dilation_m": args.dilation,
+        "feather_m": args.feather, "rgb_bands": args.bands, "label_polygons": bool(args.label_polygons),
+    }
+    outputs = {
+        "image": output,
+        "label": Path(args.label) if args.label else output.with_name(output.stem + "_label.tif"),
+        "polygons": args.label_polygons,
+    }
+    files = {"image": Path(args.image), "polygons": Path(args.polygons)}
+    _report(_run_task(args, "inpaint", params, files, outputs))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from engine.pipelines.predict import PredictRequest, predict
-
-    reference = args.reference_frame
-    if args.extent or args.like or args.aoi:
-        reference, _ = _grid_from_args(args)
     dates = [None if d in ("", "-", "auto") else d for d in args.dates] if args.dates else None
-    request = PredictRequest(
-        frames=[Path(f) for f in args.frames], dates=dates, target_date=args.target_date, reference=reference,
-        prompt=args.prompt, negative_prompt=args.negative_prompt, cloud_cover=args.cloud_cover,
-        control_scale=args.control_scale, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-        scheduler=args.scheduler, window=args.window, overlap=args.overlap, batch_size=args.batch_size,
-    )
-    model = _load_model(args, args.model)
-    bar = _progress_bar("predict")
-    try:
-        result = predict(model, request, args.output, progress=bar)
-    finally:
-        bar.close()
-    for name, date, fraction in result.frames:
-        print(f"frame {name}: {date}, covers {fraction:.0%} of the grid")
-    grid = result.generated.grid
-    print(f"wrote {result.generated.path} ({grid.width} x {grid.height} px, {grid.crs.to_string()}, {result.generated.seconds:.1f} s)")
+    params = {**_sampling_params(args), "prompt": args.prompt, "target_date": args.target_date, "dates": dates,
+              "reference": args.reference_frame, "control_scale": args.control_scale}
+    files = {f"frames.{i}": Path(frame) for i, frame in enumerate(args.frames)}
+    if args.like:
+        files["reference"] = Path(args.like)
+    _report(_run_task(args, "predict", params, files, {"image": args.output, "preview": args.preview}))
     return 0
 
 
 def cmd_superres(args) -> int:
-    from engine.pipelines.superres import SuperresRequest, superres
-
-    request = SuperresRequest(
-        image=Path(args.image), bands=args.bands.split(",") if args.bands else None,
-        extent=tuple(args.extent) if args.extent else None, resolution_m=args.resolution, date=args.date,
-        cloud_cover=args.cloud_cover, prompt=args.prompt, negative_prompt=args.negative_prompt,
-        control_scale=args.control_scale, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-        scheduler=args.scheduler, batch_size=args.batch_size,
-    )
-    model = _load_model(args, args.model)
-    bar = _progress_bar("superres")
-    try:
-        result = superres(model, request, args.output, progress=bar)
-    finally:
-        bar.close()
-    grid = result.grid
-    print(f"wrote {result.path} ({grid.width} x {grid.height} px at {grid.pixel_size[0]:g} {grid.crs.to_string()} units, {result.seconds:.1f} s)")
+    params = {**_sampling_params(args), "prompt": args.prompt, "bands": args.bands.split(",") if args.bands else None,
+              "extent": args.extent, "resolution_m": args.resolution, "date": args.date,
+              "control_scale": args.control_scale}
+    _report(_run_task(args, "superres", params, {"image": Path(args.image)}, {"image": args.output, "preview": args.preview}))
     return 0
 
 
 def cmd_sequence(args) -> int:
     from engine.pipelines.sequence import SequenceRequest, generate_sequence
+    from engine.tasks.generate import GenerateParams, output_grid
 
-    grid, _ = _grid_from_args(args)
-    generator = _load_model(args, args.model)
-    predictor = _load_model(args, args.predictor)
+    where, files = _where_params(args)
+    grid, _ = output_grid(GenerateParams(prompt=args.prompt, **{k: v for k, v in where.items() if v is not None}), files)
     out_dir = Path(args.output_dir)
     if not out_dir.is_dir():
         raise InputError(f"the output folder {out_dir} does not exist; create it first")
+    generator = _load_model(args, args.model)
+    predictor = _load_model(args, args.predictor)
     request = SequenceRequest(grid=grid, dates=args.dates, prompt=args.prompt, cloud_cover=args.cloud_cover,
                               steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
     bar = _progress_bar("sequence")
@@ -238,8 +189,7 @@ def cmd_sequence(args) -> int:
         paths = generate_sequence(generator, predictor, request, out_dir, progress=bar)
     finally:
         bar.close()
-    for path in paths:
-        print(f"wrote {path}")
+    _report({f"frame {i + 1}": path for i, path in enumerate(paths)})
     return 0
 
 
@@ -267,8 +217,8 @@ def _add_sampling_arguments(parser) -> None:
     how.add_argument("--batch-size", type=int, default=4)
 
 
-def _add_grid_arguments(parser, required: bool = True) -> None:
-    where = parser.add_argument_group("where" if required else "reference grid (default: the reference frame's)")
+def _add_grid_arguments(parser) -> None:
+    where = parser.add_argument_group("where")
     where.add_argument("--extent", nargs=4, type=float, metavar=("XMIN", "YMIN", "XMAX", "YMAX"))
     where.add_argument("--crs", help="CRS of --extent and of the output, e.g. EPSG:32618 (default with --aoi: the AOI's)")
     where.add_argument("--aoi", help="polygon file (GeoJSON, GPKG, Shapefile): its extent (generate also masks outside)")
@@ -313,6 +263,8 @@ def _info_dict(info) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.server.cli_support import add_engine_arguments, add_serve_arguments, run_serve
+
     parser = argparse.ArgumentParser(prog="gfm4d", description="Diffusion models for satellite imagery, georeferenced.")
     parser.add_argument("--version", action="version", version=f"gfm4d {__version__}")
     parser.add_argument("--models-dir", default=str(config.models_dir()), help="folder of model folders (env GFM4D_MODELS)")
@@ -330,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(gen)
     gen.add_argument("-o", "--output", required=True, help="output GeoTIFF")
     gen.add_argument("--preview", help="also write a PNG preview here")
+    add_engine_arguments(gen)
     gen.set_defaults(func=cmd_generate)
 
     inp = sub.add_parser("inpaint", help="paint disaster damage into a pre-event raster inside polygons")
@@ -353,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(inp)
     inp.add_argument("-o", "--output", required=True, help="post-event GeoTIFF")
     inp.add_argument("--label", help="label raster (default: OUTPUT_label.tif)")
-    inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg or .geojson)")
+    inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg)")
+    add_engine_arguments(inp)
     inp.set_defaults(func=cmd_inpaint)
 
     pre = sub.add_parser("predict", help="predict the image at a target date from a stack of dated rasters")
@@ -361,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--dates", nargs="+", metavar="DATE", help="one date per frame (YYYY-MM-DD, or 'auto' to read it)")
     pre.add_argument("--target-date", required=True, help="date to predict, YYYY-MM-DD (past, future or in between)")
     pre.add_argument("--reference-frame", type=int, default=0, help="index of the frame whose grid the output takes")
-    _add_grid_arguments(pre, required=False)
+    pre.add_argument("--like", help="a raster whose grid the output takes instead (e.g. a smaller area)")
     pre.add_argument("--prompt", default="a fmow satellite image")
     pre.add_argument("--negative-prompt", default="")
     pre.add_argument("--cloud-cover", type=float, help="target cloud cover fraction 0..1")
@@ -369,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(pre)
     pre.set_defaults(model="demo-controlnet-3d", steps=50, guidance=1.0)
     pre.add_argument("-o", "--output", required=True)
+    pre.add_argument("--preview", help="also write a PNG preview here")
+    add_engine_arguments(pre)
     pre.set_defaults(func=cmd_predict)
 
     sr = sub.add_parser("superres", help="super-resolve a Sentinel-2 scene to RGB (DiffusionSat 2D ControlNet)")
@@ -384,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(sr)
     sr.set_defaults(model="demo-superres")
     sr.add_argument("-o", "--output", required=True)
+    sr.add_argument("--preview", help="also write a PNG preview here")
+    add_engine_arguments(sr)
     sr.set_defaults(func=cmd_superres)
 
     seq = sub.add_parser("sequence", help="generate the first date, then predict each next date from the frames so far")
@@ -395,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(seq)
     seq.add_argument("--output-dir", required=True)
     seq.set_defaults(func=cmd_sequence)
+
+    serve = sub.add_parser("serve", help="run the engine: HTTP API v1 with a job queue (see docs/api.md)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
 
     xbd = sub.add_parser("xbd-import", help="xBD label JSON -> georeferenced polygons (and the PNG -> GeoTIFF)")
     xbd.add_argument("labels", help="xBD label JSON ({disaster}_{id}_{pre|post}_disaster.json)")

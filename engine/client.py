@@ -276,8 +276,11 @@ class EngineClient:
 
 
 def _upload_list(files: Files, scratch: Path) -> list[tuple[str, Path]]:
+    """(form field, file) pairs. Inputs of a `many` slot may be named `slot.0`, `slot.1`, ... as the
+    engine names them; on the wire they are the slot's field repeated, in index order."""
     uploads = []
-    for name, value in files.items():
+    for name, value in sorted(files.items(), key=lambda item: _slot_order(item[0])):
+        name = _slot_order(name)[0]
         values = [value] if isinstance(value, (str, os.PathLike)) else list(value)
         for item in values:
             path = Path(item)
@@ -285,6 +288,11 @@ def _upload_list(files: Files, scratch: Path) -> list[tuple[str, Path]]:
                 raise EngineError(f"the file {path} for input {name!r} does not exist")
             uploads.append((name, _zip_shapefile(path, scratch) if path.suffix.lower() == ".shp" else path))
     return uploads
+
+
+def _slot_order(name: str) -> tuple[str, int]:
+    slot, dot, index = name.partition(".")
+    return (slot, int(index)) if dot and index.isdigit() else (name, 0)
 
 
 def _zip_shapefile(shp: Path, scratch: Path) -> Path:

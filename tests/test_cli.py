@@ -55,7 +55,7 @@ def test_models_list_json_shows_the_demo_models(models_dir, capsys):
     "argv, words",
     [
         (["generate", "--prompt", "x", "-o", "x.tif", "--resolution", "1"], "say where to generate"),
-        (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--resolution", "1"], "--crs"),
+        (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--resolution", "1"], "needs `crs`"),
         (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--crs", "EPSG:32632",
           "--resolution", "1", "--date", "2020-13-45"], "2020-13-45"),
         (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--crs", "EPSG:32632",

@@ -176,18 +176,13 @@ def test_multipart_body_streams_exactly_the_files(tmp_path):
 
 
 def test_cli_generate_on_an_engine_matches_the_cli_in_process(engine, models_dir, tmp_path):
-    from engine.cli import build_parser, main
-    from engine.server.cli_support import generate_on_engine
+    from engine.cli import main
 
     argv = ["--models-dir", str(models_dir), "--device", "cpu", "generate", "--extent", "600000", "5100000", "600128",
             "5100128", "--crs", "EPSG:32632", "--resolution", "2", "--prompt", PROMPT, "--steps", "2", "--seed", "21",
             "--date", "2020-06-01", "--cloud-cover", "0.1"]
-    args = build_parser().parse_args([*argv, "-o", str(tmp_path / "remote.tif"), "--preview", str(tmp_path / "remote.png")])
-    args.engine, args.engine_token = engine.url, None
-    bars = []
-    lines = generate_on_engine(args, progress=bars.append)
-    assert lines[0].startswith(f"wrote {tmp_path / 'remote.tif'}") and (tmp_path / "remote.png").is_file()
-    assert bars[-1].done == bars[-1].total > 0
+    assert main([*argv, "-o", str(tmp_path / "remote.tif"), "--preview", str(tmp_path / "remote.png"), "--engine", engine.url]) == 0
+    assert (tmp_path / "remote.png").is_file()
     assert main([*argv, "-o", str(tmp_path / "local.tif")]) == 0
     with rasterio.open(tmp_path / "remote.tif") as remote, rasterio.open(tmp_path / "local.tif") as local:
         np.testing.assert_array_equal(remote.read(), local.read())

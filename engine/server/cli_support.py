@@ -1,19 +1,8 @@
 """What the `gfm4d` command line calls for `serve` and for running a task on an engine (`--engine URL`).
 
-Kept apart from engine/cli.py so that the CLI only has to add the arguments and dispatch:
-
-    serve = sub.add_parser("serve", ...); add_serve_arguments(serve); serve.set_defaults(func=run_serve)
-    add_engine_arguments(gen)
-    # first lines of cmd_generate:
-    if args.engine:
-        bar = _progress_bar("generate")
-        try:
-            lines = generate_on_engine(args, progress=bar)
-        finally:
-            bar.close()
-        for line in lines:
-            print(line)
-        return 0
+Kept apart from engine/cli.py so that the CLI only adds the arguments and dispatches: every task
+command builds the task's wire params and files, then runs them in-process or, with `--engine`,
+through `run_on_engine`.
 """
 
 from __future__ import annotations
@@ -113,36 +102,3 @@ def run_on_engine(
     if missing:
         raise InputError(f"the {task} job has no result {', '.join(missing)}; it has: {', '.join(sorted(available))}")
     return {name: client.download(job_id, name, dest) for name, dest in outputs.items()}
-
-
-def generate_params_from_args(args: argparse.Namespace) -> tuple[dict, dict[str, Path]]:
-    """`gfm4d generate` arguments as generate-task params and files to upload."""
-    params = {
-        "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt,
-        "model": args.model,
-        "steps": args.steps,
-        "guidance_scale": args.guidance,
-        "seed": args.seed,
-    }
-    optional = {
-        "extent": args.extent, "crs": args.crs, "resolution_m": args.resolution, "pixel_size": args.pixel_size,
-        "date": args.date, "cloud_cover": args.cloud_cover, "scheduler": args.scheduler, "window": args.window,
-        "overlap": args.overlap, "batch_size": args.batch_size,
-    }
-    params.update({key: value for key, value in optional.items() if value is not None})
-    files = {name: Path(value) for name, value in (("like", args.like), ("aoi", args.aoi)) if value}
-    return params, files
-
-
-def generate_on_engine(args: argparse.Namespace, progress: Callable[[RemoteProgress], None] | None = None) -> list[str]:
-    """`gfm4d generate --engine URL ...`: the lines to print (what was written where)."""
-    params, files = generate_params_from_args(args)
-    outputs = {"image": Path(args.output)}
-    if getattr(args, "preview", None):
-        outputs["preview"] = Path(args.preview)
-    written = run_on_engine(args.engine, args.engine_token or default_token(), "generate", params, files, outputs, progress)
-    lines = [f"wrote {written['image']} (generated on {args.engine})"]
-    if "preview" in written:
-        lines.append(f"preview {written['preview']}")
-    return lines

@@ -83,6 +83,14 @@ def _safe_suffix(filename: str) -> str:
     return suffix if _SUFFIX.fullmatch(suffix) else ""
 
 
+def _safe_name(filename: str, fallback: str) -> str:
+    """The upload's own file name, reduced to safe characters: acquisition dates are often only in
+    the name (NAIP, Sentinel-2, Landsat), so the task must see it as the user's file had it."""
+    stem = Path(filename.replace("\\", "/")).stem
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).strip("._")[:120]
+    return (stem or fallback) + _safe_suffix(filename)
+
+
 class _FormWriter:
     """Callbacks of the push parser: fields into memory (small), files onto disk."""
 
@@ -125,7 +133,9 @@ class _FormWriter:
         if b"filename" in options:
             filename = options[b"filename"].decode("utf-8", "replace")
             index = sum(1 for upload in self.form.files if upload.field == name)
-            path = self.dest / f"{name}.{index}{_safe_suffix(filename)}"
+            folder = self.dest / f"{name}.{index}"
+            folder.mkdir()
+            path = folder / _safe_name(filename, name)
             self._file = open(path, "wb")
             self.form.files.append(UploadedFile(name, path, Path(filename.replace("\\", "/")).name))
         else:

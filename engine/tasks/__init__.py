@@ -16,7 +16,7 @@ import threading
 
 from engine.errors import InputError
 
-from .base import DeviceRegistry, Input, TaskParams, TaskSpec, check_inputs, inputs_named, slot_of
+from .base import DeviceRegistry, Input, TaskParams, TaskSpec, check_inputs, inputs_named, run_task_locally, slot_of
 
 __all__ = [
     "DeviceRegistry",
@@ -27,6 +27,7 @@ __all__ = [
     "check_inputs",
     "get_task",
     "inputs_named",
+    "run_task_locally",
     "slot_of",
     "task",
 ]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine import config
 from engine.errors import InputError
@@ -29,6 +29,47 @@ class TaskParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
     model: str = Field(config.DEMO_MODEL, description="name of a model folder in the engine's models directory")
+
+
+def date_field(value):
+    """ISO strings -> dates with GFM4D's own parser (Z, offsets, YYYYMMDD), as a ValueError for pydantic."""
+    if isinstance(value, str):
+        from engine.errors import GFM4DError
+        from engine.geo.dates import parse_date
+
+        try:
+            return parse_date(value)
+        except (GFM4DError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+class SamplingParams(TaskParams):
+    """What every diffusion task shares: prompt, metadata extras and sampler settings."""
+
+    prompt: str = Field("a fmow satellite image", max_length=2000, description="text prompt")
+    negative_prompt: str = Field("", max_length=2000)
+    cloud_cover: float | None = Field(None, ge=0, le=1, description="cloud cover fraction 0..1")
+    steps: int = Field(30, ge=1, le=500, description="denoising steps")
+    guidance_scale: float = Field(7.5, ge=0, le=100, description="classifier-free guidance scale (<= 1: no guidance)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="same seed, same request -> same image")
+    scheduler: str | None = Field(None, description="ddim, dpm++, euler, pndm, unipc or a diffusers class name; default: the model's")
+    window: int | None = Field(None, gt=0, le=4096, description="window size in pixels; default: the model's native resolution")
+    overlap: int | None = Field(None, ge=0, le=4096, description="window overlap in pixels; default: a quarter window")
+    batch_size: int = Field(4, ge=1, le=256, description="windows per UNet call")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        if value is not None:
+            from engine.errors import GFM4DError
+            from engine.models.schedulers import scheduler_class
+
+            try:
+                scheduler_class(value)
+            except GFM4DError as exc:
+                raise ValueError(str(exc)) from None
+        return value
 
 
 @dataclass(frozen=True)
@@ -131,3 +172,43 @@ class DeviceRegistry(ModelRegistry):
         minutes): a status request must not wait for that. Copying a dict's keys is atomic in CPython.
         """
         return sorted({key[0] for key in tuple(self._loaded)})
+
+
+def run_task_locally(
+    registry: ModelRegistry,
+    payload: dict,
+    inputs: Mapping[str, Path],
+    outputs: Mapping[str, Path],
+    progress: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> dict[str, Path]:
+    """Run a task in this process exactly as the engine's worker would, with the same validation.
+
+    `payload` is the job params as sent on the wire ({"task": ..., ...}). Results are made in a
+    scratch folder beside the first output and renamed onto `outputs` (result name -> path), so a
+    failed or cancelled run leaves nothing at the destinations.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from engine.server.schemas import parse_job_params
+
+    request = parse_job_params(payload)
+    if request.spec.check is not None:
+        request.spec.check(request.params, dict(inputs))
+    first = Path(next(iter(outputs.values())))
+    scratch = Path(tempfile.mkdtemp(prefix=".gfm4d-", dir=first.parent if str(first.parent) else "."))
+    try:
+        results = request.spec.run(registry, request.params, dict(inputs), scratch, progress or (lambda p: None),
+                                   cancel or (lambda: False))
+        missing = sorted(set(outputs) - set(results))
+        if missing:
+            raise InputError(f"the {request.spec.name} task made no {', '.join(missing)}; it makes: {', '.join(results)}")
+        written = {}
+        for name, destination in outputs.items():
+            os.replace(results[name], destination)
+            written[name] = Path(destination)
+        return written
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -14,17 +14,18 @@ from pydantic import Field, field_validator, model_validator
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
-from engine.errors import GFM4DError, InputError
+from engine.errors import InputError
 from engine.geo.grid import OutputGrid, grid_from_extent, grid_like
 
-from . import Input, TaskParams, task
+from . import Input, task
+from .base import SamplingParams, date_field
 
 # Far beyond any real request (65536 x 65536 px); what lies above is a unit mix-up, e.g. an
 # extent in metres with a CRS in degrees, and would occupy the engine for weeks.
 MAX_OUTPUT_PIXELS = 1 << 32
 
 
-class GenerateParams(TaskParams):
+class GenerateParams(SamplingParams):
     """Where, what and how to generate (sizes in output pixels)."""
 
     extent: tuple[float, float, float, float] | None = Field(
@@ -34,16 +35,9 @@ class GenerateParams(TaskParams):
     resolution_m: float | None = Field(None, gt=0, description="output pixel size in ground metres")
     pixel_size: float | None = Field(None, gt=0, description="output pixel size in CRS units")
     prompt: str = Field(..., max_length=2000, description="text prompt, e.g. 'a fmow satellite image of a farm in italy'")
-    negative_prompt: str = Field("", max_length=2000)
     date: dt.date | None = Field(None, description="acquisition date to condition on (ISO 8601)")
-    cloud_cover: float | None = Field(None, ge=0, le=1, description="cloud cover fraction 0..1")
-    steps: int = Field(30, ge=1, le=500, description="denoising steps")
-    guidance_scale: float = Field(7.5, ge=0, le=100, description="classifier-free guidance scale (<= 1: no guidance)")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="same seed, same request -> same image")
-    scheduler: str | None = Field(None, description="ddim, dpm++, euler, pndm, unipc or a diffusers class name; default: the model's")
-    window: int | None = Field(None, gt=0, le=4096, description="window size in pixels; default: the model's native resolution")
-    overlap: int | None = Field(None, ge=0, le=4096, description="window overlap in pixels; default: a quarter window")
-    batch_size: int = Field(4, ge=1, le=256, description="windows per UNet call")
+
+    _parse_date = field_validator("date", mode="before")(date_field)
 
     @field_validator("crs")
     @classmethod
@@ -53,30 +47,6 @@ class GenerateParams(TaskParams):
                 CRS.from_user_input(value)
             except (CRSError, ValueError, TypeError) as exc:
                 raise ValueError(f"{value!r} is not a CRS GDAL knows ({exc}); give e.g. 'EPSG:32618' or a WKT string") from None
-        return value
-
-    @field_validator("date", mode="before")
-    @classmethod
-    def _parse_date(cls, value):
-        if isinstance(value, str):
-            from engine.geo.dates import parse_date
-
-            try:
-                return parse_date(value)
-            except (GFM4DError, ValueError) as exc:
-                raise ValueError(str(exc)) from None
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str | None) -> str | None:
-        if value is not None:
-            from engine.models.schedulers import scheduler_class
-
-            try:
-                scheduler_class(value)
-            except GFM4DError as exc:
-                raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")

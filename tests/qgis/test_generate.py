@@ -1,0 +1,99 @@
+"""gfm4d:generate through processing.run on a real engine: output grids from extents and AOI polygons."""
+
+import pytest
+
+pytest.importorskip("qgis.core")
+
+from helpers import raster_grid, read_bands  # noqa: E402
+from qgis.core import (  # noqa: E402
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsProcessingFeatureSourceDefinition,
+    QgsProject,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+import processing  # noqa: E402
+
+TINY = {"STEPS": 1, "MODEL": "demo-satunet", "PROMPT": "a fmow satellite image of a farm", "SEED": 3}
+
+
+def test_extent_in_the_output_crs_gives_that_grid(provider, tmp_path):
+    out = tmp_path / "farm.tif"
+    result = processing.run("gfm4d:generate", {
+        **TINY, "EXTENT": "500000,500256,4100000,4100130 [EPSG:32618]", "RESOLUTION": 2, "OUTPUT": str(out)})
+    assert result["OUTPUT"] == str(out)
+    grid = raster_grid(out)
+    assert grid.epsg == "EPSG:32618"
+    assert grid.origin == (500000.0, 4100130.0)  # the extent's top-left corner
+    assert grid.pixel == (2.0, 2.0)
+    assert (grid.width, grid.height, grid.bands) == (128, 65, 3)
+    assert len(result["JOB_ID"]) >= 8
+
+
+def test_extent_in_another_crs_is_transformed_to_the_output_crs(provider, tmp_path):
+    out = tmp_path / "reprojected.tif"
+    lonlat = QgsRectangle(-75.001, 40.000, -74.998, 40.002)
+    processing.run("gfm4d:generate", {
+        **TINY, "EXTENT": f"{lonlat.xMinimum()},{lonlat.xMaximum()},{lonlat.yMinimum()},{lonlat.yMaximum()} [EPSG:4326]",
+        "OUTPUT_CRS": "EPSG:32618", "RESOLUTION": 4, "OUTPUT": str(out)})
+    utm = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), QgsCoordinateReferenceSystem("EPSG:32618"),
+                                 QgsProject.instance()).transformBoundingBox(lonlat)
+    grid = raster_grid(out)
+    assert grid.epsg == "EPSG:32618"
+    assert grid.origin == pytest.approx((utm.xMinimum(), utm.yMaximum()), abs=1e-6)
+    assert grid.pixel == (4.0, 4.0)
+    assert grid.width == round(utm.width() / 4) and grid.height == round(utm.height() / 4)
+    assert 60 <= grid.width <= 70  # 0.003 degrees of longitude at 40 N is ~256 m
+
+
+def test_aoi_selected_features_only(provider, project, vectors_dir, tmp_path):
+    layer = QgsVectorLayer(str(vectors_dir / "xview2_deploy_joplin" / "bldg_polys.gpkg"), "buildings", "ogr")
+    assert layer.isValid() and layer.featureCount() == 77
+    project.addMapLayer(layer)
+    features = list(layer.getFeatures())
+    first = features[0].geometry().centroid().asPoint()
+    nearest = sorted(features, key=lambda f: f.geometry().centroid().asPoint().distance(first))[:3]
+    layer.selectByIds([f.id() for f in nearest])
+    out = tmp_path / "aoi.tif"
+    processing.run("gfm4d:generate", {
+        **TINY, "AOI": QgsProcessingFeatureSourceDefinition(layer.id(), True), "OUTPUT_CRS": "EPSG:32615",
+        "RESOLUTION": 1, "OUTPUT": str(out)})
+    to_utm = QgsCoordinateTransform(layer.crs(), QgsCoordinateReferenceSystem("EPSG:32615"), project)
+
+    def utm_bounds(features):
+        bounds = QgsRectangle()
+        bounds.setMinimal()
+        for feature in features:
+            geometry = feature.geometry()
+            geometry.transform(to_utm)
+            bounds.combineExtentWith(geometry.boundingBox())
+        return bounds
+
+    selected, everything = utm_bounds(layer.getSelectedFeatures()), utm_bounds(layer.getFeatures())
+    assert selected.width() * selected.height() < 0.25 * everything.width() * everything.height()
+    grid = raster_grid(out)
+    assert grid.epsg == "EPSG:32615"
+    assert grid.origin == pytest.approx((selected.xMinimum(), selected.yMaximum()), abs=1e-6)
+    assert grid.pixel == (1.0, 1.0)
+    assert (grid.width, grid.height) == (round(selected.width()), round(selected.height()))
+
+
+def test_same_seed_same_image_other_seed_other_image(provider, tmp_path):
+    extent = "500000,500128,4100000,4100128 [EPSG:32618]"
+    paths = []
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        paths.append(tmp_path / f"{name}.tif")
+        processing.run("gfm4d:generate", {**TINY, "SEED": seed, "EXTENT": extent, "RESOLUTION": 2, "OUTPUT": str(paths[-1])})
+    a, b, c = (read_bands(p) for p in paths)
+    assert (a == b).all()
+    assert (a != c).mean() > 0.5
+
+
+def test_extent_and_aoi_together_are_refused(provider, vectors_dir, tmp_path):
+    with pytest.raises(Exception, match="either an extent or AOI polygons"):
+        processing.run("gfm4d:generate", {
+            **TINY, "EXTENT": "500000,500128,4100000,4100128 [EPSG:32618]",
+            "AOI": str(vectors_dir / "xview2_deploy_joplin" / "intersect_polys.shp"), "OUTPUT": str(tmp_path / "x.tif")})
+    assert not (tmp_path / "x.tif").exists()

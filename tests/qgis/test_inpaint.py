@@ -1,0 +1,100 @@
+"""gfm4d:inpaint through processing.run: the pre-event grid kept, pixels outside the mask untouched,
+the class field and 'selected features only' honoured, label polygons as a layer."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("qgis.core")
+
+from helpers import needs_task, raster_grid, read_bands, whole_pixel_window  # noqa: E402
+from qgis.core import QgsProcessingFeatureSourceDefinition, QgsRasterLayer, QgsVectorLayer  # noqa: E402
+
+import processing  # noqa: E402
+
+HALF = 45.0  # metres: a 90 m window of the 0.6 m pre-event tile
+
+
+@pytest.fixture
+def pre_event(rasters_dir):
+    layer = QgsRasterLayer(str(rasters_dir / "xv2deploy_pre_tile_1361-10160.tif"), "pre")
+    assert layer.isValid() and layer.crs().authid() == "EPSG:26915"
+    return layer
+
+
+@pytest.fixture
+def damage(vectors_dir, project):
+    layer = QgsVectorLayer(str(vectors_dir / "xview2_deploy_joplin" / "damage.shp"), "damage", "ogr")
+    assert layer.isValid() and layer.crs().authid() == "EPSG:32615"
+    project.addMapLayer(layer)
+    return layer
+
+
+def window_around_centre(layer):
+    centre = layer.extent().center()
+    return centre.x() - HALF, centre.y() - HALF, centre.x() + HALF, centre.y() + HALF
+
+
+def extent_text(bounds, crs):
+    xmin, ymin, xmax, ymax = bounds
+    return f"{xmin},{xmax},{ymin},{ymax} [{crs}]"
+
+
+def test_window_keeps_the_source_grid_and_pixels_outside_the_mask(provider, engine, pre_event, damage, tmp_path):
+    needs_task(engine, "inpaint")
+    bounds = window_around_centre(pre_event)
+    out, label = tmp_path / "post.tif", tmp_path / "label.tif"
+    processing.run("gfm4d:inpaint", {
+        "INPUT": pre_event, "POLYGONS": damage, "CLASS_FIELD": "dmg", "EXTENT": extent_text(bounds, "EPSG:26915"),
+        "STEPS": 1, "FEATHER": 0.6, "OUTPUT": str(out), "OUTPUT_LABEL": str(label)})
+
+    from osgeo import gdal
+
+    source = gdal.Open(pre_event.source())
+    col, row, cols, rows = whole_pixel_window(source.GetGeoTransform(), (source.RasterXSize, source.RasterYSize), bounds)
+    x0, dx, _, y0, _, dy = source.GetGeoTransform()
+    for path, bands in ((out, 3), (label, 1)):
+        grid = raster_grid(path)
+        assert grid.epsg == "EPSG:26915"
+        assert grid.origin == pytest.approx((x0 + col * dx, y0 + row * dy), abs=1e-6)
+        assert grid.pixel == pytest.approx((0.6, 0.6), abs=1e-9)
+        assert (grid.width, grid.height, grid.bands) == (cols, rows, bands)
+
+    classes = read_bands(label)
+    assert set(np.unique(classes)) <= {0, 1, 2, 3, 4}  # dmg grades 1..4, 0 unchanged
+    assert (classes > 0).mean() > 0.05
+    # Outside the painted classes (and a margin for the feathered edge) the input comes back untouched.
+    painted = classes > 0
+    near = painted.copy()
+    for shift in range(1, 6):
+        for axis in (0, 1):
+            near |= np.roll(painted, shift, axis) | np.roll(painted, -shift, axis)
+    before = source.ReadAsArray(col, row, cols, rows)
+    after = read_bands(out)
+    assert (after[:, ~near] == before[:, ~near]).all()
+    assert (after[:, painted] != before[:, painted]).any()
+
+
+def test_selected_features_only_and_label_polygons(provider, engine, pre_event, damage, tmp_path):
+    needs_task(engine, "inpaint")
+    bounds = window_around_centre(pre_event)
+    destroyed = [f.id() for f in damage.getFeatures() if f["dmg"] == 4]
+    assert destroyed and len(destroyed) < damage.featureCount()
+    damage.selectByIds(destroyed)
+    label, polygons = tmp_path / "label.tif", tmp_path / "label_polygons.gpkg"
+    result = processing.run("gfm4d:inpaint", {
+        "INPUT": pre_event, "POLYGONS": QgsProcessingFeatureSourceDefinition(damage.id(), True), "CLASS_FIELD": "dmg",
+        "EXTENT": extent_text(bounds, "EPSG:26915"), "STEPS": 1, "OUTPUT": str(tmp_path / "post.tif"),
+        "OUTPUT_LABEL": str(label), "OUTPUT_POLYGONS": str(polygons)})
+    assert set(np.unique(read_bands(label))) == {0, 4}  # only the selected (destroyed) polygons were sent
+    layer = QgsVectorLayer(result["OUTPUT_POLYGONS"], "polygons", "ogr")
+    assert layer.isValid() and layer.featureCount() > 0
+    assert layer.crs().authid() == "EPSG:26915"
+    assert raster_grid(label).bounds[0] <= layer.extent().xMinimum()
+
+
+def test_no_polygon_over_the_window_is_explained(provider, engine, pre_event, vectors_dir, tmp_path):
+    needs_task(engine, "inpaint")
+    flood = str(vectors_dir / "cems_EMSR332_flood" / "EMSR332_08PORDENONE_DEL_v1_observed_event_a.shp")  # Italy
+    with pytest.raises(Exception, match="None of the polygons lies over the raster's window"):
+        processing.run("gfm4d:inpaint", {"INPUT": pre_event, "POLYGONS": flood, "STEPS": 1, "OUTPUT": str(tmp_path / "x.tif")})
+    assert not (tmp_path / "x.tif").exists()
