@@ -61,7 +61,7 @@ def as_pyproj(crs: CRS) -> pyproj.CRS:
 def _no_crs_error(what: str) -> InputError:
     return InputError(
         f"{what} has no coordinate reference system, so its pixels cannot be placed on the Earth; "
-        "assign the CRS its provider documents, e.g. `gdal_edit.py -a_srs EPSG:XXXX <file>`, "
+        "assign the CRS its provider documents, e.g. `gdal_edit.py -a_srs EPSG:<code> <file>`, "
         "then try again."
     )
 
@@ -83,7 +83,7 @@ def _check_earth_body(pcrs: pyproj.CRS, what: str) -> None:
             f"semi-major axis of {semi_major:,.0f} m (the Earth's is {WGS84_SEMI_MAJOR_M:,.0f} m). "
             "Reprojection to Earth coordinates is impossible and the models only know Earth "
             "imagery; use an Earth raster (or, if the CRS is simply wrong, assign the right one "
-            "with `gdal_edit.py -a_srs EPSG:XXXX <file>`)."
+            "with `gdal_edit.py -a_srs EPSG:<code> <file>`)."
         )
 
 
@@ -97,7 +97,7 @@ def require_earth_crs(crs: Any, what: str) -> CRS:
     except (CRSError, pyproj.exceptions.CRSError) as exc:
         raise InputError(
             f"{what} has a coordinate reference system that PROJ cannot read ({exc}); "
-            "assign a valid one, e.g. `gdal_edit.py -a_srs EPSG:XXXX <file>`."
+            "assign a valid one, e.g. `gdal_edit.py -a_srs EPSG:<code> <file>`."
         ) from exc
     if rio_crs is None:
         raise _no_crs_error(what)
@@ -106,7 +106,7 @@ def require_earth_crs(crs: Any, what: str) -> CRS:
     except pyproj.exceptions.CRSError as exc:
         raise InputError(
             f"{what} has a coordinate reference system that PROJ cannot interpret ({exc}); "
-            "assign a valid one, e.g. `gdal_edit.py -a_srs EPSG:XXXX <file>`."
+            "assign a valid one, e.g. `gdal_edit.py -a_srs EPSG:<code> <file>`."
         ) from exc
     _check_earth_body(pcrs, what)
     return rio_crs

@@ -160,13 +160,13 @@ def _source_orientation(ds, path: str) -> str:
         raise InputError(
             f"raster {path} is georeferenced only by RPC coefficients (a sensor model, typical of "
             "unprocessed satellite scenes): it has no map grid and its bounds are meaningless. "
-            f"Orthorectify it first, e.g. `gdalwarp -rpc -t_srs EPSG:XXXX "
+            f"Orthorectify it first, e.g. `gdalwarp -rpc -t_srs EPSG:<code> "
             f"[-to RPC_DEM=dem.tif] {path} ortho.tif`."
         )
     if transform.is_identity:
         raise InputError(
             f"raster {path} has no geotransform, so its pixels have no position on the ground; "
-            f"georeference it, e.g. `gdal_edit.py -a_srs EPSG:XXXX -a_ullr <ulx> <uly> <lrx> <lry> "
+            f"georeference it, e.g. `gdal_edit.py -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> "
             f"{path}` or with QGIS's Georeferencer."
         )
     if transform.determinant == 0:
