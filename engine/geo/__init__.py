@@ -7,4 +7,4 @@ cache keeps memory flat whatever the raster size; set GDAL_CACHEMAX yourself to 
 
 import os
 
-os.environ.setdefault("GDAL_CACHEMAX", "256")
+os.environ.setdefault("GDAL_CACHEMAX", "64")
