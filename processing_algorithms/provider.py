@@ -1,10 +1,21 @@
-"""The "GFM4D" Processing provider.
+"""The "GFM4D" Processing provider: one algorithm per engine task, engine status and xBD import."""
 
-Its algorithms (one per engine task) join as each engine task gains its HTTP API; the provider
-itself is what QGIS lists in the toolbox and what the plugin registers.
-"""
+from __future__ import annotations
+
+import os
 
 from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from .engine_status import EngineStatusAlgorithm
+from .generate import GenerateAlgorithm
+from .import_xbd import ImportXbdLabelsAlgorithm
+from .inpaint import InpaintAlgorithm
+from .model_catalog import CATALOG
+from .predict import PredictAlgorithm
+from .superres import SuperresAlgorithm
+
+ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
 
 
 class GFM4DProvider(QgsProcessingProvider):
@@ -17,10 +28,28 @@ class GFM4DProvider(QgsProcessingProvider):
     def longName(self) -> str:
         return self.tr("GFM4D: diffusion models for satellite imagery")
 
+    def icon(self):
+        return QIcon(ICON)
+
+    def svgIconPath(self) -> str:
+        return ICON
+
     def loadAlgorithms(self) -> None:
         for algorithm in self.algorithms_to_register():
             self.addAlgorithm(algorithm)
 
     @staticmethod
     def algorithms_to_register() -> list:
-        return []
+        return [
+            GenerateAlgorithm(),
+            InpaintAlgorithm(),
+            PredictAlgorithm(),
+            SuperresAlgorithm(),
+            EngineStatusAlgorithm(),
+            ImportXbdLabelsAlgorithm(),
+        ]
+
+    def refresh_models(self) -> None:
+        """Ask the engine for its models again and rebuild the algorithms' MODEL choices."""
+        CATALOG.invalidate()
+        self.refreshAlgorithms()

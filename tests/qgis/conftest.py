@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ if str(REPO) not in sys.path:
 if QGIS_PLUGINS.is_dir() and str(QGIS_PLUGINS) not in sys.path:
     sys.path.append(str(QGIS_PLUGINS))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["GDAL_PAM_ENABLED"] = "NO"  # QGIS's layer statistics would otherwise land beside the sample data as .aux.xml
 
 
 def http_json(url: str, method: str = "GET", timeout: float = 10.0):
@@ -44,6 +46,7 @@ def http_json(url: str, method: str = "GET", timeout: float = 10.0):
 class Engine:
     url: str
     work_dir: Path
+    models_dir: Path
     process: subprocess.Popen
     log: Path
 
@@ -55,6 +58,10 @@ class Engine:
 
     def tasks(self) -> list[str]:
         return http_json(f"{self.url}/v1/health")["tasks"]
+
+    def uploads(self, job_id: str) -> list[Path]:
+        """The files a job received, in input order (the engine keeps them in its job folder)."""
+        return sorted(p for p in (self.work_dir / job_id / "inputs").rglob("*") if p.is_file())
 
     def models_for(self, task: str) -> list[str]:
         return sorted(m["name"] for m in http_json(f"{self.url}/v1/models")["models"] if task in m["tasks"])
@@ -81,6 +88,11 @@ def qgis_app(tmp_path_factory):
 
     Processing.initialize()
     yield app
+    # exitQgis() would clean up, but tearing QGIS down inside pytest crashes at exit; remove
+    # what the tests leave behind instead: Processing's temporary folder.
+    from qgis.core import QgsProcessingUtils
+
+    shutil.rmtree(QgsProcessingUtils.tempFolder(), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +126,7 @@ def engine(tmp_path_factory) -> Engine:
                 process.kill()
                 pytest.fail(f"the engine did not answer within {ENGINE_START_S} s")
             time.sleep(0.3)
-    yield Engine(url, work, process, log)
+    yield Engine(url, work, models, process, log)
     process.terminate()
     try:
         process.wait(30)

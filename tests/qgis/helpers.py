@@ -60,9 +60,16 @@ def needs_task(engine, task: str) -> None:
 
 
 def whole_pixel_window(geotransform, size, bounds):
-    """(col, row, cols, rows) of the source pixels that cover bounds (xmin, ymin, xmax, ymax)."""
+    """(col, row, cols, rows) of the source pixels that cover bounds (xmin, ymin, xmax, ymax).
+
+    Positions are rounded to a micro-pixel first: an edge on a pixel boundary takes no neighbour.
+    """
     x0, dx, _, y0, _, dy = geotransform
     xmin, ymin, xmax, ymax = bounds
-    col0, col1 = max(0, math.floor((xmin - x0) / dx)), min(size[0], math.ceil((xmax - x0) / dx))
-    row0, row1 = max(0, math.floor((ymax - y0) / dy)), min(size[1], math.ceil((ymin - y0) / dy))
+
+    def position(value, origin, size):
+        return round((value - origin) / size, 6)
+
+    col0, col1 = max(0, math.floor(position(xmin, x0, dx))), min(size[0], math.ceil(position(xmax, x0, dx)))
+    row0, row1 = max(0, math.floor(position(ymax, y0, dy))), min(size[1], math.ceil(position(ymin, y0, dy)))
     return col0, row0, col1 - col0, row1 - row0

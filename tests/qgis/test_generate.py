@@ -97,3 +97,17 @@ def test_extent_and_aoi_together_are_refused(provider, vectors_dir, tmp_path):
             **TINY, "EXTENT": "500000,500128,4100000,4100128 [EPSG:32618]",
             "AOI": str(vectors_dir / "xview2_deploy_joplin" / "intersect_polys.shp"), "OUTPUT": str(tmp_path / "x.tif")})
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_other_raster_formats_are_converted_and_vrt_is_refused(provider, tmp_path):
+    from osgeo import gdal
+
+    extent = "500000,500064,4100000,4100032 [EPSG:32618]"
+    out = tmp_path / "farm.img"
+    processing.run("gfm4d:generate", {**TINY, "EXTENT": extent, "RESOLUTION": 1, "OUTPUT": str(out)})
+    assert gdal.Open(str(out)).GetDriver().ShortName == "HFA"
+    grid = raster_grid(out)
+    assert (grid.epsg, grid.origin, grid.width, grid.height, grid.bands) == ("EPSG:32618", (500000.0, 4100032.0), 64, 32, 3)
+    with pytest.raises(Exception, match="save the output as a GeoTIFF"):
+        processing.run("gfm4d:generate", {**TINY, "EXTENT": extent, "RESOLUTION": 1, "OUTPUT": str(tmp_path / "x.vrt")})
+    assert not (tmp_path / "x.vrt").exists()

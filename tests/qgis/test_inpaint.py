@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("qgis.core")
 
 from helpers import needs_task, raster_grid, read_bands, whole_pixel_window  # noqa: E402
-from qgis.core import QgsProcessingFeatureSourceDefinition, QgsRasterLayer, QgsVectorLayer  # noqa: E402
+from qgis.core import QgsProcessingFeatureSourceDefinition, QgsRasterLayer, QgsRectangle, QgsVectorLayer  # noqa: E402
 
 import processing  # noqa: E402
 
@@ -89,7 +89,10 @@ def test_selected_features_only_and_label_polygons(provider, engine, pre_event, 
     layer = QgsVectorLayer(result["OUTPUT_POLYGONS"], "polygons", "ogr")
     assert layer.isValid() and layer.featureCount() > 0
     assert layer.crs().authid() == "EPSG:26915"
-    assert raster_grid(label).bounds[0] <= layer.extent().xMinimum()
+    assert {f["class_code"] for f in layer.getFeatures()} == {4}
+    xmin, ymin, xmax, ymax = raster_grid(label).bounds
+    window = QgsRectangle(xmin, ymin, xmax, ymax)
+    assert all(f.geometry().boundingBox().intersects(window) for f in layer.getFeatures())
 
 
 def test_no_polygon_over_the_window_is_explained(provider, engine, pre_event, vectors_dir, tmp_path):

@@ -87,7 +87,7 @@ def test_predict_window_of_mixed_crs_frames(provider, engine, rasters_dir, tmp_p
     assert grid.origin == pytest.approx((x0 + col * dx, y0 + row * dy), abs=1e-6)
     assert (grid.width, grid.height) == (cols, rows) == (134, 134)
     # Both frames were cut to the window before upload (plus a margin for resampling the second one).
-    uploads = sorted((engine.work_dir / log.job_id() / "inputs").iterdir())
+    uploads = engine.uploads(log.job_id())
     sizes = [(gdal.Open(str(p)).RasterXSize, gdal.Open(str(p)).RasterYSize) for p in uploads]
     assert sizes[0] == (134, 134)
     assert all(w < 200 and h < 200 for w, h in sizes)
@@ -145,7 +145,7 @@ def test_superres_extent_window_resolution_and_date(provider, engine, sentinel2,
     assert job["params"]["extent"] == [400050.0, 4999750.0, 400250.0, 4999950.0]
     from osgeo import gdal
 
-    (upload,) = (engine.work_dir / log.job_id() / "inputs").iterdir()
+    (upload,) = engine.uploads(log.job_id())
     sent = gdal.Open(str(upload))
     assert (sent.RasterXSize, sent.RasterYSize, sent.RasterCount) == (24, 24, 10)  # 20 px + 2 px margin each side
     assert sent.GetRasterBand(4).GetDescription() == "B08"

@@ -1,0 +1,278 @@
+"""What every engine-backed algorithm shares: prompt and sampling parameters, the job's life cycle.
+
+A subclass names its engine TASK and defines `add_inputs()` and `add_outputs()` (its own
+parameters), `prepare(parameters, context, feedback, folder) -> (params, [(slot, path)])` (the
+task's params beyond prompt and sampling, and its input files) and `deliver(client, job,
+parameters, context, feedback, folder, written) -> results` (downloads into the destinations,
+listing each file written in `written`). The base class
+checks the engine (reachable, API v1, runs the task, has the model), submits the job, mirrors its
+progress into the feedback, cancels it on the engine when the user cancels, and removes outputs
+written by a run that did not finish.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputString,
+    QgsProcessingParameterDateTime,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+    QgsProcessingUtils,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+from .compat import CRS_WKT_PREFERRED, DATETIME_DATE, FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER
+from .engine_client import EngineClient, EngineError, JobCancelled
+from .model_catalog import CATALOG
+from .multipart import total_size
+from .outputs import place_raster
+from .settings import load_settings
+
+SCHEDULERS = ["ddim", "dpm++", "euler", "pndm", "unipc"]
+MAX_SEED = 2**31 - 1  # Processing integers are 32-bit
+
+
+def advanced(parameter):
+    parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
+    return parameter
+
+
+def crs_for_engine(crs) -> str:
+    """A CRS as the engine reads it: its EPSG/ESRI code when it has one, its WKT otherwise."""
+    authid = crs.authid()
+    if authid.split(":")[0].upper() in ("EPSG", "ESRI"):
+        return authid
+    return crs.toWkt(CRS_WKT_PREFERRED)
+
+
+def is_unset(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+class EngineAlgorithm(QgsProcessingAlgorithm):
+    """Base of the algorithms that run an engine task."""
+
+    TASK = ""
+    PROMPT = "PROMPT"
+    NEGATIVE_PROMPT = "NEGATIVE_PROMPT"
+    MODEL = "MODEL"
+    STEPS = "STEPS"
+    GUIDANCE_SCALE = "GUIDANCE_SCALE"
+    SEED = "SEED"
+    SCHEDULER = "SCHEDULER"
+    WINDOW = "WINDOW"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    ENGINE_URL = "ENGINE_URL"
+    JOB_ID = "JOB_ID"
+
+    DEFAULT_PROMPT = ""
+    PROMPT_REQUIRED = False
+    DEFAULT_STEPS = 30
+    DEFAULT_GUIDANCE = 7.5
+    HAS_WINDOWS = True  # the task takes window / overlap
+
+    # --- identity --------------------------------------------------------------------------------
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("GFM4D", text)
+
+    def createInstance(self):
+        return type(self)()
+
+    def group(self) -> str:
+        return self.tr("Diffusion models")
+
+    def groupId(self) -> str:
+        return "diffusion"
+
+    # --- parameters ------------------------------------------------------------------------------
+
+    def initAlgorithm(self, config=None):
+        self.add_inputs()
+        self.add_prompt_and_sampling()
+        self.add_outputs()
+        self.addOutput(QgsProcessingOutputString(self.JOB_ID, self.tr("Engine job id")))
+
+    def add_prompt_and_sampling(self) -> None:
+        self.addParameter(QgsProcessingParameterString(
+            self.PROMPT, self.tr("Prompt"), defaultValue=self.DEFAULT_PROMPT or None, optional=not self.PROMPT_REQUIRED))
+        self.addParameter(advanced(QgsProcessingParameterString(
+            self.NEGATIVE_PROMPT, self.tr("Negative prompt"), optional=True)))
+        self.addParameter(self.model_parameter())
+        self.addParameter(QgsProcessingParameterNumber(
+            self.STEPS, self.tr("Denoising steps"), NUMBER_INTEGER, self.DEFAULT_STEPS, False, 1, 500))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.GUIDANCE_SCALE, self.tr("Guidance scale (1 or less: no guidance)"), NUMBER_DOUBLE,
+            self.DEFAULT_GUIDANCE, False, 0.0, 100.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.SEED, self.tr("Seed (same seed, same request: same image)"), NUMBER_INTEGER, 0, False, 0, MAX_SEED))
+        self.addParameter(advanced(QgsProcessingParameterEnum(
+            self.SCHEDULER, self.tr("Scheduler (empty: the model's)"), SCHEDULERS, False, None, True, True)))
+        if self.HAS_WINDOWS:
+            self.addParameter(advanced(QgsProcessingParameterNumber(
+                self.WINDOW, self.tr("Window size in pixels (empty: the model's native size)"), NUMBER_INTEGER,
+                None, True, 8, 4096)))
+            self.addParameter(advanced(QgsProcessingParameterNumber(
+                self.OVERLAP, self.tr("Window overlap in pixels (empty: a quarter window)"), NUMBER_INTEGER,
+                None, True, 0, 4096)))
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            self.BATCH_SIZE, self.tr("Windows per model call"), NUMBER_INTEGER, 4, False, 1, 256)))
+        self.addParameter(advanced(QgsProcessingParameterString(
+            self.ENGINE_URL, self.tr("Engine URL (empty: the plugin's setting)"), optional=True)))
+
+    def model_parameter(self):
+        """MODEL: a choice of the engine's models for this task, or free text when the engine is not reachable.
+
+        Either way the value is the model's name (the enum uses static strings), so a graphical
+        model or a batch saved with one kind of parameter runs with the other.
+        """
+        description = self.tr("Model (empty: the engine's default)")
+        names = CATALOG.names_for(self.TASK)
+        if names:
+            parameter = QgsProcessingParameterEnum(self.MODEL, description, names, False, None, True, True)
+        else:
+            parameter = QgsProcessingParameterString(self.MODEL, description, optional=True)
+        parameter.setHelp(self.tr("Name of a model folder in the engine's models directory that does this task."))
+        return parameter
+
+    # --- reading parameters ------------------------------------------------------------------------
+
+    def optional_number(self, parameters, name, context, integer=False):
+        if is_unset(parameters.get(name)):
+            return None
+        return self.parameterAsInt(parameters, name, context) if integer else self.parameterAsDouble(parameters, name, context)
+
+    def optional_date(self, parameters, name, context) -> str | None:
+        """An ISO date (YYYY-MM-DD) or None."""
+        if is_unset(parameters.get(name)):
+            return None
+        value = self.parameterAsDateTime(parameters, name, context)
+        if not value.isValid():
+            raise QgsProcessingException(self.tr("{0} is not a date: write it as YYYY-MM-DD.").format(name))
+        return value.date().toString("yyyy-MM-dd")
+
+    def optional_string(self, parameters, name, context) -> str | None:
+        value = self.parameterAsString(parameters, name, context)
+        return value.strip() if value and value.strip() else None
+
+    def field_name(self, parameters, name, context) -> str | None:
+        read = getattr(self, "parameterAsStrings", None) or self.parameterAsFields  # renamed in QGIS 3.40
+        names = [n for n in read(parameters, name, context) if n]
+        return names[0] if names else None
+
+    def date_parameter(self, name, description, optional=True):
+        return QgsProcessingParameterDateTime(name, description, DATETIME_DATE, None, optional)
+
+    def sampling_params(self, parameters, context) -> dict:
+        params = {
+            "steps": self.parameterAsInt(parameters, self.STEPS, context),
+            "guidance_scale": self.parameterAsDouble(parameters, self.GUIDANCE_SCALE, context),
+            "seed": self.parameterAsInt(parameters, self.SEED, context),
+            "batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+        }
+        prompt = self.optional_string(parameters, self.PROMPT, context)
+        if prompt is not None:
+            params["prompt"] = prompt
+        elif self.PROMPT_REQUIRED:
+            raise QgsProcessingException(self.tr("Give a prompt, e.g. 'a fmow satellite image of a farm in italy'."))
+        optional = {
+            "negative_prompt": self.optional_string(parameters, self.NEGATIVE_PROMPT, context),
+            "scheduler": self.optional_string(parameters, self.SCHEDULER, context),
+        }
+        if self.HAS_WINDOWS:
+            optional["window"] = self.optional_number(parameters, self.WINDOW, context, integer=True)
+            optional["overlap"] = self.optional_number(parameters, self.OVERLAP, context, integer=True)
+        params.update({key: value for key, value in optional.items() if value is not None})
+        return params
+
+    # --- running -----------------------------------------------------------------------------------
+
+    def engine_client(self, parameters, context) -> EngineClient:
+        return EngineClient(load_settings().with_url(self.optional_string(parameters, self.ENGINE_URL, context)))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        try:
+            return self.run_job(parameters, context, feedback)
+        except EngineError as exc:
+            # QGIS shows a plain QgsProcessingException by its message alone, a subclass with a traceback
+            raise QgsProcessingException(str(exc)) from None
+
+    def run_job(self, parameters, context, feedback) -> dict:
+        """Check the engine, prepare the inputs, run the job and place its results."""
+        client = self.engine_client(parameters, context)
+        health = client.require_task(self.TASK)
+        feedback.pushInfo(self.tr("GFM4D engine {0} at {1} on {2}").format(health.get("version"), client.url, health.get("device")))
+        model = self.optional_string(parameters, self.MODEL, context)
+        if model is not None:
+            client.require_model(self.TASK, model)
+        folder = tempfile.mkdtemp(prefix="gfm4d_", dir=QgsProcessingUtils.tempFolder())
+        written: list[str] = []
+        finished_job = None
+        try:
+            params, files = self.prepare(parameters, context, feedback, folder)
+            params.update(self.sampling_params(parameters, context))
+            if model is not None:
+                params["model"] = model
+            if feedback.isCanceled():
+                raise JobCancelled(self.tr("Cancelled before the job was sent to the engine; no output was written."))
+            feedback.pushInfo(self.tr("Sending the {0} job ({1:.1f} MB of inputs) to {2}").format(
+                self.TASK, total_size(files) / 1e6, client.url))
+            job = client.submit(self.TASK, params, files, feedback)
+            job_id = job["id"]
+            feedback.pushInfo(self.tr("Engine job {0} queued").format(job_id))
+            finished_job = client.wait(job_id, feedback, report=progress_reporter(feedback))
+            results = self.deliver(client, finished_job, parameters, context, feedback, folder, written)
+            if feedback.isCanceled():
+                raise JobCancelled(self.tr("Cancelled while the results were downloaded; no output was kept."))
+            results[self.JOB_ID] = job_id
+            feedback.setProgress(100)
+            return results
+        except BaseException:
+            for path in written:
+                if os.path.isfile(path):
+                    os.remove(path)
+            if finished_job is not None and feedback.isCanceled():
+                try:
+                    client.cancel(finished_job["id"])  # cancelled while downloading: delete the job's files
+                except QgsProcessingException:
+                    pass
+            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def fetch_raster(self, client, job, result, parameters, name, context, feedback, folder, written) -> str | None:
+        """Download result `result` into raster destination parameter `name` (None when not requested)."""
+        destination = self.parameterAsOutputLayer(parameters, name, context)
+        if not destination:
+            return None
+        available = {r["name"] for r in job.get("results", [])}
+        if result not in available:
+            raise QgsProcessingException(self.tr("The engine's job has no {0} result (it has: {1}); update the engine.").format(
+                result, ", ".join(sorted(available))))
+        downloaded = client.download(job["id"], result, os.path.join(folder, f"{result}.tif"), feedback)
+        written.append(destination)
+        return place_raster(downloaded, destination)
+
+
+def progress_reporter(feedback):
+    """A job report callback mirroring the engine job's state into the feedback."""
+
+    def report(job: dict) -> None:
+        state = job.get("state")
+        if state == "queued":
+            ahead = job.get("queue_position")
+            text = "Queued on the engine" + (f" ({ahead} job(s) ahead)" if ahead else "")
+        else:
+            text = job.get("message") or state or ""
+        feedback.setProgressText(text)
+        feedback.setProgress(100.0 * float(job.get("progress") or 0.0))
+
+    return report

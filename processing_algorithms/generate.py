@@ -1,0 +1,95 @@
+"""Generate: a prompt and metadata become a georeferenced image over an extent or AOI polygons."""
+
+from __future__ import annotations
+
+import os
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingParameterCrs,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+)
+
+from .base import EngineAlgorithm, crs_for_engine, is_unset
+from .compat import NUMBER_DOUBLE, SOURCE_VECTOR_POLYGON
+from .layer_export import export_features
+
+
+class GenerateAlgorithm(EngineAlgorithm):
+    TASK = "generate"
+    EXTENT = "EXTENT"
+    AOI = "AOI"
+    OUTPUT_CRS = "OUTPUT_CRS"
+    RESOLUTION = "RESOLUTION"
+    DATE = "DATE"
+    CLOUD_COVER = "CLOUD_COVER"
+    OUTPUT = "OUTPUT"
+
+    DEFAULT_PROMPT = "a fmow satellite image of a farm"
+    PROMPT_REQUIRED = True
+
+    def name(self) -> str:
+        return "generate"
+
+    def displayName(self) -> str:
+        return self.tr("Generate satellite image")
+
+    def shortHelpString(self) -> str:
+        return self.tr(
+            "Generates a georeferenced RGB image over an extent (in any CRS) or over AOI polygons, at the "
+            "chosen ground resolution, conditioned on a text prompt and on metadata (location, resolution, "
+            "date, cloud cover) as DiffusionSat is. Large extents are generated window by window and blended "
+            "seamlessly. Give an extent or AOI polygons, not both; with polygons the image is masked outside them.\n\n"
+            "The output CRS is the extent's (or the polygons') unless Output CRS is set."
+        )
+
+    def add_inputs(self) -> None:
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (any CRS)"), optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            self.AOI, self.tr("or AOI polygons"), [SOURCE_VECTOR_POLYGON], optional=True))
+        self.addParameter(QgsProcessingParameterCrs(self.OUTPUT_CRS, self.tr("Output CRS (empty: the extent's)"), optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.RESOLUTION, self.tr("Resolution (ground metres per pixel)"), NUMBER_DOUBLE, 1.0, False, 0.01, 100000.0))
+        self.addParameter(self.date_parameter(self.DATE, self.tr("Acquisition date")))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.CLOUD_COVER, self.tr("Cloud cover (0 to 1)"), NUMBER_DOUBLE, None, True, 0.0, 1.0))
+
+    def add_outputs(self) -> None:
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Generated image")))
+
+    def prepare(self, parameters, context, feedback, folder):
+        has_extent, has_aoi = not is_unset(parameters.get(self.EXTENT)), not is_unset(parameters.get(self.AOI))
+        if has_extent == has_aoi:
+            raise QgsProcessingException(self.tr(
+                "Say where to generate with either an extent or AOI polygons (not both, not neither)."))
+        output_crs = self.parameterAsCrs(parameters, self.OUTPUT_CRS, context) if not is_unset(parameters.get(self.OUTPUT_CRS)) else None
+        params = {"resolution_m": self.parameterAsDouble(parameters, self.RESOLUTION, context)}
+        files = []
+        if has_extent:
+            extent_crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+            crs = output_crs if output_crs is not None and output_crs.isValid() else extent_crs
+            if not crs.isValid():
+                raise QgsProcessingException(self.tr(
+                    "The extent has no CRS: give one (e.g. '500000,501000,4100000,4101000 [EPSG:32618]') or set Output CRS."))
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
+            params["extent"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
+            params["crs"] = crs_for_engine(crs)
+        else:
+            source = self.parameterAsSource(parameters, self.AOI, context)
+            path = os.path.join(folder, "aoi.gpkg")
+            if export_features(source, path, context, feedback) == 0:
+                raise QgsProcessingException(self.tr(
+                    "The AOI layer has no polygons to generate over (with 'selected features only', select some first)."))
+            files.append(("aoi", path))
+            if output_crs is not None and output_crs.isValid():
+                params["crs"] = crs_for_engine(output_crs)
+        date = self.optional_date(parameters, self.DATE, context)
+        cloud = self.optional_number(parameters, self.CLOUD_COVER, context)
+        params.update({key: value for key, value in (("date", date), ("cloud_cover", cloud)) if value is not None})
+        return params, files
+
+    def deliver(self, client, job, parameters, context, feedback, folder, written):
+        return {self.OUTPUT: self.fetch_raster(client, job, "image", parameters, self.OUTPUT, context, feedback, folder, written)}
