@@ -1,10 +1,18 @@
-"""Where the engine keeps its models and which device it runs on, overridable by environment.
+"""Where the engine keeps its models and how it runs them, overridable by environment.
 
-GFM4D_HOME      base folder (default: $XDG_DATA_HOME/gfm4d or ~/.local/share/gfm4d)
-GFM4D_MODELS    model folders (default: $GFM4D_HOME/models)
-GFM4D_SD21_DIR  a Stable Diffusion 2.1 folder that supplies VAE, text encoder, tokenizer and
-                scheduler to released DiffusionSat runs that ship only their UNet
-GFM4D_DEVICE    'cpu', 'cuda' or 'cuda:N' (default: cuda when available)
+GFM4D_HOME           base folder (default: $XDG_DATA_HOME/gfm4d or ~/.local/share/gfm4d)
+GFM4D_MODELS         model folders (default: $GFM4D_HOME/models)
+GFM4D_SD21_DIR       a Stable Diffusion 2.1 folder that supplies VAE, text encoder, tokenizer and
+                     scheduler to released DiffusionSat runs that ship only their UNet
+GFM4D_DEVICE         'cpu', 'cuda' or 'cuda:N' (default: cuda when available)
+GFM4D_DTYPE          'float16', 'bfloat16' or 'float32' (default: float16 on CUDA, float32 on CPU)
+GFM4D_BACKEND        'torch' or 'onnx' for every model (default: a model's gfm4d.json "backend", else torch)
+GFM4D_ONNX_CACHE     exported ONNX graphs (default: $GFM4D_HOME/onnx)
+GFM4D_COMPILE        torch.compile backend for the UNet and ControlNet: '1' (inductor), 'inductor',
+                     'eager', 'aot_eager'; '0' or unset: off
+GFM4D_CHANNELS_LAST  '1' or '0' (default: 1 on CUDA, 0 on CPU)
+GFM4D_SCHEDULER      the scheduler used when a request names none: a name (ddim, dpm++, ...) or 'model'
+                     for the model's own (default: dpm++ on CUDA, the model's own on CPU)
 """
 
 from __future__ import annotations
@@ -33,6 +41,11 @@ def sd21_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def onnx_cache_dir() -> Path:
+    value = os.environ.get("GFM4D_ONNX_CACHE")
+    return Path(value).expanduser() if value else home() / "onnx"
+
+
 def device() -> torch.device:
     name = os.environ.get("GFM4D_DEVICE")
     if name:
@@ -41,5 +54,27 @@ def device() -> torch.device:
 
 
 def dtype_for(dev: torch.device) -> torch.dtype:
-    """Half precision on GPUs (fp16 UNets with upcast attention), float32 on CPU."""
-    return torch.float16 if dev.type == "cuda" else torch.float32
+    """GFM4D_DTYPE when set, else half precision on GPUs (see engine.runtime.device) and float32 on CPU."""
+    from engine.runtime.device import choose_dtype
+
+    return choose_dtype(dev, os.environ.get("GFM4D_DTYPE"))
+
+
+def backend() -> str | None:
+    return os.environ.get("GFM4D_BACKEND") or None
+
+
+def compile_backend() -> str | None:
+    value = os.environ.get("GFM4D_COMPILE", "").strip().lower()
+    if value in ("", "0", "no", "false", "off"):
+        return None
+    return "inductor" if value in ("1", "yes", "true", "on") else value
+
+
+def channels_last() -> bool | None:
+    value = os.environ.get("GFM4D_CHANNELS_LAST", "").strip().lower()
+    return None if not value else value in ("1", "yes", "true", "on")
+
+
+def default_scheduler() -> str | None:
+    return os.environ.get("GFM4D_SCHEDULER") or None

@@ -4,6 +4,10 @@ The UNet (and a ControlNet model's ControlNet) is built from its config and fill
 its weight file (weights.py), so a DiffusionSat `.bin` and a diffusers safetensors go through the
 same checks. The frozen components (VAE, text encoder, tokenizer) use their libraries'
 `from_pretrained` on local folders only.
+
+How the loaded model runs (engine.runtime) is decided here too: attention processor, VAE
+precision, channels-last, torch.compile, the default scheduler, and the backend, torch or ONNX
+Runtime (whose stand-ins take the place of the UNet, ControlNet, VAE decoder and text encoder).
 """
 
 from contextlib import contextmanager
@@ -16,7 +20,10 @@ from diffusers.utils import is_accelerate_available
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
+from engine import config
 from engine.errors import ModelError
+from engine.runtime.device import RuntimeOptions, runtime_options
+from engine.runtime.precision import prepare_modules, vae_dtype
 
 from .controlnet_2d import MetadataControlNet
 from .controlnet_3d import ControlNetModel3D
@@ -30,6 +37,7 @@ from .layout import (
     SETTINGS_FILE,
     ModelInfo,
     read_json,
+    read_settings,
     recognise_unet_config,
 )
 from .satunet import SatUNet
@@ -44,7 +52,11 @@ _TRUNK_KEYS = ("in_channels", "block_out_channels", "layers_per_block", "down_bl
 
 @dataclass
 class DiffusionModel:
-    """A loaded model: the networks on one device and dtype, and how to make its scheduler."""
+    """A loaded model: the networks on one device and dtype, and how to make its scheduler.
+
+    With the ONNX backend, unet, controlnet, vae and text_encoder are engine.runtime.onnx_models
+    stand-ins that are called like the torch modules and expose their config.
+    """
 
     info: ModelInfo
     unet: UNet2DConditionModel  # a SatUNet for DiffusionSat models
@@ -57,10 +69,13 @@ class DiffusionModel:
     # ControlNet models (kinds controlnet-2d-metadata / controlnet-3d): a MetadataControlNet or a
     # ControlNetModel3D whose residuals go into `unet`; None for single-image models.
     controlnet: MetadataControlNet | ControlNetModel3D | None = None
+    default_scheduler: str | None = None  # used when a request names none; None: the model's own
+    backend: str = "torch"  # or "onnx"
 
     def make_scheduler(self, name: str | None = None) -> SchedulerMixin:
-        """A fresh scheduler (schedulers keep per-run state): the model's own, or ddim/dpm++/euler/pndm/unipc."""
-        return make_scheduler(self.scheduler_config, name)
+        """A fresh scheduler (schedulers keep per-run state): `name` (ddim/dpm++/euler/pndm/unipc or a class),
+        else the runtime's default (DPM-Solver++ on CUDA), else the model's own."""
+        return make_scheduler(self.scheduler_config, name or self.default_scheduler)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -76,11 +91,22 @@ class DiffusionModel:
 
 
 def load_model(
-    info: ModelInfo, device: torch.device | str, dtype: torch.dtype, sd21_dir: Path | None
+    info: ModelInfo,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    sd21_dir: Path | None,
+    options: RuntimeOptions | None = None,
+    backend: str | None = None,
 ) -> DiffusionModel:
-    """Load every part of a recognised model; ModelError when it cannot be loaded as it stands."""
+    """Load every part of a recognised model; ModelError when it cannot be loaded as it stands.
+
+    `options` default to engine.runtime.device.runtime_options for the device and the model's
+    gfm4d.json; `backend` ("torch" or "onnx") overrides theirs.
+    """
     device = torch.device(device)
     _check_loadable(info, sd21_dir)
+    if options is None:
+        options = runtime_options(device, read_settings(info.path), backend, source=str(info.path / SETTINGS_FILE))
     controlnet = None
     if info.kind in CONTROLNET_KINDS:
         unet_config = info.unet_path / "config.json"
@@ -91,18 +117,31 @@ def load_model(
     else:
         unet = build_unet(info.unet_path, info.kind, device, dtype)
     # low_cpu_mem_usage needs `accelerate`; asking for it without only logs a warning.
+    vae_config = read_json(info.components["vae"] / "config.json")
     vae = _from_pretrained(
-        AutoencoderKL, info, "vae", dtype=dtype, low_cpu_mem_usage=is_accelerate_available()
+        AutoencoderKL, info, "vae", dtype=vae_dtype(dtype, vae_config), low_cpu_mem_usage=is_accelerate_available()
     ).to(device)
     text_encoder = _from_pretrained(CLIPTextModel, info, "text_encoder", dtype=dtype).to(device)
     tokenizer = _from_pretrained(CLIPTokenizer, info, "tokenizer")
     scheduler_config = dict(read_json(info.components["scheduler"] / "scheduler_config.json"))
     scheduler_config["prediction_type"] = info.prediction_type
     make_scheduler(scheduler_config)  # fail now, not in the middle of a job
+    if options.scheduler:
+        make_scheduler(scheduler_config, options.scheduler)
     for module in (unet, vae, text_encoder, controlnet):
         if module is not None:
             module.eval().requires_grad_(False)
-    return DiffusionModel(info, unet, vae, text_encoder, tokenizer, scheduler_config, device, dtype, controlnet)
+    prepare_modules(unet, controlnet, vae, dtype, options)
+    if options.backend == "onnx":
+        from engine.runtime.onnx_models import onnx_components
+
+        sources = {"unet": info.unet_path, "controlnet": info.components.get("controlnet"),
+                   "vae": info.components["vae"], "text_encoder": info.components["text_encoder"]}
+        unet, controlnet, vae, text_encoder = onnx_components(
+            unet, controlnet, vae, text_encoder, sources, device, options.onnx_cache or config.onnx_cache_dir()
+        )
+    return DiffusionModel(info, unet, vae, text_encoder, tokenizer, scheduler_config, device, dtype, controlnet,
+                          default_scheduler=options.scheduler, backend=options.backend)
 
 
 def build_unet(

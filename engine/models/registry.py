@@ -3,7 +3,7 @@
 Every sub-folder of the models directory is one model, named after the folder and recognised
 from its config files (layout.py). Folders that are not usable models are skipped with the reason
 logged, so one broken download does not hide the others. Loaded models are cached per
-(name, device, dtype): loading a real checkpoint takes seconds to minutes.
+(name, device, dtype, backend): loading a real checkpoint takes seconds to minutes.
 """
 
 import logging
@@ -38,13 +38,16 @@ class ModelRegistry:
 
     `sd21_dir` (default: the GFM4D_SD21_DIR environment variable) is an SD-2.1 folder in diffusers
     layout that supplies the VAE, text encoder, tokenizer or scheduler a model folder lacks.
+    `backend` ("torch" or "onnx") runs every model on that backend, whatever GFM4D_BACKEND and the
+    models' gfm4d.json say (engine.runtime.device).
     """
 
-    def __init__(self, models_dir: Path, sd21_dir: Path | None = None):
+    def __init__(self, models_dir: Path, sd21_dir: Path | None = None, backend: str | None = None):
         self.models_dir = Path(models_dir)
         env_sd21 = os.environ.get(SD21_ENV_VAR)
         self.sd21_dir = Path(sd21_dir) if sd21_dir else (Path(env_sd21) if env_sd21 else None)
-        self._loaded: dict[tuple[str, str, torch.dtype], DiffusionModel] = {}
+        self.backend = backend
+        self._loaded: dict[tuple[str, str, torch.dtype, str | None], DiffusionModel] = {}
         self._lock = threading.Lock()
 
     def scan(self) -> Scan:
@@ -77,12 +80,17 @@ class ModelRegistry:
         available = ", ".join(names) if names else f"none (put model folders in {self.models_dir}, or run `gfm4d demo`)"
         raise ModelError(f"unknown model {name!r}; available models: {available}")
 
-    def load(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> DiffusionModel:
-        """The loaded model, from the cache when this (name, device, dtype) was loaded before."""
-        key = (name, str(torch.device(device)), dtype)
+    def load(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+             backend: str | None = None) -> DiffusionModel:
+        """The loaded model, from the cache when this (name, device, dtype, backend) was loaded before.
+
+        `backend` overrides the registry's, the environment's and the model's own choice.
+        """
+        backend = backend or self.backend
+        key = (name, str(torch.device(device)), dtype, backend)
         with self._lock:
             if key not in self._loaded:
-                self._loaded[key] = load_model(self.get(name), device, dtype, self.sd21_dir)
+                self._loaded[key] = load_model(self.get(name), device, dtype, self.sd21_dir, backend=backend)
             return self._loaded[key]
 
     def unload(self, name: str | None = None) -> None:

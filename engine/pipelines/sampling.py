@@ -10,6 +10,11 @@ stepped results (MultiDiffusion), and multistep schedulers keep one consistent h
 Known latents (the unmasked part of an inpainting job, or a neighbouring region already
 generated) are re-noised to the current noise level after every step and pasted back where the
 mask says so (masked latent blending), which lets any UNet continue existing content.
+
+Windows are batched (both guidance halves in one model call) as many at a time as the request
+asks and free GPU memory allows; when the GPU runs out of memory anyway, the same windows are
+retried at half the batch for the rest of the job (engine.runtime.device.BatchSize). The model's
+networks may be ONNX Runtime stand-ins (engine.runtime.onnx_models): they are called the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 from engine.errors import Cancelled
 from engine.geo.tiling import Span, blend_weights
+from engine.runtime.device import BatchSize, batch_size_for
 
 
 @dataclass
@@ -116,41 +122,55 @@ def predict_canvas(
     job: CanvasJob,
     text: TextConditioning,
     guidance_scale: float,
-    batch_size: int,
+    batch_size: int | BatchSize,
     weights: Sequence[torch.Tensor],
 ) -> torch.Tensor:
     """The blended, guided model prediction for the whole canvas at one timestep."""
+    size = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     prediction = torch.zeros_like(latents)
     weight_sum = torch.zeros_like(latents[:, :1])
-    guided = text.uncond is not None
     unet_input = latents if job.extra_channels is None else torch.cat([latents, job.extra_channels], dim=1)
-    for start in range(0, len(job.windows), batch_size):
-        batch = list(range(start, min(start + batch_size, len(job.windows))))
-        spans = [job.windows[i] for i in batch]
-        x = torch.cat([unet_input[(slice(None), slice(None)) + s.slices] for s in spans]).to(model.dtype)
-        rows = [job.window_prompts[i] if job.window_prompts is not None else 0 for i in batch]
-        hidden = text.cond[rows]
-        kwargs = {}
-        if job.window_metadata is not None:
-            kwargs["metadata"] = torch.from_numpy(np.stack([job.window_metadata[i] for i in batch])).to(model.device)
-        if guided:
-            x = torch.cat([x, x])
-            hidden = torch.cat([text.uncond.expand(len(batch), -1, -1), hidden])
-            if "metadata" in kwargs:
-                # The unconditional half has all-zero metadata, still passed through the MLPs.
-                kwargs["metadata"] = torch.cat([torch.zeros_like(kwargs["metadata"]), kwargs["metadata"]])
-        if job.control_image is not None:
-            kwargs.update(_control_residuals(model, job, spans, batch, x, timestep, hidden, kwargs.get("metadata"), guided))
-        out = model.unet(x, timestep, encoder_hidden_states=hidden, **kwargs).sample.float()
-        if guided:
-            uncond, cond = out.chunk(2)
-            out = uncond + guidance_scale * (cond - uncond)
+    start = 0
+    while start < len(job.windows):
+        batch = list(range(start, min(start + size.value, len(job.windows))))
+        try:
+            out = _guided_prediction(model, unet_input, timestep, job, text, guidance_scale, batch)
+        except torch.cuda.OutOfMemoryError as error:
+            size.shrink(error)  # re-raised once a single window does not fit
+            continue
         for k, i in enumerate(batch):
             region = (slice(None), slice(None)) + job.windows[i].slices
             prediction[region] += out[k : k + 1] * weights[i]
             weight_sum[region] += weights[i]
+        start += len(batch)
     # Cells no window covers (a region's corners outside every chosen window) get no prediction.
     return prediction / weight_sum.clamp_min(1e-12)
+
+
+def _guided_prediction(model, unet_input, timestep, job: CanvasJob, text: TextConditioning, guidance_scale: float,
+                       batch: list[int]) -> torch.Tensor:
+    """The guided prediction (float32) of a batch of windows, both guidance halves in one model call."""
+    guided = text.uncond is not None
+    spans = [job.windows[i] for i in batch]
+    x = torch.cat([unet_input[(slice(None), slice(None)) + s.slices] for s in spans]).to(model.dtype)
+    rows = [job.window_prompts[i] if job.window_prompts is not None else 0 for i in batch]
+    hidden = text.cond[rows]
+    kwargs = {}
+    if job.window_metadata is not None:
+        kwargs["metadata"] = torch.from_numpy(np.stack([job.window_metadata[i] for i in batch])).to(model.device)
+    if guided:
+        x = torch.cat([x, x])
+        hidden = torch.cat([text.uncond.expand(len(batch), -1, -1), hidden])
+        if "metadata" in kwargs:
+            # The unconditional half has all-zero metadata, still passed through the MLPs.
+            kwargs["metadata"] = torch.cat([torch.zeros_like(kwargs["metadata"]), kwargs["metadata"]])
+    if job.control_image is not None:
+        kwargs.update(_control_residuals(model, job, spans, batch, x, timestep, hidden, kwargs.get("metadata"), guided))
+    out = model.unet(x, timestep, encoder_hidden_states=hidden, **kwargs).sample.float()
+    if guided:
+        uncond, cond = out.chunk(2)
+        out = uncond + guidance_scale * (cond - uncond)
+    return out
 
 
 def _control_residuals(model, job: CanvasJob, spans, batch, x, timestep, hidden, metadata, guided) -> dict:
@@ -189,12 +209,16 @@ def denoise_canvas(
     *,
     num_inference_steps: int,
     guidance_scale: float,
-    batch_size: int,
+    batch_size: int | None,
     generator: torch.Generator | None = None,
     on_step: Callable[[int], None] | None = None,
     cancel: CancelCheck | None = None,
 ) -> torch.Tensor:
-    """Run the full denoising loop on one canvas and return its clean latents (float32)."""
+    """Run the full denoising loop on one canvas and return its clean latents (float32).
+
+    `batch_size`: windows per model call, lowered to what free GPU memory holds; None lets the
+    memory decide (engine.runtime.device.fit_batch_size).
+    """
     scheduler.set_timesteps(num_inference_steps, device=model.device)
     timesteps = scheduler.timesteps
     noise = job.noise.to(model.device)
@@ -212,10 +236,11 @@ def denoise_canvas(
         known, mask = known.to(model.device), mask.to(model.device)
         latents = mask * scheduler.add_noise(known, noise, timesteps[:1]) + (1 - mask) * latents
     weights = window_weights(job.windows, job.overlap, model.device)
+    size = BatchSize(batch_size_for(model, batch_size, *_largest_window(job.windows), _passes(job, text)))
     for i, t in enumerate(timesteps):
         check_cancel(cancel)
         model_input = scheduler.scale_model_input(latents, t)
-        prediction = predict_canvas(model, model_input, t, job, text, guidance_scale, batch_size, weights)
+        prediction = predict_canvas(model, model_input, t, job, text, guidance_scale, size, weights)
         latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
         if known is not None:
             if i + 1 < len(timesteps):
@@ -226,6 +251,18 @@ def denoise_canvas(
         if on_step is not None:
             on_step(i + 1)
     return latents
+
+
+def _largest_window(windows: Sequence[Span]) -> tuple[int, int]:
+    return max(s.height for s in windows), max(s.width for s in windows)
+
+
+def _passes(job: CanvasJob, text: TextConditioning) -> int:
+    """Network passes per window and step: the UNet, plus a ControlNet trunk per conditioning frame; x2 with guidance."""
+    frames = 0
+    if job.control_image is not None:
+        frames = job.control_image.shape[2] if job.control_image.ndim == 5 else 1
+    return (1 + frames) * (2 if text.uncond is not None else 1)
 
 
 def effective_start(num_inference_steps: int, strength: float) -> int:

@@ -1,0 +1,646 @@
+"""GFM4D's speed on one GPU against plain diffusers doing the same work, and one large job over HTTP.
+
+    python benchmarks/speed.py                       # on a CUDA GPU; writes docs/performance.md
+    python benchmarks/speed.py --backend onnx        # the same with the ONNX Runtime backend
+    python benchmarks/speed.py --demo --quick        # anywhere (CPU): the demo models, a smoke run
+
+Full mode builds SD-2.1-architecture models with random weights from SD-2.1's public configs
+(written below; nothing is downloaded): a SatUNet (SD-2.1's UNet plus DiffusionSat's metadata
+MLPs), SD-2.1's VAE and OpenCLIP-H text encoder, and a 3D ControlNet on that UNet. Then, with
+512 px windows, 25 steps and guidance 7.5, on the same GPU in one run:
+
+- generate: windows/s of GFM4D's generate() (metadata per window, blending, tiled VAE decoding,
+  GeoTIFF writing) vs diffusers' StableDiffusionPipeline (float16, SDPA) making as many images;
+- inpaint: GFM4D's inpaint() vs diffusers' StableDiffusionInpaintPipeline (4-channel UNet, the
+  same masked latent blending);
+- 3D ControlNet with 3 frames: GFM4D's predict() vs a diffusers-style loop (ControlNet, UNet,
+  guidance, scheduler step, VAE decode) with the same networks in float16;
+- a 4096 x 4096 px generate job through the HTTP engine (engine.server.launcher): total time,
+  engine run time, HTTP + queue overhead, the GPU memory peak, and where the time goes (text
+  encoding, UNet, VAE, raster I/O) from the same job run in-process with timers.
+
+Both sides of each comparison use the same scheduler (GFM4D's default on the device), steps,
+guidance and windows per model call. The table is printed and written into --output (full mode:
+docs/performance.md, between its speed-table markers) with the GPU's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch
+
+TABLE_START = "<!-- speed-table:start -->"
+TABLE_END = "<!-- speed-table:end -->"
+PROMPT = "a fmow satellite image of a farm in italy"
+CRS = "EPSG:32633"
+ORIGIN = (500000.0, 4100000.0)
+
+# stabilityai/stable-diffusion-2-1: unet/config.json (as a DiffusionSat SatUNet: + use_metadata, num_metadata)
+SD21_UNET = {
+    "act_fn": "silu",
+    "attention_head_dim": [5, 10, 20, 20],
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 1024,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1,
+    "dual_cross_attention": False,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "only_cross_attention": False,
+    "out_channels": 4,
+    "sample_size": 96,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "upcast_attention": True,
+    "use_linear_projection": True,
+}
+# stabilityai/stable-diffusion-2-1: vae/config.json
+SD21_VAE = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 768,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "scaling_factor": 0.18215,
+}
+# stabilityai/stable-diffusion-2-1: text_encoder/config.json (OpenCLIP ViT-H/14 text tower)
+SD21_TEXT = {
+    "hidden_act": "gelu",
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 23,
+    "projection_dim": 512,
+    "vocab_size": 49408,
+}
+
+
+@dataclass
+class Setup:
+    """What one run measures, and on what."""
+
+    models_dir: Path
+    work: Path
+    base: str  # the SatUNet model
+    controlnet: str  # the 3D ControlNet model (3 frames)
+    device: torch.device
+    window: int  # px
+    windows: int  # windows per comparison
+    steps: int
+    guidance: float
+    batch: int  # windows per model call, both sides
+    engine_size: int  # px side of the HTTP job
+    backend: str
+    quick: bool = False  # a smoke run: no warm-up runs
+
+    @property
+    def overlap(self) -> int:
+        return self.window // 4  # GFM4D's default
+
+    @property
+    def strip_width(self) -> int:
+        """Width of a one-window-high strip that GFM4D covers with exactly `windows` windows."""
+        return self.window + (self.window - self.overlap) * (self.windows - 1)
+
+
+# ----------------------------------------------------------------------------------------- models
+
+
+def build_sd21_models(models_dir: Path, device: torch.device) -> None:
+    """SD-2.1-size SatUNet run and 3D ControlNet run with random weights (float16 safetensors); kept when present."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.models.controlnet_3d import ControlNetModel3D
+    from engine.models.demo import SD21_SCHEDULER_CONFIG, build_demo_models, make_conditioning_visible
+    from engine.models.satunet import SatUNet
+
+    base, control = models_dir / "sd21-sat", models_dir / "sd21-controlnet-3d"
+    if (base / "done").is_file() and (control / "done").is_file():
+        return
+    demo = build_demo_models(models_dir.parent / "demo-models")[0]  # its tokenizer: CLIP BPE, built locally
+    shutil.rmtree(base, ignore_errors=True)
+    shutil.rmtree(control, ignore_errors=True)
+    torch.manual_seed(0)
+    with torch.device(device):  # random initialisation where it is fast
+        unet = SatUNet(use_metadata=True, num_metadata=7, **SD21_UNET)
+    unet.half().save_pretrained(base / "unet", safe_serialization=True)
+    with torch.device(device):
+        controlnet = ControlNetModel3D.from_unet(unet, conditioning_in_channels=3, use_temporal_transformer=True)
+    del unet
+    make_conditioning_visible(controlnet.cpu(), seed=1)  # non-zero "zero convs", as trained ones are
+    controlnet.half().save_pretrained(control / "controlnet", safe_serialization=True)
+    del controlnet
+    with torch.device(device):
+        vae = AutoencoderKL(**SD21_VAE)
+    vae.half().save_pretrained(base / "vae", safe_serialization=True)
+    vocab = json.loads((demo / "tokenizer" / "vocab.json").read_text())
+    text_config = CLIPTextConfig(**SD21_TEXT, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                                 pad_token_id=vocab["!"])
+    with torch.device(device):
+        text_encoder = CLIPTextModel(text_config)
+    text_encoder.half().save_pretrained(base / "text_encoder")
+    del vae, text_encoder
+    shutil.copytree(demo / "tokenizer", base / "tokenizer")
+    (base / "scheduler").mkdir()
+    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SD21_SCHEDULER_CONFIG))
+    (base / "gfm4d.json").write_text(json.dumps({"native_resolution": 512}))
+    (control / "gfm4d.json").write_text(json.dumps({"native_resolution": 512, "base_model": "sd21-sat", "num_frames": 3}))
+    for folder in (base, control):
+        (folder / "done").write_text("")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def baseline_unet(gfm4d_model, dtype: torch.dtype, metadata: bool):
+    """The model's UNet straight from disk, as diffusers runs it (default attention: SDPA; no runtime
+    options). Without metadata: a plain UNet2DConditionModel with the SatUNet's other weights."""
+    from diffusers import UNet2DConditionModel
+
+    from engine.models.layout import SATUNET
+    from engine.models.loading import build_unet
+
+    sat = build_unet(gfm4d_model.info.unet_path, SATUNET, gfm4d_model.device, dtype).eval()
+    if metadata:
+        return sat
+    config = {k: v for k, v in sat.config.items() if k not in ("use_metadata", "num_metadata") and not k.startswith("_")}
+    with torch.device(gfm4d_model.device):
+        plain = UNet2DConditionModel.from_config(config).to(dtype)
+    plain.load_state_dict({k: v for k, v in sat.state_dict().items() if not k.startswith("metadata_embedding")})
+    return plain.eval()
+
+
+def baseline_vae(gfm4d_model, dtype: torch.dtype):
+    """The VAE in the model dtype, as diffusers' pipelines run it."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(gfm4d_model.info.components["vae"], torch_dtype=dtype).to(gfm4d_model.device).eval()
+
+
+def torch_text_encoder(gfm4d_model):
+    """The text encoder module (the one under an ONNX stand-in)."""
+    return getattr(gfm4d_model.text_encoder, "module", gfm4d_model.text_encoder)
+
+
+# ------------------------------------------------------------------------------------------ clock
+
+
+class Clock:
+    """Seconds spent per named part; the GPU is synchronised around each measured call."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        self.sync()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def timed(self, fn, *args, **kwargs) -> tuple[float, object]:
+        """Wall seconds of one call, the GPU idle before and after, and what it returned."""
+        self.sync()
+        started = time.perf_counter()
+        value = fn(*args, **kwargs)
+        self.sync()
+        return time.perf_counter() - started, value
+
+
+class Timed:
+    """A network whose calls are charged to a part of the clock; everything else is the network's."""
+
+    def __init__(self, target, clock: Clock, name: str):
+        self.target, self.clock, self.name = target, clock, name
+
+    def __call__(self, *args, **kwargs):
+        with self.clock.part(self.name):
+            return self.target(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        with self.clock.part(self.name):
+            return self.target.decode(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["target"], name)
+
+
+@contextlib.contextmanager
+def timed_raster_io(clock: Clock):
+    """Charge GeoTIFF writing (blocks, masks, closing and publishing the file) to 'raster I/O'."""
+    from engine.geo.writer import GeoTIFFWriter
+
+    originals = {name: getattr(GeoTIFFWriter, name) for name in ("__enter__", "write", "write_mask", "__exit__")}
+
+    def wrap(original):
+        def timed(*args, **kwargs):
+            with clock.part("raster I/O"):
+                return original(*args, **kwargs)
+
+        return timed
+
+    for name, original in originals.items():
+        setattr(GeoTIFFWriter, name, wrap(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(GeoTIFFWriter, name, original)
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def strip_grid(setup: Setup, height: int | None = None, width: int | None = None):
+    from engine.geo.grid import grid_from_extent
+
+    height, width = height or setup.window, width or setup.strip_width
+    return grid_from_extent((ORIGIN[0], ORIGIN[1], ORIGIN[0] + width, ORIGIN[1] + height), CRS, resolution_m=1.0)
+
+
+def write_rgb(path: Path, grid, seed: int) -> Path:
+    import rasterio
+
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0 : grid.height, 0 : grid.width]
+    base = ((rows // 9 + cols // 13) % 64 + 80).astype(np.uint8)
+    data = np.stack([base, base + 25, base - 20]) + rng.integers(0, 8, (3, grid.height, grid.width), dtype=np.uint8)
+    profile = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": 3, "dtype": "uint8", "crs": grid.crs,
+               "transform": grid.transform, "tiled": True, "blockxsize": 256, "blockysize": 256}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def write_mask_polygon(path: Path, grid, margin: int) -> Path:
+    """One polygon over the raster less a margin: every window of the strip is inpainted."""
+    x0, y0 = grid.transform * (margin, grid.height - margin)
+    x1, y1 = grid.transform * (grid.width - margin, margin)
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    feature = {"type": "Feature", "properties": {"subtype": "destroyed"}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature],
+                                "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}}}))
+    return path
+
+
+# ------------------------------------------------------------------------------------ comparisons
+
+
+def race(setup: Setup, clock: Clock, ours, theirs, windows_of) -> dict:
+    """Seconds of GFM4D's run and of the baseline at setup.steps, each after a one-step warm-up
+    (kernels chosen, graphs exported, caches filled) unless this is a quick smoke run."""
+    if not setup.quick:
+        ours(1), theirs(1)
+    seconds, result = clock.timed(ours, setup.steps)
+    return {"windows": windows_of(result), "gfm4d": seconds, "diffusers": clock.timed(theirs, setup.steps)[0]}
+
+
+def compare_generate(setup: Setup, model, vanilla, clock: Clock) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    from engine.pipelines.generate import GenerateRequest, generate
+
+    plain, vae, text_encoder = vanilla
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=model.tokenizer, unet=plain,
+                                   scheduler=model.make_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    grid = strip_grid(setup)
+
+    def ours(steps: int):
+        request = GenerateRequest(grid=grid, prompt=PROMPT, steps=steps, guidance_scale=setup.guidance, seed=1,
+                                  batch_size=setup.batch, date="2020-06-01")
+        return generate(model, request, setup.work / "generate.tif")
+
+    def theirs(steps: int):
+        for start in range(0, setup.windows, setup.batch):
+            count = min(setup.batch, setup.windows - start)
+            pipe(PROMPT, height=setup.window, width=setup.window, num_inference_steps=steps,
+                 guidance_scale=setup.guidance, num_images_per_prompt=count, output_type="np")
+
+    return race(setup, clock, ours, theirs, lambda result: result.windows)
+
+
+def compare_inpaint(setup: Setup, model, vanilla, clock: Clock) -> dict:
+    import rasterio
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
+
+    plain, vae, text_encoder = vanilla
+    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=text_encoder, tokenizer=model.tokenizer, unet=plain,
+                                          scheduler=model.make_scheduler(), safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    grid = strip_grid(setup)
+    raster = write_rgb(setup.work / "pre.tif", grid, seed=3)
+    margin = setup.window // 16
+    polygons = write_mask_polygon(setup.work / "damage.geojson", grid, margin)
+    with rasterio.open(raster) as src:
+        pixels = torch.from_numpy(src.read()).float() / 255.0
+    images = torch.stack([pixels[:, :, i * (setup.window - setup.overlap):][:, :, : setup.window] for i in range(setup.windows)])
+    masks = torch.zeros(setup.windows, 1, setup.window, setup.window)
+    masks[:, :, margin:-margin, :] = 1.0
+
+    def ours(steps: int):
+        request = InpaintRequest(image=raster, polygons=polygons, class_field="subtype", disaster_type="fire",
+                                 prompt=PROMPT, steps=steps, guidance_scale=setup.guidance, seed=1, batch_size=setup.batch)
+        return inpaint(model, request, InpaintOutputs(setup.work / "post.tif", setup.work / "label.tif"))
+
+    def theirs(steps: int):
+        for start in range(0, setup.windows, setup.batch):
+            part = slice(start, start + setup.batch)
+            pipe([PROMPT] * len(images[part]), image=images[part], mask_image=masks[part], height=setup.window,
+                 width=setup.window, strength=1.0, num_inference_steps=steps, guidance_scale=setup.guidance,
+                 output_type="np")
+
+    return race(setup, clock, ours, theirs, lambda result: result.windows)
+
+
+def compare_controlnet_3d(setup: Setup, registry, clock: Clock, dtype: torch.dtype) -> dict:
+    from engine.models.layout import CONTROLNET_3D
+    from engine.models.loading import build_controlnet
+    from engine.pipelines.predict import PredictRequest, predict
+    from engine.pipelines.sampling import encode_prompt
+
+    model = registry.load(setup.controlnet, setup.device, dtype)
+    grid = strip_grid(setup)
+    frames = [write_rgb(setup.work / f"frame{i}.tif", grid, seed=10 + i) for i in range(3)]
+    dates = ["2019-05-01", "2020-05-01", "2021-05-01"]
+
+    def ours(steps: int):
+        request = PredictRequest(frames=frames, dates=dates, target_date="2022-05-01", reference=grid, prompt=PROMPT,
+                                 steps=steps, guidance_scale=setup.guidance, seed=1, batch_size=setup.batch)
+        return predict(model, request, setup.work / "predicted.tif")
+
+    # The baseline: the same networks straight from disk (no runtime options), a diffusers-style loop.
+    sat, vae = baseline_unet(model, dtype, metadata=True), baseline_vae(model, dtype)
+    controlnet = build_controlnet(model.info.components["controlnet"], CONTROLNET_3D, setup.device, dtype).eval()
+    text = encode_prompt(model, PROMPT, "", setup.guidance)
+    hidden = torch.cat([text.uncond, text.cond]).to(dtype)
+    latent = setup.window // 8
+
+    @torch.no_grad()
+    def theirs(steps: int):
+        for start in range(0, setup.windows, setup.batch):
+            count = min(setup.batch, setup.windows - start)
+            scheduler = model.make_scheduler()
+            scheduler.set_timesteps(steps, device=setup.device)
+            latents = torch.randn(count, 4, latent, latent, device=setup.device) * scheduler.init_noise_sigma
+            cond = torch.rand(count, 3, 3, setup.window, setup.window, device=setup.device, dtype=dtype)
+            metadata = torch.full((count, 7), 500.0, device=setup.device)
+            cond_metadata = torch.full((count, 7, 3), 500.0, device=setup.device)
+            text_rows = hidden.repeat_interleave(count, dim=0)
+            for t in scheduler.timesteps:
+                x = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(dtype)
+                md = torch.cat([torch.zeros_like(metadata), metadata])
+                down, mid = controlnet(x, t, text_rows, torch.cat([cond, cond]), metadata=md,
+                                       cond_metadata=torch.cat([torch.zeros_like(cond_metadata), cond_metadata]))
+                out = sat(x, t, text_rows, metadata=md, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid).sample.float()
+                uncond, conditional = out.chunk(2)
+                latents = scheduler.step(uncond + setup.guidance * (conditional - uncond), t, latents).prev_sample
+            vae.decode((latents / model.vae_scaling_factor).to(vae.dtype)).sample.float().cpu()
+
+    result = race(setup, clock, ours, theirs, lambda result: result.generated.windows)
+    registry.unload(setup.controlnet)
+    return result
+
+
+# ----------------------------------------------------------------------------------- engine job
+
+
+def engine_job(setup: Setup, steps: int) -> dict:
+    """One generate job of engine_size^2 px through a private engine: wall time, run time, GPU memory peak."""
+    from engine.client import EngineClient
+    from engine.server.launcher import start_engine
+
+    size = setup.engine_size
+    params = {"model": setup.base, "extent": [ORIGIN[0], ORIGIN[1], ORIGIN[0] + size, ORIGIN[1] + size], "crs": CRS,
+              "resolution_m": 1.0, "prompt": PROMPT, "steps": steps, "guidance_scale": setup.guidance, "seed": 2,
+              "batch_size": setup.batch}
+    warm = dict(params, extent=[ORIGIN[0], ORIGIN[1], ORIGIN[0] + setup.window, ORIGIN[1] + setup.window], steps=1)
+    env = {"GFM4D_BACKEND": setup.backend}
+    with start_engine(setup.models_dir, setup.work / "jobs", extra_args=["--device", str(setup.device)], env=env,
+                      log_path=setup.work / "engine.log") as engine:
+        client = EngineClient(engine.url, timeout=600)
+        client.run("generate", warm, out_dir=setup.work / "warm")  # loads the model (and exports its graphs)
+        lowest_free, stop = [None], threading.Event()
+
+        def watch_memory():
+            watcher_client = EngineClient(engine.url)  # its own HTTP session: sessions are not shared across threads
+            while not stop.is_set():
+                free = watcher_client.health().get("gpu_free_bytes")
+                if free is not None:
+                    lowest_free[0] = free if lowest_free[0] is None else min(lowest_free[0], free)
+                stop.wait(0.25)
+
+        watcher = threading.Thread(target=watch_memory, daemon=True)
+        started = time.perf_counter()
+        watcher.start()
+        job_id = client.submit("generate", params)
+        job = client.wait(job_id, poll_interval=0.1)
+        client.download(job_id, "image", setup.work / "engine.tif")
+        wall = time.perf_counter() - started
+        stop.set()
+        watcher.join()
+        health = client.health()
+    run = (dt.datetime.fromisoformat(job["finished_at"]) - dt.datetime.fromisoformat(job["started_at"])).total_seconds()
+    peak = None
+    if lowest_free[0] is not None and health.get("gpu_total_bytes"):
+        peak = health["gpu_total_bytes"] - lowest_free[0]
+    return {"wall": wall, "run": run, "device_peak": peak}
+
+
+def profiled_job(setup: Setup, model, steps: int, clock: Clock) -> dict:
+    """The engine job's work in this process with timers on text encoder, UNet, VAE and GeoTIFF writing."""
+    from engine.pipelines.generate import GenerateRequest, generate
+
+    timed = replace(model, text_encoder=Timed(model.text_encoder, clock, "text encoding"),
+                    unet=Timed(model.unet, clock, "UNet"), vae=Timed(model.vae, clock, "VAE"))
+    grid = strip_grid(setup, setup.engine_size, setup.engine_size)
+    request = GenerateRequest(grid=grid, prompt=PROMPT, steps=steps, guidance_scale=setup.guidance, seed=2,
+                              batch_size=setup.batch)
+    if setup.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(setup.device)
+    clock.seconds.clear()
+    with timed_raster_io(clock):
+        total, _ = clock.timed(generate, timed, request, setup.work / "profiled.tif")
+    parts = dict(clock.seconds)
+    parts["total"] = total
+    parts["torch_peak"] = torch.cuda.max_memory_allocated(setup.device) if setup.device.type == "cuda" else None
+    return parts
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def gib(value) -> str:
+    return "n/a" if value is None else f"{value / 2**30:.1f} GiB"
+
+
+def render(setup: Setup, dtype: torch.dtype, scheduler: str, comparisons: dict, engine: dict, profile: dict) -> str:
+    smoke = " (demo models: a smoke run, not a speed figure)" if setup.window < 512 else ""
+    heading = (
+        f"**{device_name(setup.device)}** — {dt.date.today().isoformat()}, torch {torch.__version__}, "
+        f"{str(dtype).removeprefix('torch.')}, backend {setup.backend}, scheduler {scheduler}, "
+        f"{setup.window} px windows, {setup.steps} steps, guidance {setup.guidance:g}, {setup.batch} windows per call{smoke}"
+    )
+    lines = [
+        heading,
+        "",
+        "| workload | windows | GFM4D windows/s | diffusers windows/s | GFM4D / diffusers |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in comparisons.items():
+        ours, theirs = row["windows"] / row["gfm4d"], row["windows"] / row["diffusers"]
+        lines.append(f"| {name} | {row['windows']} | {ours:.4g} | {theirs:.4g} | {ours / theirs:.3g} |")
+    measured = sum(v for k, v in profile.items() if k not in ("total", "torch_peak"))
+    lines += [
+        "",
+        f"| {setup.engine_size} x {setup.engine_size} px generate job through the HTTP engine | seconds |",
+        "|---|---:|",
+        f"| total: submit, run, result downloaded | {engine['wall']:.1f} |",
+        f"| engine run time | {engine['run']:.1f} |",
+        f"| HTTP and queue (total - run) | {engine['wall'] - engine['run']:.1f} |",
+        f"| the same job in-process: total | {profile['total']:.1f} |",
+    ]
+    for part in ("text encoding", "UNet", "VAE", "raster I/O"):
+        lines.append(f"| - {part} | {profile.get(part, 0.0):.1f} |")
+    lines += [
+        f"| - other (planning, scheduler, blending, latents) | {profile['total'] - measured:.1f} |",
+        f"| GPU memory peak, engine process (device) | {gib(engine['device_peak'])} |",
+        f"| GPU memory peak, torch allocations (in-process job) | {gib(profile['torch_peak'])} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(path: Path, table: str) -> None:
+    """Put the table between the speed-table markers of `path` (the whole file when it has none)."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if TABLE_START in text and TABLE_END in text:
+        head, rest = text.split(TABLE_START, 1)
+        tail = rest.split(TABLE_END, 1)[1]
+        text = f"{head}{TABLE_START}\n{table}{TABLE_END}{tail}"
+    else:
+        text = f"{TABLE_START}\n{table}{TABLE_END}\n"
+    path.write_text(text, encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def make_setup(args, work: Path) -> Setup:
+    from engine.models.demo import build_demo_models
+
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.demo:
+        build_demo_models(work / "models")
+        return Setup(work / "models", work, "demo-satunet", "demo-controlnet-3d", device, window=128,
+                     windows=args.windows or (2 if args.quick else 4), steps=args.steps or (2 if args.quick else 4),
+                     guidance=7.5, batch=args.batch or 2, engine_size=192 if args.quick else 512, backend=args.backend,
+                     quick=args.quick)
+    if device.type != "cuda":
+        sys.exit("speed.py: the full benchmark needs a CUDA GPU; use --demo for a CPU smoke run")
+    build_sd21_models(work / "models", device)
+    return Setup(work / "models", work, "sd21-sat", "sd21-controlnet-3d", device, window=512, windows=args.windows or 8,
+                 steps=args.steps or 25, guidance=7.5, batch=args.batch or 8, engine_size=args.engine_size, backend=args.backend)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", action="store_true", help="the demo models (tiny, CPU-friendly) instead of SD-2.1 size")
+    parser.add_argument("--quick", action="store_true", help="with --demo: the fewest windows and steps that still exercise every path")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="GFM4D's backend")
+    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--windows", type=int, help="windows per comparison (default 8; demo 4, quick 2)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default 25; demo 4, quick 2)")
+    parser.add_argument("--batch", type=int, help="windows per model call on both sides (default 8; demo 2)")
+    parser.add_argument("--engine-size", type=int, default=4096, help="px side of the HTTP engine job (full mode)")
+    parser.add_argument("--work", type=Path, help="scratch folder; models built there are kept (default: a temporary folder)")
+    parser.add_argument("--output", type=Path, help="markdown file for the table (default in full mode: docs/performance.md)")
+    args = parser.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="gfm4d-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("GFM4D_ONNX_CACHE", str(work / "onnx"))  # this process and the engine share exported graphs
+    setup = make_setup(args, work)
+    output = args.output or (None if args.demo else REPO / "docs" / "performance.md")
+
+    from engine import config
+    from engine.models.registry import ModelRegistry
+
+    dtype = config.dtype_for(setup.device)
+    engine = engine_job(setup, setup.steps)  # first, while this process holds no GPU memory
+
+    clock = Clock(setup.device)
+    registry = ModelRegistry(setup.models_dir, backend=setup.backend)
+    model = registry.load(setup.base, setup.device, dtype)
+    scheduler = type(model.make_scheduler()).__name__
+    vanilla = (baseline_unet(model, dtype, metadata=False), baseline_vae(model, dtype), torch_text_encoder(model))
+    comparisons = {
+        "generate (SatUNet with metadata)": compare_generate(setup, model, vanilla, clock),
+        "inpaint (masked latent blending)": compare_inpaint(setup, model, vanilla, clock),
+    }
+    del vanilla
+    if setup.device.type == "cuda":
+        torch.cuda.empty_cache()
+    comparisons["3D ControlNet, 3 frames"] = compare_controlnet_3d(setup, registry, clock, dtype)
+    profile = profiled_job(setup, model, setup.steps, clock)
+
+    table = render(setup, dtype, scheduler, comparisons, engine, profile)
+    print(table)
+    if output is not None:
+        write_table(output, table)
+        print(f"written to {output}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
