@@ -214,7 +214,7 @@ def _add_sampling_arguments(parser) -> None:
     how.add_argument("--scheduler", help="ddim, dpm++, euler, pndm, unipc (default: the model's)")
     how.add_argument("--window", type=int, help="window size in pixels (default: the model's native resolution)")
     how.add_argument("--overlap", type=int, help="window overlap in pixels (default: a quarter window)")
-    how.add_argument("--batch-size", type=int, default=4)
+    how.add_argument("--batch-size", type=int, help="windows per UNet call (default: what free GPU memory holds; 4 on CPU)")
 
 
 def _add_grid_arguments(parser) -> None:

@@ -165,7 +165,7 @@ def _date_from_day_of_year(year: int, day_of_year: int) -> date | None:
 
 def cloud_fraction_from_percent(percent: float) -> float:
     """Cloud cover given in percent (0..100, as STAC and GDAL store it) as the fraction 0..1."""
-    value = _finite_number(percent, "cloud cover (percent)")
+    value = finite_number(percent, "cloud cover (percent)")
     if not 0.0 <= value <= 100.0:
         raise InputError(f"cloud cover {percent!r} % is outside 0..100: give a percentage between 0 and 100")
     return value / 100.0
@@ -173,7 +173,7 @@ def cloud_fraction_from_percent(percent: float) -> float:
 
 def check_cloud_fraction(fraction: float) -> float:
     """A cloud-cover fraction, validated to 0..1 (a percentage is refused, not guessed)."""
-    value = _finite_number(fraction, "cloud cover")
+    value = finite_number(fraction, "cloud cover")
     if not 0.0 <= value <= 1.0:
         hint = (
             " — it looks like a percentage: convert it with cloud_fraction_from_percent()"
@@ -184,7 +184,8 @@ def check_cloud_fraction(fraction: float) -> float:
     return value
 
 
-def _finite_number(value: Any, what: str) -> float:
+def finite_number(value: Any, what: str) -> float:
+    """A user's value as a finite float, or an InputError naming what it was for."""
     if isinstance(value, bool):
         raise InputError(f"{what} must be a number, not {value!r}")
     try:

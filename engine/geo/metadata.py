@@ -23,7 +23,7 @@ from rasterio.transform import Affine
 from pyproj.exceptions import CRSError, ProjError
 
 from engine.errors import InputError
-from engine.geo.dates import check_cloud_fraction, cloud_fraction_from_percent, parse_date
+from engine.geo.dates import check_cloud_fraction, cloud_fraction_from_percent, finite_number, parse_date
 
 __all__ = [
     "METADATA_FIELDS",
@@ -61,17 +61,17 @@ class SatMetadata:
 
     def __post_init__(self) -> None:
         if self.lon is not None:
-            lon = _number(self.lon, "longitude")
+            lon = finite_number(self.lon, "longitude")
             if not -180.0 <= lon <= 180.0:
                 lon = (lon + 180.0) % 360.0 - 180.0
             object.__setattr__(self, "lon", lon)
         if self.lat is not None:
-            lat = _number(self.lat, "latitude")
+            lat = finite_number(self.lat, "latitude")
             if not -90.0 <= lat <= 90.0:
                 raise InputError(f"latitude {self.lat!r} is outside -90..90 degrees: is it a projected y or lon/lat swapped?")
             object.__setattr__(self, "lat", lat)
         if self.gsd_m is not None:
-            gsd = _number(self.gsd_m, "ground sampling distance")
+            gsd = finite_number(self.gsd_m, "ground sampling distance")
             if gsd <= 0:
                 raise InputError(f"ground sampling distance {self.gsd_m!r} m must be positive: give metres per pixel")
             object.__setattr__(self, "gsd_m", gsd)
@@ -146,18 +146,6 @@ def normalise_batch(items: Sequence[SatMetadata]) -> np.ndarray:
     if not rows:
         return np.zeros((0, len(METADATA_FIELDS)), dtype=np.float32)
     return np.stack(rows).astype(np.float32, copy=False)
-
-
-def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool):
-        raise InputError(f"{what} must be a number, not {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number, not {value!r}") from None
-    if not math.isfinite(number):
-        raise InputError(f"{what} must be a finite number, not {value!r}")
-    return number
 
 
 def _or_nan(value: float | None) -> float:

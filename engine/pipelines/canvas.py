@@ -11,6 +11,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -137,20 +138,40 @@ def encode_pixels(model, pixels: torch.Tensor, block: int = 64, margin: int = 8)
     return latents
 
 
+DECODE_BATCH = 4
+
+
+def decode_in_blocks(model, read: Callable[[Span], torch.Tensor], pairs: list[tuple[Span, Span]],
+                     cancel: CancelCheck | None = None) -> Iterator[tuple[Span, torch.Tensor]]:
+    """Decode (core, context) blocks; yields each core with its decoded pixels in [-1, 1] (C, h*f, w*f).
+
+    Blocks whose contexts have the same shape (all but the edge ones) are decoded several at a time
+    in one VAE call; only the core of each context is kept.
+    """
+    f = model.vae_scale_factor
+    groups: dict[tuple[int, int], list[tuple[Span, Span]]] = {}
+    for core, context in pairs:
+        groups.setdefault((context.height, context.width), []).append((core, context))
+    for members in groups.values():
+        for start in range(0, len(members), DECODE_BATCH):
+            check_cancel(cancel)
+            batch = members[start : start + DECODE_BATCH]
+            images = decode_latents(model, torch.cat([read(context) for _, context in batch]))
+            for (core, context), image in zip(batch, images):
+                inner = core.relative_to(context)
+                yield core, image[:, inner.row * f : (inner.row + inner.height) * f, inner.col * f : (inner.col + inner.width) * f]
+
+
 def decode_to_writer(model, canvas: LatentCanvas, store: LatentStore, writer, *, block: int, margin: int,
                      valid_mask=None, on_block=None, cancel: CancelCheck | None = None) -> None:
     """Decode a stored canvas block by block straight into a GeoTIFF writer.
 
     `valid_mask(window)`, when given, returns the validity mask written for each block.
     """
-    f = canvas.factor
-    for core, context in decode_blocks(canvas, block, margin):
-        check_cancel(cancel)
-        pixels = to_uint8(decode_latents(model, store.read(context)))[0]
-        inner = core.relative_to(context)
+    for core, image in decode_in_blocks(model, store.read, decode_blocks(canvas, block, margin), cancel):
+        pixels = to_uint8(image[None])[0]
         window = canvas.pixel_window(core)
-        crop = pixels[:, inner.row * f : inner.row * f + int(window.height), inner.col * f : inner.col * f + int(window.width)]
-        writer.write(crop, window)
+        writer.write(pixels[:, : int(window.height), : int(window.width)], window)
         if valid_mask is not None:
             writer.write_mask(valid_mask(window), window)
         if on_block is not None:

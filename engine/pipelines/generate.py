@@ -55,7 +55,7 @@ class GenerateRequest:
     scheduler: str | None = None  # a scheduler name, or None for the model's own
     window: int | None = None  # default: the model's native resolution
     overlap: int | None = None  # default: a quarter of the window
-    batch_size: int = 4
+    batch_size: int | None = None  # windows per UNet call; None: as many as free GPU memory holds
     max_region_cells: int = 2048  # latent cells per region side before splitting the canvas
     decode_block_cells: int = 64
     decode_margin_cells: int = 8
@@ -97,7 +97,7 @@ def _validate(request: GenerateRequest, model) -> tuple[int, int]:
         raise InputError(f"the overlap ({overlap} px) must be at least 0 and smaller than the window ({window} px)")
     if request.steps < 1:
         raise InputError(f"steps must be at least 1, not {request.steps}")
-    if request.batch_size < 1:
+    if request.batch_size is not None and request.batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {request.batch_size}")
     if request.cloud_cover is not None and not 0 <= request.cloud_cover <= 1:
         raise InputError(f"cloud cover is a fraction from 0 to 1, not {request.cloud_cover}")

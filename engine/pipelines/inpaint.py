@@ -38,7 +38,7 @@ from engine.geo.raster import RasterSource, open_raster, require_rgb
 from engine.geo.tiling import Span, group_overlapping, plan_windows
 from engine.geo.vectors import PolygonLayer, read_polygons, write_polygons
 from engine.geo.writer import GeoTIFFWriter, check_destination
-from engine.pipelines.canvas import context_blocks, decode_latents, encode_pixels
+from engine.pipelines.canvas import context_blocks, decode_in_blocks, encode_pixels
 from engine.pipelines.sampling import (
     CancelCheck,
     CanvasJob,
@@ -77,7 +77,7 @@ class InpaintRequest:
     scheduler: str | None = None
     window: int | None = None
     overlap: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None  # windows per UNet call; None: as many as free GPU memory holds
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _validate(request: InpaintRequest, model) -> tuple[int, int]:
         raise InputError(f"window ({window}) and overlap ({overlap}) must be multiples of {factor} px with overlap < window")
     if not 0.0 < request.strength <= 1.0:
         raise InputError(f"strength must be in (0, 1], not {request.strength}")
-    if request.steps < 1 or request.batch_size < 1:
+    if request.steps < 1 or (request.batch_size is not None and request.batch_size < 1):
         raise InputError("steps and batch size must be at least 1")
     if request.dilation_m < 0 or (request.feather_m is not None and request.feather_m < 0):
         raise InputError("dilation and feather are distances in metres and cannot be negative")
@@ -292,11 +292,10 @@ def _decode(model, latents: torch.Tensor, block: int = 64, margin: int = 8) -> n
     f = model.vae_scale_factor
     rows, cols = latents.shape[-2:]
     out = np.empty((3, rows * f, cols * f), dtype=np.float32)
-    for core, context in context_blocks(rows, cols, rows, cols, block, margin):
-        pixels = decode_latents(model, latents[(slice(None), slice(None)) + context.slices]).float().clamp(-1, 1)[0]
-        inner = core.relative_to(context)
+    pairs = context_blocks(rows, cols, rows, cols, block, margin)
+    for core, image in decode_in_blocks(model, lambda span: latents[(slice(None), slice(None)) + span.slices], pairs):
         out[:, core.row * f : (core.row + core.height) * f, core.col * f : (core.col + core.width) * f] = (
-            pixels[:, inner.row * f : (inner.row + inner.height) * f, inner.col * f : (inner.col + inner.width) * f].cpu().numpy()
+            image.float().clamp(-1, 1).cpu().numpy()
         )
     return out
 

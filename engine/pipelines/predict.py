@@ -48,7 +48,7 @@ class PredictRequest:
     scheduler: str | None = None
     window: int | None = None
     overlap: int | None = None
-    batch_size: int = 4
+    batch_size: int | None = None  # windows per UNet call; None: as many as free GPU memory holds
 
 
 @dataclass

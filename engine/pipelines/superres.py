@@ -49,7 +49,7 @@ class SuperresRequest:
     guidance_scale: float = 7.5
     seed: int = 0
     scheduler: str | None = None
-    batch_size: int = 4
+    batch_size: int | None = None  # windows per UNet call; None: as many as free GPU memory holds
 
 
 class Sentinel2Conditioning:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -63,19 +62,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine-token", default=None, help="the engine's token (prefer env GFM4D_TOKEN)")
 
 
-@dataclass
-class RemoteProgress:
-    """A job's progress in the shape of engine.pipelines.sampling.Progress (for the CLI's progress bar)."""
-
-    done: int
-    total: int
-    message: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 0.0
-
-
 def run_on_engine(
     url: str,
     token: str | None,
@@ -83,18 +69,19 @@ def run_on_engine(
     params: dict,
     files: dict[str, Path],
     outputs: dict[str, Path],
-    progress: Callable[[RemoteProgress], None] | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> dict[str, Path]:
     """Submit a task to the engine at `url`, wait (Ctrl-C cancels it there), download the results named
     in `outputs` to their paths; result name -> path written."""
     from engine.client import EngineClient
+    from engine.pipelines.sampling import Progress
 
     client = EngineClient(url, token=token)
     job_id = client.submit(task, params, files)
 
     def report(job: dict) -> None:
         if progress is not None:
-            progress(RemoteProgress(job["done"], job["total"], job["message"] or job["state"]))
+            progress(Progress(job["done"], job["total"], job["message"] or job["state"]))
 
     job = client.wait(job_id, progress=report)
     available = {r["name"] for r in job["results"]}

@@ -56,7 +56,7 @@ class SamplingParams(TaskParams):
     scheduler: str | None = Field(None, description="ddim, dpm++, euler, pndm, unipc or a diffusers class name; default: the model's")
     window: int | None = Field(None, gt=0, le=4096, description="window size in pixels; default: the model's native resolution")
     overlap: int | None = Field(None, ge=0, le=4096, description="window overlap in pixels; default: a quarter window")
-    batch_size: int = Field(4, ge=1, le=256, description="windows per UNet call")
+    batch_size: int | None = Field(None, ge=1, le=256, description="windows per UNet call (default: as many as free GPU memory holds; 4 on CPU)")
 
     @field_validator("scheduler")
     @classmethod
