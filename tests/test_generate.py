@@ -182,7 +182,7 @@ def test_cancel_between_steps_leaves_no_file(model, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs, words",
-    [({"window": 100}, "multiples of 8"), ({"overlap": 128}, "smaller than the window"), ({"steps": 0}, "at least 1"),
+    [({"window": 100}, "multiples of 8"), ({"overlap": 128}, "smaller than the window"), ({"steps": 0}, "steps must be from 1 to 1000"), ({"steps": 1001}, "steps must be from 1 to 1000"),
      ({"cloud_cover": 40}, "fraction")],
 )
 def test_bad_requests_are_explained(model, tmp_path, kwargs, words):

@@ -32,6 +32,7 @@ from engine.pipelines.canvas import LatentCanvas, LatentStore, decode_blocks, de
 from engine.pipelines.sampling import (
     CancelCheck,
     CanvasJob,
+    check_steps,
     Progress,
     ProgressCallback,
     denoise_canvas,
@@ -95,8 +96,7 @@ def _validate(request: GenerateRequest, model) -> tuple[int, int]:
         raise InputError(f"window ({window}) and overlap ({overlap}) must be multiples of {factor} pixels")
     if not 0 <= overlap < window:
         raise InputError(f"the overlap ({overlap} px) must be at least 0 and smaller than the window ({window} px)")
-    if request.steps < 1:
-        raise InputError(f"steps must be at least 1, not {request.steps}")
+    check_steps(model, request.steps)
     if request.batch_size is not None and request.batch_size < 1:
         raise InputError(f"batch size must be at least 1, not {request.batch_size}")
     if request.cloud_cover is not None and not 0 <= request.cloud_cover <= 1:

@@ -45,6 +45,7 @@ from engine.pipelines.sampling import (
     Progress,
     ProgressCallback,
     check_cancel,
+    check_steps,
     denoise_canvas,
     effective_start,
     encode_prompt,
@@ -124,8 +125,9 @@ def _validate(request: InpaintRequest, model) -> tuple[int, int]:
         raise InputError(f"window ({window}) and overlap ({overlap}) must be multiples of {factor} px with overlap < window")
     if not 0.0 < request.strength <= 1.0:
         raise InputError(f"strength must be in (0, 1], not {request.strength}")
-    if request.steps < 1 or (request.batch_size is not None and request.batch_size < 1):
-        raise InputError("steps and batch size must be at least 1")
+    check_steps(model, request.steps)
+    if request.batch_size is not None and request.batch_size < 1:
+        raise InputError(f"batch size must be at least 1, not {request.batch_size}")
     if request.dilation_m < 0 or (request.feather_m is not None and request.feather_m < 0):
         raise InputError("dilation and feather are distances in metres and cannot be negative")
     if request.cloud_cover is not None and not 0 <= request.cloud_cover <= 1:

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from engine.errors import Cancelled
+from engine.errors import Cancelled, InputError
 from engine.geo.tiling import Span, blend_weights
 from engine.runtime.device import BatchSize, batch_size_for
 
@@ -75,6 +75,13 @@ class CanvasJob:
     control_factor: int = 8
     window_cond_metadata: Sequence[np.ndarray] | None = None  # per window, (7,) or (7, T)
     control_scale: float = 1.0
+
+
+def check_steps(model, steps: int) -> None:
+    """Steps must be at least one and at most the scheduler's training timesteps."""
+    trained = int(model.scheduler_config.get("num_train_timesteps", 1000))
+    if not 1 <= steps <= trained:
+        raise InputError(f"steps must be from 1 to {trained} (the model's training timesteps), not {steps}")
 
 
 def check_cancel(cancel: CancelCheck | None) -> None:
