@@ -28,10 +28,9 @@ from rasterio.windows import Window
 from shapely.geometry.base import BaseGeometry
 
 from engine.errors import InputError
+from engine.geo.metadata import pixel_size_metres as metadata_pixel_size, uses_point_scale
 from engine.geo.vectors import PolygonLayer
 
-# Scale factors within this of 1 are treated as true scale, as in engine.geo.grid.
-_TRUE_SCALE_TOLERANCE = 0.01
 # Box blurs applied per axis: three make the fall-off smooth (piecewise quadratic, near Gaussian).
 _BLUR_PASSES = 3
 _REPORTED_IDS = 10
@@ -91,8 +90,9 @@ def _to_geodetic(wkt: str) -> pyproj.Transformer:
 def metres_per_unit(crs: CRS, xs: Any, ys: Any) -> tuple[np.ndarray, np.ndarray]:
     """Ground metres per CRS unit along x and y at points of a CRS (vectorised).
 
-    Geographic CRSs use the ellipsoid's radii of curvature; projected CRSs their scale factors,
-    with near-true-scale projections (UTM, national grids) taken at their linear unit.
+    The same rule as the GSD metadata and output grids (engine.geo.metadata.pixel_size_metres):
+    geographic CRSs use the ellipsoid's radii of curvature, projected CRSs their linear unit, and
+    Mercator projections (Web Mercator) are corrected by their point scale.
     """
     wkt = crs.to_wkt()
     pcrs = _pyproj_crs(wkt)
@@ -105,23 +105,20 @@ def metres_per_unit(crs: CRS, xs: Any, ys: Any) -> tuple[np.ndarray, np.ndarray]
         lat = ys * unit
         w = np.sqrt(1.0 - e2 * np.sin(lat) ** 2)
         return a / w * np.cos(lat) * unit, a * (1.0 - e2) / w**3 * unit
+    nominal = np.full(xs.shape, unit)
+    if not uses_point_scale(wkt):
+        return nominal, nominal.copy()
     lon, lat = _to_geodetic(wkt).transform(xs, ys)
     factors = _proj(wkt).get_factors(lon, lat)
     sx = np.asarray(factors.parallel_scale, dtype=float)
     sy = np.asarray(factors.meridional_scale, dtype=float)
     usable = np.isfinite(sx) & np.isfinite(sy) & (sx > 0) & (sy > 0)
-    true_scale = ~usable | ((np.abs(sx - 1) <= _TRUE_SCALE_TOLERANCE) & (np.abs(sy - 1) <= _TRUE_SCALE_TOLERANCE))
-    mx = np.where(true_scale, unit, unit / np.where(usable, sx, 1.0))
-    my = np.where(true_scale, unit, unit / np.where(usable, sy, 1.0))
-    return mx, my
+    return unit / np.where(usable, sx, 1.0), unit / np.where(usable, sy, 1.0)
 
 
 def pixel_size_metres(grid: Any) -> tuple[float, float]:
     """Ground size of one pixel (along columns, along rows) at the grid's centre."""
-    t = grid.transform
-    cx, cy = t @ (grid.width / 2, grid.height / 2)
-    mx, my = metres_per_unit(grid.crs, cx, cy)
-    return float(math.hypot(t.a * mx[0], t.d * my[0])), float(math.hypot(t.b * mx[0], t.e * my[0]))
+    return metadata_pixel_size(grid.crs, grid.transform, grid.width / 2, grid.height / 2)
 
 
 # --- placing polygons on a grid -------------------------------------------------------------------

@@ -224,6 +224,12 @@ _MERCATOR_METHODS = {
 }
 
 
+def uses_point_scale(crs: Any) -> bool:
+    """Whether a projected CRS's map units are corrected by its point scale (Mercator projections)."""
+    method = _pyproj_crs(_crs_key(crs)).coordinate_operation
+    return method is not None and method.method_code in _MERCATOR_METHODS
+
+
 def pixel_size_metres(crs: Any, transform: Affine, col: float, row: float) -> tuple[float, float]:
     """Ground size in metres (along rows, along columns) of one pixel at image position (col, row).
 
@@ -250,8 +256,7 @@ def pixel_size_metres(crs: Any, transform: Affine, col: float, row: float) -> tu
     unit = horizontal.axis_info[0].unit_conversion_factor  # metres per CRS unit
     size_x = math.hypot(transform.a, transform.d) * unit
     size_y = math.hypot(transform.b, transform.e) * unit
-    method = horizontal.coordinate_operation
-    if method is not None and method.method_code in _MERCATOR_METHODS:
+    if uses_point_scale(key):
         parallel, meridional = _mercator_scale(key, transform @ (col, row))
         size_x, size_y = size_x / parallel, size_y / meridional
     return size_x, size_y
