@@ -32,7 +32,7 @@ from engine.pipelines.canvas import LatentCanvas, LatentStore, decode_blocks, de
 from engine.pipelines.sampling import (
     CancelCheck,
     CanvasJob,
-    check_steps,
+    SamplerSettings,
     Progress,
     ProgressCallback,
     denoise_canvas,
@@ -41,22 +41,13 @@ from engine.pipelines.sampling import (
 )
 
 
-@dataclass
-class GenerateRequest:
+@dataclass(kw_only=True)
+class GenerateRequest(SamplerSettings):
     """What to generate; sizes are in output pixels unless named otherwise."""
 
     grid: OutputGrid
     prompt: str
-    negative_prompt: str = ""
     date: dt.date | None = None
-    cloud_cover: float | None = None  # fraction 0..1
-    steps: int = 30
-    guidance_scale: float = 7.5
-    seed: int = 0
-    scheduler: str | None = None  # a scheduler name, or None for the model's own
-    window: int | None = None  # default: the model's native resolution
-    overlap: int | None = None  # default: a quarter of the window
-    batch_size: int | None = None  # windows per UNet call; None: as many as free GPU memory holds
     max_region_cells: int = 2048  # latent cells per region side before splitting the canvas
     decode_block_cells: int = 64
     decode_margin_cells: int = 8
@@ -89,22 +80,10 @@ def window_metadata(canvas: LatentCanvas, spans: list[Span], offset: Span, reque
 
 
 def _validate(request: GenerateRequest, model) -> tuple[int, int]:
-    factor = model.vae_scale_factor
-    window = request.window or model.info.native_resolution
-    overlap = request.overlap if request.overlap is not None else window // 4
-    if window % factor or overlap % factor:
-        raise InputError(f"window ({window}) and overlap ({overlap}) must be multiples of {factor} pixels")
-    if not 0 <= overlap < window:
-        raise InputError(f"the overlap ({overlap} px) must be at least 0 and smaller than the window ({window} px)")
-    check_steps(model, request.steps)
-    if request.batch_size is not None and request.batch_size < 1:
-        raise InputError(f"batch size must be at least 1, not {request.batch_size}")
-    if request.cloud_cover is not None and not 0 <= request.cloud_cover <= 1:
-        raise InputError(f"cloud cover is a fraction from 0 to 1, not {request.cloud_cover}")
-    cells = window // factor
+    cells, overlap = request.window_cells(model)
     if request.max_region_cells < 2 * cells:
         raise InputError(f"regions must be at least two windows wide ({2 * cells} latent cells)")
-    return cells, overlap // factor
+    return cells, overlap
 
 
 def result_tags(request: GenerateRequest, model) -> dict[str, str]:

@@ -44,8 +44,8 @@ from engine.pipelines.sampling import (
     CanvasJob,
     Progress,
     ProgressCallback,
+    SamplerSettings,
     check_cancel,
-    check_steps,
     denoise_canvas,
     effective_start,
     encode_prompt,
@@ -56,8 +56,8 @@ LABEL_NODATA = 255
 _COPY_BLOCK = 1024
 
 
-@dataclass
-class InpaintRequest:
+@dataclass(kw_only=True)
+class InpaintRequest(SamplerSettings):
     image: Path
     polygons: Path | PolygonLayer
     class_field: str | None = None
@@ -65,20 +65,11 @@ class InpaintRequest:
     inpaint_classes: dict | None = None  # {class name or code: bool}, overrides the defaults
     disaster_type: str | None = None  # flooding, fire, wind, earthquake, tsunami, volcano
     prompt: str | None = None  # one prompt for every class, overriding the class prompts
-    negative_prompt: str = ""
     date: dt.date | None = None  # post-event date for the metadata
-    cloud_cover: float | None = None
     strength: float = 1.0
     dilation_m: float = 0.0
     feather_m: float | None = None  # default: three pixels
     rgb_bands: tuple[int, int, int] | None = None
-    steps: int = 30
-    guidance_scale: float = 7.5
-    seed: int = 0
-    scheduler: str | None = None
-    window: int | None = None
-    overlap: int | None = None
-    batch_size: int | None = None  # windows per UNet call; None: as many as free GPU memory holds
 
 
 @dataclass
@@ -118,21 +109,11 @@ class _Plan:
 
 
 def _validate(request: InpaintRequest, model) -> tuple[int, int]:
-    factor = model.vae_scale_factor
-    window = request.window or model.info.native_resolution
-    overlap = request.overlap if request.overlap is not None else window // 4
-    if window % factor or overlap % factor or not 0 <= overlap < window:
-        raise InputError(f"window ({window}) and overlap ({overlap}) must be multiples of {factor} px with overlap < window")
     if not 0.0 < request.strength <= 1.0:
         raise InputError(f"strength must be in (0, 1], not {request.strength}")
-    check_steps(model, request.steps)
-    if request.batch_size is not None and request.batch_size < 1:
-        raise InputError(f"batch size must be at least 1, not {request.batch_size}")
     if request.dilation_m < 0 or (request.feather_m is not None and request.feather_m < 0):
         raise InputError("dilation and feather are distances in metres and cannot be negative")
-    if request.cloud_cover is not None and not 0 <= request.cloud_cover <= 1:
-        raise InputError(f"cloud cover is a fraction from 0 to 1, not {request.cloud_cover}")
-    return window // factor, overlap // factor
+    return request.window_cells(model)
 
 
 def _plan(request: InpaintRequest, source: RasterSource) -> _Plan:

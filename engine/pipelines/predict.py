@@ -27,28 +27,21 @@ from engine.geo.metadata import SatMetadata, centre_lonlat
 from engine.geo.tiling import Span
 from engine.pipelines.canvas import LatentCanvas
 from engine.pipelines.generate import GenerateRequest, GenerateResult, generate
-from engine.pipelines.sampling import CancelCheck, ProgressCallback
+from engine.pipelines.sampling import CancelCheck, ProgressCallback, SamplerSettings
 
 DEFAULT_PROMPT = "a fmow satellite image"
 
 
-@dataclass
-class PredictRequest:
+@dataclass(kw_only=True)
+class PredictRequest(SamplerSettings):
     frames: Sequence[Path]
     target_date: dt.date | str
     dates: Sequence[dt.date | str | None] | None = None  # per frame; None: read from each frame
     reference: int | OutputGrid = 0  # a frame's index (its grid), or an explicit grid
     prompt: str = DEFAULT_PROMPT
-    negative_prompt: str = ""
-    cloud_cover: float | None = None
     control_scale: float = 1.0
     steps: int = 50
     guidance_scale: float = 1.0  # DiffusionSat's 3D ControlNet example uses 1.0
-    seed: int = 0
-    scheduler: str | None = None
-    window: int | None = None
-    overlap: int | None = None
-    batch_size: int | None = None  # windows per UNet call; None: as many as free GPU memory holds
 
 
 @dataclass
@@ -125,12 +118,7 @@ def predict(model, request: PredictRequest, output: str | Path, progress: Progre
         grid = _reference_grid(request, frames)
         fractions = check_coverage(frames, grid)
         conditioning = FrameConditioning(frames, grid, temporal, request.control_scale)
-        generate_request = GenerateRequest(
-            grid=grid, prompt=request.prompt, negative_prompt=request.negative_prompt, date=target_date,
-            cloud_cover=request.cloud_cover, steps=request.steps, guidance_scale=request.guidance_scale,
-            seed=request.seed, scheduler=request.scheduler, window=request.window, overlap=request.overlap,
-            batch_size=request.batch_size,
-        )
+        generate_request = GenerateRequest(grid=grid, prompt=request.prompt, date=target_date, **request.sampler_fields())
         summary = [(frame.path.name, frame.date.isoformat(), fraction) for frame, fraction in zip(frames, fractions)]
         tags = {
             "GFM4D_TASK": "predict",

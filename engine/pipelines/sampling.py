@@ -19,7 +19,7 @@ networks may be ONNX Runtime stand-ins (engine.runtime.onnx_models): they are ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Sequence
 
 import numpy as np
@@ -45,6 +45,41 @@ class Progress:
 
 ProgressCallback = Callable[[Progress], None]
 CancelCheck = Callable[[], bool]
+
+
+@dataclass(kw_only=True)
+class SamplerSettings:
+    """What every task's request shares: guidance, sampler and window settings (sizes in output pixels)."""
+
+    negative_prompt: str = ""
+    cloud_cover: float | None = None  # fraction 0..1
+    steps: int = 30
+    guidance_scale: float = 7.5
+    seed: int = 0
+    scheduler: str | None = None  # a scheduler name, or None for the model's own
+    window: int | None = None  # default: the model's native resolution
+    overlap: int | None = None  # default: a quarter of the window
+    batch_size: int | None = None  # windows per UNet call; None: as many as free GPU memory holds
+
+    def sampler_fields(self) -> dict:
+        """These settings as keyword arguments, to hand them on to another request."""
+        return {f.name: getattr(self, f.name) for f in fields(SamplerSettings)}
+
+    def window_cells(self, model) -> tuple[int, int]:
+        """Check the settings against the model; the window and overlap in latent cells."""
+        factor = model.vae_scale_factor
+        window = self.window or model.info.native_resolution
+        overlap = self.overlap if self.overlap is not None else window // 4
+        if window % factor or overlap % factor:
+            raise InputError(f"window ({window}) and overlap ({overlap}) must be multiples of {factor} pixels")
+        if not 0 <= overlap < window:
+            raise InputError(f"the overlap ({overlap} px) must be at least 0 and smaller than the window ({window} px)")
+        check_steps(model, self.steps)
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, not {self.batch_size}")
+        if self.cloud_cover is not None and not 0 <= self.cloud_cover <= 1:
+            raise InputError(f"cloud cover is a fraction from 0 to 1, not {self.cloud_cover}")
+        return window // factor, overlap // factor
 
 
 @dataclass

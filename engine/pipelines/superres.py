@@ -28,28 +28,21 @@ from engine.geo.sentinel2 import CONDITION_BANDS, CONDITION_GSD_M, Sentinel2Norm
 from engine.geo.tiling import Span
 from engine.pipelines.canvas import LatentCanvas
 from engine.pipelines.generate import GenerateRequest, GenerateResult, generate
-from engine.pipelines.sampling import CancelCheck, ProgressCallback
+from engine.pipelines.sampling import CancelCheck, ProgressCallback, SamplerSettings
 
 DEFAULT_PROMPT = "a fmow satellite image"
 DEFAULT_FACTOR = 8  # output pixels per Sentinel-2 pixel along each axis
 
 
-@dataclass
-class SuperresRequest:
+@dataclass(kw_only=True)
+class SuperresRequest(SamplerSettings):
     image: Path
     bands: Sequence[str] | None = None  # Sentinel-2 name of each input band, in order
     extent: tuple[float, float, float, float] | None = None  # in the image's CRS; default: its footprint
     resolution_m: float | None = None  # default: the scene's GSD / 8
     date: dt.date | str | None = None  # default: the scene's acquisition date
-    cloud_cover: float | None = None
     prompt: str = DEFAULT_PROMPT
-    negative_prompt: str = ""
     control_scale: float = 1.0
-    steps: int = 30
-    guidance_scale: float = 7.5
-    seed: int = 0
-    scheduler: str | None = None
-    batch_size: int | None = None  # windows per UNet call; None: as many as free GPU memory holds
 
 
 class Sentinel2Conditioning:
@@ -121,11 +114,8 @@ def superres(model, request: SuperresRequest, output: str | Path, progress: Prog
         cloud = request.cloud_cover if request.cloud_cover is not None else acquisition.cloud_cover
         conditioning = Sentinel2Conditioning(source, bands, grid, factor, acquisition.date, cloud, request.control_scale)
         try:
-            generate_request = GenerateRequest(
-                grid=grid, prompt=request.prompt, negative_prompt=request.negative_prompt, date=acquisition.date,
-                cloud_cover=cloud, steps=request.steps, guidance_scale=request.guidance_scale, seed=request.seed,
-                scheduler=request.scheduler, batch_size=request.batch_size,
-            )
+            generate_request = GenerateRequest(grid=grid, prompt=request.prompt, date=acquisition.date,
+                                               **{**request.sampler_fields(), "cloud_cover": cloud})
             tags = {
                 "GFM4D_TASK": "superres",
                 "GFM4D_SOURCE": Path(info.path).name,
