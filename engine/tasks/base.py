@@ -58,6 +58,14 @@ class SamplingParams(TaskParams):
     overlap: int | None = Field(None, ge=0, le=4096, description="window overlap in pixels; default: a quarter window")
     batch_size: int | None = Field(None, ge=1, le=256, description="windows per UNet call (default: as many as free GPU memory holds; 4 on CPU)")
 
+    def sampler_fields(self) -> dict:
+        """The engine.pipelines.sampling.SamplerSettings part of these params, as keyword arguments."""
+        from dataclasses import fields
+
+        from engine.pipelines.sampling import SamplerSettings
+
+        return {f.name: getattr(self, f.name) for f in fields(SamplerSettings)}
+
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str | None) -> str | None:

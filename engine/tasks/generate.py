@@ -122,20 +122,6 @@ def run(registry, params: GenerateParams, inputs, out_dir: Path, progress, cance
     grid, aoi = output_grid(params, inputs)
     check_size(grid)
     model = registry.load(params.model)
-    request = GenerateRequest(
-        grid=grid,
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        date=params.date,
-        cloud_cover=params.cloud_cover,
-        steps=params.steps,
-        guidance_scale=params.guidance_scale,
-        seed=params.seed,
-        scheduler=params.scheduler,
-        window=params.window,
-        overlap=params.overlap,
-        batch_size=params.batch_size,
-        aoi=aoi,
-    )
+    request = GenerateRequest(grid=grid, prompt=params.prompt, date=params.date, aoi=aoi, **params.sampler_fields())
     result = generate(model, request, out_dir / "image.tif", progress=progress, cancel=cancel)
     return {"image": result.path, "preview": write_preview_png(result.path, out_dir / "preview.png")}

@@ -58,11 +58,8 @@ def run(registry, params: InpaintParams, inputs, out_dir: Path, progress, cancel
     request = InpaintRequest(
         image=inputs["image"], polygons=inputs["polygons"], class_field=params.class_field,
         class_prompts=_classes(params.class_prompts), inpaint_classes=_classes(params.inpaint_classes),
-        disaster_type=params.disaster_type, prompt=params.prompt, negative_prompt=params.negative_prompt,
-        date=params.date, cloud_cover=params.cloud_cover, strength=params.strength, dilation_m=params.dilation_m,
-        feather_m=params.feather_m, rgb_bands=params.rgb_bands, steps=params.steps,
-        guidance_scale=params.guidance_scale, seed=params.seed, scheduler=params.scheduler, window=params.window,
-        overlap=params.overlap, batch_size=params.batch_size,
+        disaster_type=params.disaster_type, prompt=params.prompt, date=params.date, strength=params.strength,
+        dilation_m=params.dilation_m, feather_m=params.feather_m, rgb_bands=params.rgb_bands, **params.sampler_fields(),
     )
     outputs = InpaintOutputs(out_dir / "image.tif", out_dir / "label.tif",
                              out_dir / "polygons.gpkg" if params.label_polygons else None)

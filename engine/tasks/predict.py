@@ -54,10 +54,7 @@ def run(registry, params: PredictParams, inputs, out_dir: Path, progress, cancel
     model = registry.load(params.model)
     request = PredictRequest(
         frames=inputs_named(inputs, "frames"), target_date=params.target_date, dates=params.dates,
-        reference=reference, prompt=params.prompt, negative_prompt=params.negative_prompt,
-        cloud_cover=params.cloud_cover, control_scale=params.control_scale, steps=params.steps,
-        guidance_scale=params.guidance_scale, seed=params.seed, scheduler=params.scheduler, window=params.window,
-        overlap=params.overlap, batch_size=params.batch_size,
+        reference=reference, prompt=params.prompt, control_scale=params.control_scale, **params.sampler_fields(),
     )
     result = predict(model, request, out_dir / "image.tif", progress=progress, cancel=cancel)
     path = result.generated.path

@@ -40,9 +40,7 @@ def run(registry, params: SuperresParams, inputs, out_dir: Path, progress, cance
     model = registry.load(params.model)
     request = SuperresRequest(
         image=inputs["image"], bands=params.bands, extent=params.extent, resolution_m=params.resolution_m,
-        date=params.date, cloud_cover=params.cloud_cover, prompt=params.prompt, negative_prompt=params.negative_prompt,
-        control_scale=params.control_scale, steps=params.steps, guidance_scale=params.guidance_scale, seed=params.seed,
-        scheduler=params.scheduler, batch_size=params.batch_size,
+        date=params.date, prompt=params.prompt, control_scale=params.control_scale, **params.sampler_fields(),
     )
     result = superres(model, request, out_dir / "image.tif", progress=progress, cancel=cancel)
     return {"image": result.path, "preview": write_preview_png(result.path, out_dir / "preview.png")}
