@@ -10,7 +10,7 @@ GFM4D_TORCH_INDEX ?=
 TORCH_ARGS := $(if $(GFM4D_TORCH_INDEX),--index-url $(GFM4D_TORCH_INDEX) --extra-index-url https://pypi.org/simple,)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup qgis-setup demo test test-engine test-qgis plugin clean
+.PHONY: setup qgis-setup demo test test-engine test-qgis plugin clean gfm4d-mini
 
 setup: $(VENV)/.gfm4d-installed
 
@@ -38,6 +38,11 @@ test-engine: setup
 
 test-qgis: setup qgis-setup
 	QT_QPA_PLATFORM=offscreen GFM4D_ENGINE_PYTHON=$(abspath $(PY)) $(QGIS_PYTHON) -m pytest tests/qgis -p no:cacheprovider
+
+# Reproduce the built-in model's weights (hours on a CPU; resumable: run it again to continue).
+gfm4d-mini: setup
+	$(VENV)/bin/gfm4d train recipes/gfm4d-mini/sources.yaml --recipe recipes/gfm4d-mini/recipe.yaml \
+		-o engine/models/builtin/gfm4d-mini --run-dir .gfm4d/train/gfm4d-mini
 
 plugin:
 	$(QGIS_PYTHON) scripts/build_plugin.py --output-dir dist

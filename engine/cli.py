@@ -370,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=20)
     demo.set_defaults(func=cmd_demo)
 
+    from engine.cli_train import add_train_parser
+
+    add_train_parser(sub)
+
     models = sub.add_parser("models", help="list or import models")
     msub = models.add_subparsers(dest="models_command", required=True)
     mlist = msub.add_parser("list", help="list the models found in the models folder")

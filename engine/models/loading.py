@@ -27,6 +27,7 @@ from engine.runtime.precision import prepare_modules, vae_dtype
 
 from .controlnet_2d import MetadataControlNet
 from .controlnet_3d import ControlNetModel3D
+from .residual_vae import vae_class
 from .layout import (
     CONTROLNET_2D,
     CONTROLNET_3D,
@@ -119,7 +120,7 @@ def load_model(
     # low_cpu_mem_usage needs `accelerate`; asking for it without only logs a warning.
     vae_config = read_json(info.components["vae"] / "config.json")
     vae = _from_pretrained(
-        AutoencoderKL, info, "vae", dtype=vae_dtype(dtype, vae_config), low_cpu_mem_usage=is_accelerate_available()
+        vae_class(vae_config), info, "vae", dtype=vae_dtype(dtype, vae_config), low_cpu_mem_usage=is_accelerate_available()
     ).to(device)
     text_encoder = _from_pretrained(CLIPTextModel, info, "text_encoder", dtype=dtype).to(device)
     tokenizer = _from_pretrained(CLIPTokenizer, info, "tokenizer")

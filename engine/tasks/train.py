@@ -1,0 +1,83 @@
+"""The train task: uploaded rasters -> a new model (or LoRA) in the engine's models folder.
+
+Results: the model card, the loss curve and the last sample grid. The model itself is installed
+under `name` in the models folder (refused when the name is taken), so QGIS and scripts can use it
+right after the job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from . import Input, TaskParams, inputs_named, task
+
+
+class TrainParams(TaskParams):
+    """What to train on and how; see `gfm4d train --help` for the meaning of each field."""
+
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="name of the new model folder")
+    model: str | None = Field(None, description="base model for mode full/lora (a model in the models folder)")
+    mode: str = Field("lora", pattern="^(scratch|full|lora)$", description="scratch, full fine-tune, or lora")
+    land_cover: str | None = Field(None, max_length=100, description="caption words for the imagery, e.g. farm, forest, town")
+    country: str | None = Field(None, max_length=100)
+    licence: str = Field("unknown", max_length=200, description="licence of the imagery, for the model card")
+    chip_size: int = Field(128, ge=32, le=1024, multiple_of=8)
+    scales: list[int] = Field([1, 2, 4], min_length=1, max_length=6)
+    holdout: float = Field(0.2, gt=0, lt=0.9)
+    steps: int = Field(2000, ge=1, le=1_000_000, description="SatUNet steps")
+    vae_steps: int = Field(1500, ge=1, le=1_000_000, description="VAE steps (mode scratch)")
+    batch: int = Field(8, ge=1, le=1024)
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    lora_rank: int = Field(8, ge=1, le=256)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+@task(
+    "train",
+    TrainParams,
+    inputs={"rasters": Input("raster", "georeferenced RGB training rasters", many=True)},
+    summary="rasters -> a SatUNet trained or fine-tuned on them, installed in the models folder (results: card, loss_curve, samples)",
+)
+def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:
+    from engine.errors import InputError
+    from engine.pipelines.sampling import Progress
+    from engine.training.recipe import load_recipe, run_training
+    from engine.training.sources import SourceList, TrainingSource
+
+    rasters = inputs_named(inputs, "rasters")
+    if not rasters:
+        raise InputError("the train task needs `rasters` (one or more georeferenced RGB rasters)")
+    target = Path(registry.models_dir) / params.name
+    if target.exists():
+        raise InputError(f"a model named {params.name!r} exists already; choose another name")
+    sources = SourceList(tuple(
+        TrainingSource(paths=(Path(p),), land_cover=params.land_cover, country=params.country, licence=params.licence)
+        for p in rasters
+    ))
+    recipe = load_recipe(None, name=params.name, mode=params.mode, base_model=params.model, chip_size=params.chip_size,
+                         scales=params.scales, holdout=params.holdout, **{
+                             "unet.steps": params.steps, "unet.batch": params.batch, "unet.seed": params.seed,
+                             "unet.lora_rank": params.lora_rank, "unet.learning_rate": params.learning_rate,
+                             "vae.steps": params.vae_steps, "vae.seed": params.seed})
+    total = recipe.unet.steps + (recipe.vae.steps if recipe.mode == "scratch" else 0)
+
+    def report(stage: str, done: int, _total: int, record: dict) -> None:
+        offset = recipe.vae.steps if stage == "unet" and recipe.mode == "scratch" else 0
+        progress(Progress(offset + done, total, f"{stage} step {done}, loss {record['loss']:.4f}"))
+
+    result = run_training(sources, recipe, out_dir / "run", target, registry=registry, log=lambda line: None,
+                          progress=report, cancel=cancel)
+    import shutil
+
+    results = {}
+    if (target / "README.md").is_file():
+        results["card"] = Path(shutil.copyfile(target / "README.md", out_dir / "card.md"))
+    for name, path in result.files.items():
+        results[name] = path
+    samples = sorted((out_dir / "run" / "samples").glob("*.png"))
+    if samples:
+        results["samples"] = samples[-1]
+    return results

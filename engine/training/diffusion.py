@@ -1,0 +1,254 @@
+"""Train a SatUNet (from scratch, fully fine-tuned, or as a LoRA) on a chip bank's latents.
+
+DiffusionSat's recipe: v-prediction on SD's scaled-linear schedule, min-SNR-5 loss weights, EMA
+weights for sampling, every metadata field dropped (zeroed: "unknown") with probability 0.1 and
+the caption with 0.1 (so classifier-free guidance has an unconditional model), AdamW.
+
+Latents are computed once per chip and per flip/rotation (a small VAE is not equivariant, so the
+eight orientations are encoded, not rotated in latent space); a step then costs only the UNet.
+Each step's randomness is `step_generator(seed, step)`: a resumed run repeats the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers.training_utils import EMAModel
+
+from engine.errors import Cancelled, InputError
+
+from .batches import dihedral, draw, place_weights
+from .captions import training_caption
+from .chips import ChipBank
+from .state import load_latest, save_checkpoint, step_generator
+
+METADATA_FIELDS = 7
+
+
+@dataclass
+class UNetConfig:
+    block_out_channels: tuple[int, ...] = (64, 128, 192)
+    layers_per_block: int = 2
+    attention_levels: tuple[bool, ...] = (False, True, True)
+    attention_head_dim: tuple[int, ...] = (2, 4, 6)  # head counts per level, as SD-2.1 writes them
+    norm_num_groups: int = 32
+    batch: int = 16
+    steps: int = 20000
+    learning_rate: float = 3e-4
+    warmup: int = 200
+    ema_decay: float = 0.999
+    snr_gamma: float = 5.0
+    metadata_dropout: float = 0.1
+    caption_dropout: float = 0.1
+    caption_part_dropout: float = 0.25
+    seed: int = 0
+    mode: str = "scratch"  # "scratch" | "full" (fine-tune the base model's UNet) | "lora"
+    lora_rank: int = 8
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 250
+    extra: dict = field(default_factory=dict)
+
+
+def build_unet(config: UNetConfig, cross_attention_dim: int):
+    """A SatUNet in SD-2.1's shape (linear projections, upcast attention), scaled down."""
+    from engine.models.satunet import SatUNet
+
+    torch.manual_seed(config.seed)
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in config.attention_levels)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention_levels))
+    return SatUNet(
+        use_metadata=True, num_metadata=METADATA_FIELDS, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=down, up_block_types=up, block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block, norm_num_groups=config.norm_num_groups,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=tuple(config.attention_head_dim),
+        use_linear_projection=True, upcast_attention=True, flip_sin_to_cos=True, freq_shift=0,
+    )
+
+
+@torch.no_grad()
+def encode_bank(vae: AutoencoderKL, bank: ChipBank, indices: np.ndarray, batch: int = 32,
+                log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every chip in all 8 orientations: (N, 8, C, h, w) float16 each."""
+    means, stds = [], []
+    for start in range(0, len(indices), batch):
+        chunk = indices[start:start + batch]
+        images = torch.from_numpy(np.asarray(bank.images[chunk], dtype=np.float32)) / 127.5 - 1
+        per_code_mean, per_code_std = [], []
+        for code in range(8):
+            turned = dihedral(images, torch.full((len(chunk),), code))
+            posterior = vae.encode(turned).latent_dist
+            per_code_mean.append(posterior.mean)
+            per_code_std.append(posterior.std)
+        means.append(torch.stack(per_code_mean, 1).half())
+        stds.append(torch.stack(per_code_std, 1).half())
+        if start // batch % 10 == 0:
+            log(f"encoded {min(start + batch, len(indices))}/{len(indices)} chips")
+    return torch.cat(means), torch.cat(stds)
+
+
+@torch.no_grad()
+def caption_embeddings(text_encoder, tokenizer, captions: list[str]) -> dict[str, torch.Tensor]:
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    hidden = text_encoder(ids)[0]
+    return {text: hidden[i] for i, text in enumerate(captions)}
+
+
+def all_captions(bank: ChipBank) -> list[str]:
+    from .captions import caption
+
+    texts = {""}
+    for r in bank.records:
+        for cover in (r.land_cover, None):
+            for country in (r.country, None):
+                texts.add(caption(cover, country))
+    return sorted(texts)
+
+
+def min_snr_weights(scheduler: DDIMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR, gamma) / (SNR + 1): min-SNR-gamma for a v-prediction target (Hang et al. 2023)."""
+    alphas = scheduler.alphas_cumprod[timesteps].float()
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / (snr + 1)
+
+
+def drop_metadata(metadata: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Zero each field ("unknown") with the given probability, field by field."""
+    keep = torch.rand(metadata.shape, generator=generator) >= probability
+    return metadata * keep
+
+
+@dataclass
+class DiffusionData:
+    """What a step draws from: latents per chip and orientation, metadata, captions, weights."""
+
+    means: torch.Tensor
+    stds: torch.Tensor
+    metadata: torch.Tensor  # (N, 7)
+    land_covers: list
+    countries: list
+    weights: torch.Tensor
+    embeddings: dict[str, torch.Tensor]
+    scaling_factor: float
+
+
+def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generator):
+    chosen = draw(data.weights, config.batch, generator)
+    codes = torch.randint(0, 8, (config.batch,), generator=generator)
+    mean = data.means[chosen, codes].float()
+    std = data.stds[chosen, codes].float()
+    latents = (mean + std * torch.randn(mean.shape, generator=generator)) * data.scaling_factor
+    metadata = drop_metadata(data.metadata[chosen], config.metadata_dropout, generator)
+    texts = []
+    for index in chosen.tolist():
+        text = training_caption(data.land_covers[index], data.countries[index], config.caption_part_dropout, generator)
+        texts.append("" if float(torch.rand(1, generator=generator)) < config.caption_dropout else text)
+    hidden = torch.stack([data.embeddings[t] for t in texts])
+    return latents, metadata, hidden
+
+
+def diffusion_loss(unet, scheduler: DDIMScheduler, latents, metadata, hidden, config: UNetConfig, generator):
+    noise = torch.randn(latents.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = scheduler.get_velocity(latents, noise, timesteps)
+    prediction = unet(noisy, timesteps, hidden, metadata=metadata).sample
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * min_snr_weights(scheduler, timesteps, config.snr_gamma)).mean()
+
+
+def learning_rate(config: UNetConfig, step: int) -> float:
+    if step < config.warmup:
+        return config.learning_rate * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def trainable_parameters(unet, config: UNetConfig) -> list[torch.nn.Parameter]:
+    if config.mode == "lora":
+        from peft import LoraConfig
+
+        unet.requires_grad_(False)
+        unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    elif config.mode not in ("scratch", "full"):
+        raise InputError(f"training mode must be scratch, full or lora, not {config.mode!r}")
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if config.mode == "lora":
+        for p in params:
+            p.data = p.data.float()
+    return params
+
+
+def train_unet(
+    unet,
+    scheduler: DDIMScheduler,
+    data: DiffusionData,
+    run_dir: Path,
+    config: UNetConfig,
+    log: Callable[[str], None] = print,
+    progress: Callable[[int, int, dict], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    time_limit_s: float | None = None,
+    on_checkpoint: Callable[[int, object, list], None] | None = None,
+):
+    """Train (or resume) in `run_dir/checkpoints`; returns (unet with EMA weights applied, history)."""
+    run_dir = Path(run_dir)
+    params = trainable_parameters(unet, config)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-2)
+    ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
+    history: list[dict] = []
+    start = 0
+    state = load_latest(run_dir / "checkpoints")
+    if state is not None:
+        unet.load_state_dict(state["model"], strict=False)
+        optimiser.load_state_dict(state["optimiser"])
+        ema.load_state_dict(state["ema"])
+        history, start = state["history"], state["step"]
+        log(f"resuming the UNet at step {start}")
+    unet.train()
+    started = time.monotonic()
+    done = start
+    for step in range(start, config.steps):
+        if cancel is not None and cancel():
+            raise Cancelled("training cancelled; its last checkpoint is kept, run again to resume")
+        generator = step_generator(config.seed, step)
+        latents, metadata, hidden = make_batch(data, config, generator)
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(config, step)
+        loss = diffusion_loss(unet, scheduler, latents, metadata, hidden, config, generator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        ema.step(params)
+        done = step + 1
+        history.append({"step": done, "loss": float(loss.detach())})
+        out_of_time = time_limit_s is not None and time.monotonic() - started > time_limit_s
+        if done % config.checkpoint_every == 0 or done == config.steps or out_of_time:
+            trainable = {name for name, p in unet.named_parameters() if p.requires_grad}
+            model_state = {k: v for k, v in unet.state_dict().items() if config.mode != "lora" or k in trainable}
+            save_checkpoint(run_dir / "checkpoints", done, {
+                "model": model_state, "optimiser": optimiser.state_dict(), "ema": ema.state_dict(),
+                "history": history, "config": asdict(config),
+            })
+            if on_checkpoint is not None:
+                on_checkpoint(done, ema, history)
+        if progress is not None:
+            progress(done, config.steps, history[-1])
+        if out_of_time:
+            log(f"time limit reached at step {done}; run again to continue")
+            break
+    ema.copy_to(params)
+    unet.eval()
+    return unet, history

@@ -1,0 +1,396 @@
+"""A whole training run: chips -> VAE -> latents -> SatUNet -> a model folder with its card.
+
+Every stage keeps its result in the run folder (chip bank, VAE checkpoints, encoded latents, UNet
+checkpoints), so running the same command again after Ctrl-C or a crash continues where it
+stopped, and a finished stage is not repeated. `mode` picks what is trained: `scratch` (a new
+VAE, unless `vae_from` names a model, and a new SatUNet), `full` (the base model's UNet, all
+weights) or `lora` (PEFT LoRA adapters on the base model's attention; written as a
+`pytorch_lora_weights.safetensors` file in diffusers' format).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+
+from engine import __version__
+from engine.errors import InputError
+
+from .chips import ChipBank, build_chip_bank
+from .diffusion import (DiffusionData, UNetConfig, all_captions, build_unet, caption_embeddings, encode_bank,
+                        train_unet)
+from .sources import SourceList
+from .vae import VAEConfig, heldout_scores, train_vae
+
+
+@dataclass
+class SamplePlace:
+    """A fixed place, scale and date at which sample grids are drawn."""
+
+    prompt: str
+    lon: float
+    lat: float
+    gsd_m: float
+    date: str | None = None
+
+
+@dataclass
+class TrainRecipe:
+    name: str = "my-satunet"
+    display_name: str = ""
+    description: str = ""
+    chip_size: int = 128
+    scales: tuple[int, ...] = (1, 2, 4)
+    holdout: float = 0.2
+    mode: str = "scratch"
+    base_model: str | None = None  # for full / lora: a model in the registry
+    vae_from: str | None = None  # scratch: reuse this model's VAE instead of training one
+    default_guidance: float = 2.5
+    default_steps: int = 30
+    sample_every: int = 1000
+    sample_steps: int = 25
+    samples: list[SamplePlace] = field(default_factory=list)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+
+
+def load_recipe(path: Path | None, **overrides) -> TrainRecipe:
+    """A recipe from YAML (unknown keys refused), with `overrides` (None values ignored) on top."""
+    document: dict = {}
+    if path is not None:
+        try:
+            document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise InputError(f"cannot read the training recipe {path}: {error}") from None
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = key.partition(".")
+        if name:
+            document.setdefault(section, {})[name] = value
+        else:
+            document[key] = value
+    return _recipe_from(document, str(path or "the options"))
+
+
+def _recipe_from(document: dict, where: str) -> TrainRecipe:
+    known = {f.name for f in dataclasses.fields(TrainRecipe)}
+    unknown = set(document) - known
+    if unknown:
+        raise InputError(f"{where}: unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
+    values = dict(document)
+    try:
+        values["vae"] = _section(VAEConfig, values.get("vae", {}), f"{where} vae")
+        values["unet"] = _section(UNetConfig, values.get("unet", {}), f"{where} unet")
+        values["samples"] = [SamplePlace(**s) for s in values.get("samples", [])]
+        if "scales" in values:
+            values["scales"] = tuple(int(s) for s in values["scales"])
+        recipe = TrainRecipe(**values)
+    except TypeError as error:
+        raise InputError(f"{where}: {error}") from None
+    if recipe.mode not in ("scratch", "full", "lora"):
+        raise InputError(f"{where}: mode must be scratch, full or lora, not {recipe.mode!r}")
+    if recipe.mode != "scratch" and not recipe.base_model:
+        raise InputError(f"{where}: mode {recipe.mode} fine-tunes a model: name it with base_model (--base)")
+    if recipe.chip_size % 8 or recipe.chip_size < 32:
+        raise InputError(f"{where}: chip_size must be a multiple of 8 and at least 32, not {recipe.chip_size}")
+    recipe.unet.mode = recipe.mode
+    return recipe
+
+
+def _section(cls, values: dict, where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise InputError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**converted)
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    steps: int
+    vae_scores: dict | None
+    files: dict[str, Path]
+
+
+def run_training(
+    sources: SourceList,
+    recipe: TrainRecipe,
+    run_dir: Path,
+    output: Path,
+    registry=None,
+    log: Callable[[str], None] = print,
+    progress: Callable[[str, int, int, dict], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    time_limit_s: float | None = None,
+) -> TrainResult:
+    """Train as the recipe says; write the model (or LoRA) to `output`; keep every stage in `run_dir`."""
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, default=str), encoding="utf-8")
+    bank = build_chip_bank(sources.sources, run_dir / "bank", recipe.chip_size, recipe.scales, recipe.holdout, progress=log)
+    log(f"chip bank: {len(bank.indices('train'))} training and {len(bank.indices('heldout'))} held-out chips of {recipe.chip_size} px")
+
+    def remaining() -> float | None:
+        return None if time_limit_s is None else max(1.0, time_limit_s - (time.monotonic() - started))
+
+    base = _load_base(recipe, registry) if recipe.mode != "scratch" or recipe.vae_from else None
+    vae_scores = None
+    if base is not None and (recipe.mode != "scratch" or recipe.vae_from):
+        vae = base.vae.float()
+        scaling = float(base.vae.config.get("scaling_factor", 0.18215))
+    else:
+        vae, vae_info = train_vae(bank, run_dir / "vae", recipe.vae, log=log, cancel=cancel, time_limit_s=remaining(),
+                                  progress=(lambda d, t, h: progress("vae", d, t, h)) if progress else None)
+        if vae_info["steps_done"] < recipe.vae.steps:
+            return TrainResult(output, 0, None, {})
+        scaling = None
+    vae.eval().requires_grad_(False)
+    heldout = bank.images[bank.indices("heldout")]
+    vae_scores = _cached_json(run_dir / "vae_scores.json", lambda: heldout_scores(vae, heldout))
+    log(f"VAE on held-out chips: PSNR {vae_scores['psnr']:.2f} dB, SSIM {vae_scores['ssim']:.3f} "
+        f"(shrink 8x and enlarge: {vae_scores['baseline_psnr']:.2f} dB, {vae_scores['baseline_ssim']:.3f})")
+
+    components = _text_components(recipe, base, run_dir)
+    text_encoder, tokenizer = _load_text(components)
+    train_idx = bank.indices("train")
+    means, stds = _cached_latents(run_dir, vae, bank, train_idx, log)
+    if scaling is None:
+        scaling = float(1.0 / means.float().std())
+        vae.register_to_config(scaling_factor=scaling)
+    records = [bank.records[i] for i in train_idx]
+    from .batches import place_weights
+
+    data = DiffusionData(
+        means=means, stds=stds, metadata=torch.from_numpy(np.asarray(bank.metadata[train_idx])),
+        land_covers=[r.land_cover for r in records], countries=[r.country for r in records],
+        weights=place_weights([r.place for r in records]),
+        embeddings=caption_embeddings(text_encoder, tokenizer, all_captions(bank)), scaling_factor=scaling,
+    )
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_pretrained(components / "scheduler")
+    unet = build_unet(recipe.unet, text_encoder.config.hidden_size) if recipe.mode == "scratch" else base.unet.float()
+    samples_dir = run_dir / "samples"
+
+    def on_checkpoint(step: int, ema, history) -> None:
+        if recipe.samples and (step % recipe.sample_every == 0 or step == recipe.unet.steps):
+            params = [p for p in unet.parameters() if p.requires_grad]
+            ema.store(params)
+            ema.copy_to(params)
+            try:
+                _sample_grid(recipe, unet, vae, components, samples_dir / f"step-{step:08d}.png", log)
+            finally:
+                ema.restore(params)
+                unet.train()
+
+    unet, history = train_unet(unet, scheduler, data, run_dir / "unet", recipe.unet, log=log, cancel=cancel,
+                               time_limit_s=remaining(), on_checkpoint=on_checkpoint,
+                               progress=(lambda d, t, h: progress("unet", d, t, h)) if progress else None)
+    steps = history[-1]["step"] if history else 0
+    files = {}
+    from .report import loss_curve_png
+
+    if history:
+        files["loss_curve"] = loss_curve_png(history, run_dir / "loss_curve.png", f"{recipe.name}: SatUNet loss")
+    if steps < recipe.unet.steps:
+        log(f"stopped at step {steps} of {recipe.unet.steps}; run the same command again to continue")
+        return TrainResult(output, steps, vae_scores, files)
+    card = model_card(recipe, sources, bank, vae_scores, steps, {})
+    if recipe.mode == "lora":
+        _export_lora(unet, output, card)
+    else:
+        from .export import export_model
+
+        settings = {
+            "native_resolution": recipe.chip_size, "display_name": recipe.display_name or recipe.name,
+            "description": recipe.description or f"trained with gfm4d train ({recipe.mode})",
+            "default_guidance": recipe.default_guidance, "default_steps": recipe.default_steps,
+            "tasks": ["generate", "inpaint"],
+        }
+        export_model(output, unet, vae, components, settings, card,
+                     extra_files={"loss_curve.png": files["loss_curve"]} if "loss_curve" in files else None)
+    log(f"wrote {output}")
+    return TrainResult(output, steps, vae_scores, files)
+
+
+def _load_base(recipe: TrainRecipe, registry):
+    name = recipe.base_model or recipe.vae_from
+    if registry is None:
+        raise InputError(f"training on {name} needs the models folder it is in (--models-dir)")
+    return registry.load(name, device="cpu", dtype=torch.float32)
+
+
+def _text_components(recipe: TrainRecipe, base, run_dir: Path) -> Path:
+    """A folder with text_encoder/, tokenizer/, scheduler/: the base model's, or GFM4D's own."""
+    if base is not None:
+        info = base.info
+        folder = run_dir / "components"
+        if not (folder / "scheduler").is_dir():
+            staging = Path(tempfile.mkdtemp(prefix=".components-", dir=run_dir))
+            for name in ("text_encoder", "tokenizer", "scheduler"):
+                shutil.copytree(info.components[name], staging / name)
+            if folder.exists():
+                shutil.rmtree(folder)
+            staging.rename(folder)
+        return folder
+    folder = run_dir / "components"
+    if not (folder / "scheduler").is_dir():
+        from .export import write_text_components
+
+        staging = Path(tempfile.mkdtemp(prefix=".components-", dir=run_dir))
+        write_text_components(staging, recipe.unet.seed + 1234)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    return folder
+
+
+def _load_text(components: Path):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    text_encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32).eval()
+    return text_encoder.requires_grad_(False), CLIPTokenizer.from_pretrained(components / "tokenizer")
+
+
+def _cached_json(path: Path, compute) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    value = compute()
+    path.write_text(json.dumps(value, indent=2), encoding="utf-8")
+    return value
+
+
+def _cached_latents(run_dir: Path, vae, bank: ChipBank, indices: np.ndarray, log):
+    path = run_dir / "latents.pt"
+    key = f"{bank.signature}:{sum(float(p.double().sum()) for p in vae.parameters()):.6e}"
+    if path.is_file():
+        cached = torch.load(path, weights_only=False)
+        if cached.get("key") == key:
+            return cached["means"], cached["stds"]
+    means, stds = encode_bank(vae, bank, indices, log=log)
+    scratch = path.with_suffix(".tmp")
+    torch.save({"key": key, "means": means, "stds": stds}, scratch)
+    scratch.replace(path)
+    return means, stds
+
+
+def _sample_grid(recipe: TrainRecipe, unet, vae, components: Path, path: Path, log) -> Path:
+    """Generate each sample place through the real pipeline (an exported copy in a scratch models folder)."""
+    from .export import export_model
+    from .report import grid_png
+
+    with tempfile.TemporaryDirectory(prefix="gfm4d-samples-") as scratch:
+        folder = export_model(Path(scratch) / "sampling", unet, vae, components,
+                              {"native_resolution": recipe.chip_size}, "")
+        tiles, labels = sample_places(folder, recipe.samples, recipe.chip_size, recipe.sample_steps, recipe.default_guidance)
+    log(f"sample grid: {path}")
+    return grid_png(tiles, labels, min(4, len(tiles)), path, tile=recipe.chip_size)
+
+
+def sample_places(model_folder: Path, places: list[SamplePlace], size: int, steps: int, guidance: float,
+                  seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """One `size`-pixel image per place, generated on a UTM grid there at its GSD; (tiles, labels)."""
+    import rasterio
+
+    from engine.geo.grid import grid_from_extent
+    from engine.models.registry import ModelRegistry
+    from engine.pipelines.generate import GenerateRequest, generate
+
+    folder = Path(model_folder)
+    model = ModelRegistry(folder.parent).load(folder.name)
+    tiles, labels = [], []
+    with tempfile.TemporaryDirectory(prefix="gfm4d-place-") as scratch:
+        for index, place in enumerate(places):
+            crs, x, y = utm_point(place.lon, place.lat)
+            half = size * place.gsd_m / 2
+            grid = grid_from_extent((x - half, y - half, x + half, y + half), crs, pixel_size=place.gsd_m)
+            request = GenerateRequest(grid=grid, prompt=place.prompt, date=place.date, steps=steps,
+                                      guidance_scale=guidance, seed=seed + index)
+            out = Path(scratch) / f"{index}.tif"
+            generate(model, request, out)
+            with rasterio.open(out) as ds:
+                tiles.append(np.moveaxis(ds.read([1, 2, 3]), 0, -1))
+            labels.append(f"{place.prompt.replace('a fmow satellite image', '').strip() or 'no text'}, {place.gsd_m:g} m")
+    return tiles, labels
+
+
+def utm_point(lon: float, lat: float):
+    """The WGS84 UTM zone's CRS at a point and the point's coordinates in it."""
+    from pyproj import Transformer
+    from rasterio.crs import CRS
+
+    zone = int((lon + 180) // 6) + 1
+    epsg = (32600 if lat >= 0 else 32700) + zone
+    x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
+    return CRS.from_epsg(epsg), x, y
+
+
+def _export_lora(unet, output: Path, card: str) -> None:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    import safetensors.torch
+
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    state = {f"unet.{k}": v.detach().half().contiguous() for k, v in state.items()}
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".lora-", dir=output.parent))
+    try:
+        safetensors.torch.save_file(state, str(staging / "pytorch_lora_weights.safetensors"), metadata={"format": "pt"})
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_scores: dict | None, steps: int,
+               metrics: dict) -> str:
+    """The model card: what it was trained on (with licences), how, and how well on held-out chips."""
+    from collections import Counter
+
+    per_source = Counter((r.source, r.split) for r in bank.records)
+    lines = [f"# {recipe.display_name or recipe.name}", "", recipe.description or "", "",
+             f"Trained with `gfm4d train` (GFM4D {__version__}) on {dt.date.today().isoformat()}: mode `{recipe.mode}`"
+             + (f" on `{recipe.base_model}`" if recipe.base_model else "") + f", {steps} SatUNet steps.", "",
+             "## Training data", "", "| source | licence | attribution | land cover | train / held-out chips |",
+             "|---|---|---|---|---|"]
+    for source in sources.sources:
+        lines.append(f"| {', '.join(p.name for p in source.paths)} | {source.licence} | {source.attribution} | "
+                     f"{source.land_cover or ''} | {per_source[(source.name, 'train')]} / {per_source[(source.name, 'heldout')]} |")
+    gsds = sorted({round(r.gsd_m, 2) for r in bank.records})
+    lines += ["", f"Chips of {recipe.chip_size} px at pooling scales {list(recipe.scales)}; ground resolutions seen: "
+              f"{', '.join(f'{g:g}' for g in gsds)} m. Held out: the east {recipe.holdout:.0%} of every source "
+              "(one strip per place), never trained on.", "", "## Recipe", "",
+              f"- VAE: {recipe.vae.block_out_channels} channels, f = 8, 4 latent channels; loss L1 + MSE + colour "
+              f"(8x-pooled) + edges + KL {recipe.vae.kl_weight:g}; {recipe.vae.steps} steps of {recipe.vae.batch} x "
+              f"{recipe.vae.crop}^2 crops.",
+              f"- SatUNet: {recipe.unet.block_out_channels} channels, {recipe.unet.layers_per_block} layers per block, "
+              f"attention {recipe.unet.attention_levels}; v-prediction, min-SNR gamma {recipe.unet.snr_gamma:g}, EMA "
+              f"{recipe.unet.ema_decay}, metadata dropout {recipe.unet.metadata_dropout}, caption dropout "
+              f"{recipe.unet.caption_dropout}, AdamW lr {recipe.unet.learning_rate:g}, batch {recipe.unet.batch}.",
+              f"- Default sampling: guidance {recipe.default_guidance:g}, {recipe.default_steps} steps.", ""]
+    if vae_scores:
+        lines += ["## Held-out figures", "", "| | PSNR (dB) | SSIM |", "|---|---|---|",
+                  f"| VAE reconstruction | {vae_scores['psnr']:.2f} | {vae_scores['ssim']:.3f} |",
+                  f"| shrink 8x, enlarge bicubic (baseline) | {vae_scores['baseline_psnr']:.2f} | {vae_scores['baseline_ssim']:.3f} |",
+                  "", f"({vae_scores['chips']} held-out chips, scikit-image metrics.)", ""]
+    for name, value in metrics.items():
+        lines.append(f"- {name}: {value}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,191 @@
+"""gfm4d train: chips carry inference's metadata, training learns, resumes bit for bit, exports loadable models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import Affine
+
+from engine.errors import Cancelled, InputError
+from engine.training.chips import build_chip_bank, cut_source
+from engine.training.recipe import load_recipe, run_training
+from engine.training.sources import TrainingSource, load_sources
+
+from conftest import SHARED_DATA
+
+TRAIN_DATA = SHARED_DATA / "train"
+OSBS = TRAIN_DATA / "OSBS_029.tif"
+SJER = TRAIN_DATA / "2018_SJER_3_252000_4107000_image_477.tif"
+
+TINY = {
+    "chip_size": 32, "scales": [1, 2], "sample_every": 1000,
+    "vae": {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4, "steps": 3, "batch": 2, "crop": 32,
+            "checkpoint_every": 3, "eval_every": 3},
+    "unet": {"block_out_channels": [16, 32], "attention_levels": [False, True], "attention_head_dim": [2, 2],
+             "layers_per_block": 1, "norm_num_groups": 8, "steps": 6, "batch": 4, "checkpoint_every": 3,
+             "warmup": 2},
+}
+
+
+def _needs_data():
+    if not OSBS.is_file():
+        pytest.skip(f"training imagery not found at {TRAIN_DATA}")
+
+
+def _recipe(tmp_path: Path, **changes) -> Path:
+    document = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        if name:
+            document[section][name] = value
+        else:
+            document[key] = value
+    path = tmp_path / "recipe.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def _sources(tmp_path: Path) -> Path:
+    path = tmp_path / "sources.yaml"
+    path.write_text(
+        f"sources:\n  - {{path: {OSBS}, land_cover: forest, country: the united states, licence: CC BY 4.0}}\n"
+        f"  - {{path: {SJER}, land_cover: forest, licence: CC BY 4.0}}\n", encoding="utf-8")
+    return path
+
+
+def test_chip_metadata_is_what_generation_computes_for_that_window():
+    _needs_data()
+    from engine.geo.grid import OutputGrid
+    from engine.geo.tiling import Span
+    from engine.pipelines.canvas import LatentCanvas
+    from engine.pipelines.generate import GenerateRequest, window_metadata
+
+    source = TrainingSource(paths=(SJER,), date="2018-06-20", cloud_cover=0.1)
+    chips = list(cut_source(source, 64, (2,), holdout=0.2))
+    assert chips
+    for image, record in chips[:3]:
+        grid = OutputGrid(rasterio.crs.CRS.from_wkt(record.crs), Affine(*record.transform), 64, 64)
+        canvas = LatentCanvas.over(grid, 8, 4, 8)
+        request = GenerateRequest(grid=grid, prompt="", date=record.date, cloud_cover=0.1)
+        expected = window_metadata(canvas, [Span(0, 0, 8, 8)], Span(0, 0, 8, 8), request)[0]
+        assert (expected.lon, expected.lat, expected.gsd_m) == (record.lon, record.lat, record.gsd_m)
+        assert record.gsd_m == pytest.approx(0.2, rel=1e-3)  # 0.1 m pooled 2x
+        assert image.shape == (3, 64, 64) and image.dtype == np.uint8
+
+
+def test_chips_are_the_pooled_pixels_and_held_out_chips_lie_east_of_every_training_chip():
+    _needs_data()
+    source = TrainingSource(paths=(OSBS,))
+    chips = list(cut_source(source, 32, (1, 2), holdout=0.25))
+    with rasterio.open(OSBS) as ds:
+        image, record = next((i, r) for i, r in chips if r.scale == 2)
+        window = ds.read([1, 2, 3], window=rasterio.windows.Window(record.col, record.row, 64, 64), masked=True)
+        pooled = window.astype(np.float64).reshape(3, 32, 2, 32, 2).mean(axis=(2, 4))  # nodata left out, as GDAL does
+        close = np.ma.filled(np.ma.abs(image.astype(np.float64) - pooled) <= 0.5 + 1e-9, True)
+        assert close.mean() >= 0.98  # the rest: the few nodata pixels, filled with the chip's mean colour
+        split_col = round(ds.width * 0.75)
+    train = [r for _, r in chips if r.split == "train"]
+    heldout = [r for _, r in chips if r.split == "heldout"]
+    assert train and heldout
+    assert max(r.col + 32 * r.scale for r in train) <= split_col <= min(r.col for r in heldout)
+
+
+def test_a_few_steps_reduce_the_loss_and_write_a_model_that_generates(tmp_path):
+    _needs_data()
+    recipe = load_recipe(_recipe(tmp_path, **{"unet.steps": 40, "unet.learning_rate": 2e-3, "unet.checkpoint_every": 40}))
+    result = run_training(load_sources([_sources(tmp_path)]), recipe, tmp_path / "run", tmp_path / "models" / "tiny",
+                          log=lambda line: None)
+    history = torch.load(sorted((tmp_path / "run" / "unet" / "checkpoints").glob("*.pt"))[-1], weights_only=False)["history"]
+    losses = [h["loss"] for h in history]
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    assert result.steps == 40 and (tmp_path / "models" / "tiny" / "README.md").is_file()
+    card = (tmp_path / "models" / "tiny" / "README.md").read_text()
+    assert "OSBS_029.tif" in card and "CC BY 4.0" in card and "PSNR" in card
+
+    from engine.geo.grid import grid_from_extent
+    from engine.models.registry import ModelRegistry
+    from engine.pipelines.generate import GenerateRequest, generate
+
+    model = ModelRegistry(tmp_path / "models").load("tiny")
+    assert model.unet.config.num_metadata == 7 and model.info.native_resolution == 32
+    settings = json.loads((tmp_path / "models" / "tiny" / "gfm4d.json").read_text())
+    assert settings["default_guidance"] == 2.5
+    grid = grid_from_extent((400000, 3280000, 400064, 3280064), "EPSG:32617", pixel_size=1.0)
+    out = generate(model, GenerateRequest(grid=grid, prompt="a fmow satellite image of a forest", steps=2), tmp_path / "g.tif")
+    with rasterio.open(out.path) as ds:
+        assert (ds.width, ds.height) == (64, 64) and ds.crs.to_epsg() == 32617
+        assert ds.read().std() > 0
+
+
+def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
+    _needs_data()
+    sources = load_sources([_sources(tmp_path)])
+    recipe_path = _recipe(tmp_path)
+    run_training(sources, load_recipe(recipe_path), tmp_path / "straight", tmp_path / "out" / "a", log=lambda line: None)
+
+    calls = {"n": 0}
+
+    def cancel_after_four_steps() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4 + 3  # 3 VAE steps, then 4 UNet steps; the checkpoint is at UNet step 3
+
+    with pytest.raises(Cancelled):
+        run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", tmp_path / "out" / "b",
+                     log=lambda line: None, cancel=cancel_after_four_steps)
+    assert not (tmp_path / "out" / "b").exists()
+    run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", tmp_path / "out" / "b", log=lambda line: None)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "out" / "a" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "out" / "b" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_on_a_toy_set_changes_the_unet_and_loads_with_diffusers(tmp_path):
+    _needs_data()
+    sources = load_sources([_sources(tmp_path)])
+    run_training(sources, load_recipe(_recipe(tmp_path)), tmp_path / "base-run", tmp_path / "models" / "base",
+                 log=lambda line: None)
+    from engine.models.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models")
+    recipe = load_recipe(_recipe(tmp_path, mode="lora", base_model="base", **{"unet.learning_rate": 1e-2}))
+    run_training(sources, recipe, tmp_path / "lora-run", tmp_path / "lora", registry=registry, log=lambda line: None)
+    weights = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
+    assert weights.is_file()
+
+    base = ModelRegistry(tmp_path / "models").load("base")
+    sample, t = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
+    hidden, metadata = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1)), torch.full((1, 7), 500.0)
+    before = base.unet(sample, t, hidden, metadata=metadata).sample
+    base.unet.load_lora_adapter(str(weights), prefix="unet")
+    after = base.unet(sample, t, hidden, metadata=metadata).sample
+    assert not torch.allclose(before, after, atol=1e-6)
+
+
+def test_bad_training_data_gets_one_clear_line(tmp_path):
+    _needs_data()
+    with pytest.raises(InputError, match="does not exist"):
+        load_sources([tmp_path / "missing.tif"])
+    gray = tmp_path / "gray.tif"
+    with rasterio.open(gray, "w", driver="GTiff", width=64, height=64, count=2, dtype="uint8", crs="EPSG:32617",
+                       transform=Affine(1, 0, 0, 0, -1, 64)) as ds:
+        ds.write(np.zeros((2, 64, 64), np.uint8) + 7)
+    with pytest.raises(InputError, match="red, green and blue"):
+        list(cut_source(TrainingSource(paths=(gray,)), 32, (1,), 0.2))
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(plain, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as ds:
+        ds.write(np.zeros((3, 64, 64), np.uint8) + 7)
+    with pytest.raises(InputError, match="CRS|georeferenc"):
+        list(cut_source(TrainingSource(paths=(plain,)), 32, (1,), 0.2))
+    with pytest.raises(InputError, match="training chips"):
+        build_chip_bank((TrainingSource(paths=(OSBS,)),), tmp_path / "bank", 256, (1,), 0.2)
+    with pytest.raises(InputError, match="unknown recipe keys"):
+        load_recipe(None, nmae="x")
