@@ -209,7 +209,7 @@ def _add_sampling_arguments(parser) -> None:
     how = parser.add_argument_group("how")
     how.add_argument("--model", default=config.DEMO_MODEL)
     how.add_argument("--steps", type=int, default=30)
-    how.add_argument("--guidance", type=float, default=7.5)
+    how.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's own: 7.5 for DiffusionSat, 2.5 for GFM4D-mini)")
     how.add_argument("--seed", type=int, default=0)
     how.add_argument("--scheduler", help="ddim, dpm++, euler, pndm, unipc (default: the model's)")
     how.add_argument("--window", type=int, help="window size in pixels (default: the model's native resolution)")

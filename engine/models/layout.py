@@ -59,6 +59,7 @@ _COMPONENT_MARKERS = {
     "scheduler": ("scheduler_config.json",),
 }
 TASKS = ("generate", "inpaint", "predict", "superres")
+DEFAULT_GUIDANCE = 7.5  # DiffusionSat's and Stable Diffusion's
 SETTINGS_FILE = "gfm4d.json"
 SD21_ENV_VAR = "GFM4D_SD21_DIR"
 # The released 3D ControlNet ("Texas housing") was trained on 3 conditioning frames.
@@ -98,6 +99,7 @@ class ModelInfo:
     missing_components: tuple[str, ...] = field(default=())  # found neither here nor in SD-2.1
     base_model: str | None = None  # the models-directory model whose UNet a ControlNet runs on
     num_frames: int = 0  # conditioning frames a 3D ControlNet was trained with (0: not a 3D ControlNet)
+    default_guidance: float = 7.5  # guidance scale when a request names none (gfm4d.json "default_guidance")
 
     @property
     def ready(self) -> bool:
@@ -207,6 +209,9 @@ def read_settings(root: Path) -> dict:
             f"{path}: base_model must be the name of a model folder in the same models directory "
             f"(e.g. \"diffusionsat-512\"), not a path; got {base_model!r}"
         )
+    guidance = settings.get("default_guidance")
+    if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 100):
+        raise ModelError(f"{path}: default_guidance must be a number from 0 to 100, got {guidance!r}")
     frames = settings.get("num_frames")
     if frames is not None and (not isinstance(frames, int) or isinstance(frames, bool) or frames < 1):
         raise ModelError(f"{path}: num_frames must be a positive integer, got {frames!r}")
@@ -307,6 +312,7 @@ def _inspect(root: Path, sd21_dir: Path | None, unet: str | None, models_dir: Pa
         tasks=tuple(settings.get("tasks") or _default_tasks(kind, config)),
         display_name=settings.get("display_name") or root.name,
         description=settings.get("description") or _DESCRIPTIONS[kind],
+        default_guidance=float(settings.get("default_guidance", DEFAULT_GUIDANCE)),
         missing_components=missing,
         base_model=base.name if base else None,
         num_frames=settings.get("num_frames", DEFAULT_CONTROLNET_FRAMES) if kind == CONTROLNET_3D else 0,

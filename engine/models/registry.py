@@ -24,6 +24,10 @@ __all__ = ["DiffusionModel", "ModelInfo", "ModelRegistry", "Scan"]
 
 log = logging.getLogger(__name__)
 
+# Models shipped inside the package (GFM4D-mini): found after the models directory's own folders,
+# so a folder of the same name in the models directory wins.
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
 
 @dataclass
 class Scan:
@@ -50,12 +54,23 @@ class ModelRegistry:
         self._loaded: dict[tuple[str, str, torch.dtype, str | None], DiffusionModel] = {}
         self._lock = threading.Lock()
 
+    def _folders(self) -> list[Path]:
+        """Model folders: the models directory's, then built-in ones it does not shadow."""
+        own = sorted(self.models_dir.iterdir()) if self.models_dir.is_dir() else []
+        names = {folder.name for folder in own}
+        builtin = sorted(BUILTIN_DIR.iterdir()) if BUILTIN_DIR.is_dir() else []
+        return own + [folder for folder in builtin if folder.name not in names]
+
+    def _folder(self, name: str) -> Path | None:
+        for root in (self.models_dir, BUILTIN_DIR):
+            if (root / name).is_dir():
+                return root / name
+        return None
+
     def scan(self) -> Scan:
         """Recognise every model folder; hidden folders (staged imports) are not looked at."""
         scan = Scan()
-        if not self.models_dir.is_dir():
-            return scan
-        for folder in sorted(self.models_dir.iterdir()):
+        for folder in self._folders():
             if not folder.is_dir() or folder.name.startswith((".", "_")):
                 continue
             try:
@@ -73,8 +88,8 @@ class ModelRegistry:
 
     def get(self, name: str) -> ModelInfo:
         """The model called `name`; ModelError lists the available names otherwise."""
-        folder = self.models_dir / name
-        if name and not name.startswith((".", "_")) and Path(name).name == name and folder.is_dir():
+        folder = self._folder(name) if name and not name.startswith((".", "_")) and Path(name).name == name else None
+        if folder is not None:
             return inspect_model_folder(folder, self.sd21_dir, models_dir=self.models_dir)
         names = [info.name for info in self.scan().models]
         available = ", ".join(names) if names else f"none (put model folders in {self.models_dir}, or run `gfm4d demo`)"

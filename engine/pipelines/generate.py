@@ -98,7 +98,7 @@ def result_tags(request: GenerateRequest, model) -> dict[str, str]:
         "GFM4D_CLOUD_COVER": "" if request.cloud_cover is None else f"{request.cloud_cover:g}",
         "GFM4D_SEED": str(request.seed),
         "GFM4D_STEPS": str(request.steps),
-        "GFM4D_GUIDANCE": f"{request.guidance_scale:g}",
+        "GFM4D_GUIDANCE": f"{request.guidance(model):g}",
     }
 
 
@@ -134,7 +134,7 @@ def generate(
         if progress is not None:
             progress(Progress(done, total, message))
 
-    text = encode_prompt(model, request.prompt, request.negative_prompt, request.guidance_scale)
+    text = encode_prompt(model, request.prompt, request.negative_prompt, request.guidance(model))
     store = LatentStore(canvas, scratch_dir=output.parent)
     try:
         for index, (region, windows) in enumerate(zip(regions, per_region)):
@@ -165,7 +165,7 @@ def generate(
                 job,
                 text,
                 num_inference_steps=request.steps,
-                guidance_scale=request.guidance_scale,
+                guidance_scale=request.guidance(model),
                 batch_size=request.batch_size,
                 generator=generator,
                 on_step=on_step,

@@ -201,7 +201,7 @@ def inpaint(
                 progress(Progress(done, total, message))
 
         planned = time.perf_counter()
-        text = encode_prompt(model, plan.prompts, request.negative_prompt, request.guidance_scale)
+        text = encode_prompt(model, plan.prompts, request.negative_prompt, request.guidance(model))
         results: list[tuple[Window, np.ndarray, np.ndarray]] = []
         for index, (region, windows) in enumerate(regions):
             check_cancel(cancel)
@@ -260,7 +260,7 @@ def _inpaint_region(model, request, plan: _Plan, source, region: Span, windows: 
         job.known, job.known_mask = latents, 1.0 - cell_mask
     generator = torch.Generator().manual_seed(request.seed)
     out = denoise_canvas(model, model.make_scheduler(request.scheduler), job, text,
-                         num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
+                         num_inference_steps=request.steps, guidance_scale=request.guidance(model),
                          batch_size=request.batch_size, generator=generator, on_step=on_step, cancel=cancel)
     generated = _decode(model, out)
     original = np.ma.getdata(source.read(window, bands=list(plan.rgb)))

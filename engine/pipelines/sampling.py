@@ -54,7 +54,7 @@ class SamplerSettings:
     negative_prompt: str = ""
     cloud_cover: float | None = None  # fraction 0..1
     steps: int = 30
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None: the model's own default (ModelInfo.default_guidance)
     seed: int = 0
     scheduler: str | None = None  # a scheduler name, or None for the model's own
     window: int | None = None  # default: the model's native resolution
@@ -64,6 +64,10 @@ class SamplerSettings:
     def sampler_fields(self) -> dict:
         """These settings as keyword arguments, to hand them on to another request."""
         return {f.name: getattr(self, f.name) for f in fields(SamplerSettings)}
+
+    def guidance(self, model) -> float:
+        """The guidance scale to use: the request's, else the model's own default."""
+        return self.guidance_scale if self.guidance_scale is not None else model.info.default_guidance
 
     def window_cells(self, model) -> tuple[int, int]:
         """Check the settings against the model; the window and overlap in latent cells."""

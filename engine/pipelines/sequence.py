@@ -27,7 +27,7 @@ class SequenceRequest:
     prompt: str
     cloud_cover: float | None = None
     steps: int = 30
-    guidance_scale: float = 7.5  # for the seed frame; predictions use predict_guidance_scale
+    guidance_scale: float | None = None  # for the seed frame (None: the model's own); predictions use predict_guidance_scale
     predict_guidance_scale: float = 1.0
     seed: int = 0
 

@@ -51,7 +51,7 @@ class SamplingParams(TaskParams):
     negative_prompt: str = Field("", max_length=2000)
     cloud_cover: float | None = Field(None, ge=0, le=1, description="cloud cover fraction 0..1")
     steps: int = Field(30, ge=1, le=500, description="denoising steps")
-    guidance_scale: float = Field(7.5, ge=0, le=100, description="classifier-free guidance scale (<= 1: no guidance)")
+    guidance_scale: float | None = Field(None, ge=0, le=100, description="classifier-free guidance scale (<= 1: no guidance); default: the model's own")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="same seed, same request -> same image")
     scheduler: str | None = Field(None, description="ddim, dpm++, euler, pndm, unipc or a diffusers class name; default: the model's")
     window: int | None = Field(None, gt=0, le=4096, description="window size in pixels; default: the model's native resolution")

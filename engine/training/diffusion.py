@@ -4,8 +4,10 @@ DiffusionSat's recipe: v-prediction on SD's scaled-linear schedule, min-SNR-5 lo
 weights for sampling, every metadata field dropped (zeroed: "unknown") with probability 0.1 and
 the caption with 0.1 (so classifier-free guidance has an unconditional model), AdamW.
 
-Latents are computed once per chip and per flip/rotation (a small VAE is not equivariant, so the
-eight orientations are encoded, not rotated in latent space); a step then costs only the UNet.
+Latents are computed once per chip, before the UNet trains, so a step costs only the UNet. Flips
+and quarter turns are applied to the latents: exact for the residual VAE's colour channels (mean
+colours of 8 x 8 cells turn with the image), close for its learned channel; `encode_orientations: 8`
+encodes every orientation instead, for VAEs that are far from equivariant.
 Each step's randomness is `step_generator(seed, step)`: a resumed run repeats the same batches.
 """
 
@@ -53,6 +55,7 @@ class UNetConfig:
     mode: str = "scratch"  # "scratch" | "full" (fine-tune the base model's UNet) | "lora"
     lora_rank: int = 8
     gradient_checkpointing: bool = False
+    encode_orientations: int = 1  # 1: turn latents; 8: encode each flip/rotation of every chip
     checkpoint_every: int = 250
     extra: dict = field(default_factory=dict)
 
@@ -74,15 +77,15 @@ def build_unet(config: UNetConfig, cross_attention_dim: int):
 
 
 @torch.no_grad()
-def encode_bank(vae: AutoencoderKL, bank: ChipBank, indices: np.ndarray, batch: int = 32,
+def encode_bank(vae: AutoencoderKL, bank: ChipBank, indices: np.ndarray, orientations: int = 1, batch: int = 32,
                 log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of every chip in all 8 orientations: (N, 8, C, h, w) float16 each."""
+    """Posterior mean and std of every chip in `orientations` (1 or 8) orientations: (N, O, C, h, w) float16 each."""
     means, stds = [], []
     for start in range(0, len(indices), batch):
         chunk = indices[start:start + batch]
         images = torch.from_numpy(np.asarray(bank.images[chunk], dtype=np.float32)) / 127.5 - 1
         per_code_mean, per_code_std = [], []
-        for code in range(8):
+        for code in range(orientations):
             turned = dihedral(images, torch.full((len(chunk),), code))
             posterior = vae.encode(turned).latent_dist
             per_code_mean.append(posterior.mean)
@@ -143,8 +146,10 @@ class DiffusionData:
 def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generator):
     chosen = draw(data.weights, config.batch, generator)
     codes = torch.randint(0, 8, (config.batch,), generator=generator)
-    mean = data.means[chosen, codes].float()
-    std = data.stds[chosen, codes].float()
+    if data.means.shape[1] == 8:
+        mean, std = data.means[chosen, codes].float(), data.stds[chosen, codes].float()
+    else:
+        mean, std = dihedral(data.means[chosen, 0].float(), codes), dihedral(data.stds[chosen, 0].float(), codes)
     latents = (mean + std * torch.randn(mean.shape, generator=generator)) * data.scaling_factor
     metadata = drop_metadata(data.metadata[chosen], config.metadata_dropout, generator)
     texts = []

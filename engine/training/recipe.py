@@ -168,7 +168,7 @@ def run_training(
     components = _text_components(recipe, base, run_dir)
     text_encoder, tokenizer = _load_text(components)
     train_idx = bank.indices("train")
-    means, stds = _cached_latents(run_dir, vae, bank, train_idx, log)
+    means, stds = _cached_latents(run_dir, vae, bank, train_idx, recipe.unet.encode_orientations, log)
     if scaling is None:
         scaling = float(1.0 / means.float().std())
         vae.register_to_config(scaling_factor=scaling)
@@ -275,14 +275,14 @@ def _cached_json(path: Path, compute) -> dict:
     return value
 
 
-def _cached_latents(run_dir: Path, vae, bank: ChipBank, indices: np.ndarray, log):
+def _cached_latents(run_dir: Path, vae, bank: ChipBank, indices: np.ndarray, orientations: int, log):
     path = run_dir / "latents.pt"
-    key = f"{bank.signature}:{sum(float(p.double().sum()) for p in vae.parameters()):.6e}"
+    key = f"{bank.signature}:{orientations}:{sum(float(p.double().sum()) for p in vae.parameters()):.6e}"
     if path.is_file():
         cached = torch.load(path, weights_only=False)
         if cached.get("key") == key:
             return cached["means"], cached["stds"]
-    means, stds = encode_bank(vae, bank, indices, log=log)
+    means, stds = encode_bank(vae, bank, indices, orientations, log=log)
     scratch = path.with_suffix(".tmp")
     torch.save({"key": key, "means": means, "stds": stds}, scratch)
     scratch.replace(path)
