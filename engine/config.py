@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-DEMO_MODEL = "demo-satunet"
+DEMO_MODEL = "demo-satunet"  # tiny, untrained: for tests and the predict/superres examples
+BUILTIN_MODEL = "gfm4d-mini"  # trained, shipped in the package: the default for generate and inpaint
 
 
 def home() -> Path:

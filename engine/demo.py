@@ -1,42 +1,80 @@
-"""The demo: build the demo models, then generate over the bundled real sample area.
+"""The demo: GFM4D-mini generates real-looking places, and paints a burn scar into a real tile.
 
-The sample is a public-domain NAIP aerial tile (USDA, 1 m, EPSG:26917, 2016-06-20 per its file
-name). The demo generates (1) onto that tile's exact grid, so the result lines up with it pixel
-for pixel, conditioned on the tile's date read from its file name, and (2) a larger area around
-it in EPSG:4326 at 2 m, which takes several overlapping windows blended into one seamless image,
-and (3) inpaints a burn scar polygon into the real tile: a post-event image identical to the tile
-outside the feathered polygon, plus the polygon as a label raster.
+Everything runs offline on the built-in model (trained by GFM4D on public-domain imagery; see its
+model card). The places are where and at the scales the model learned: North Dakota farmland at
+5 and 10 m, Florida and Virginia forest at 0.2 and 1 m, a Colorado town at 0.3 and 0.6 m,
+Japanese mountains at 150 m. Each is generated on the place's UTM grid with its own metadata.
+
+The sample tile is a public-domain NAIP aerial tile (USDA, 1 m, EPSG:26917, 2016-06-20 per its file
+name). The demo also generates (1) onto that tile's exact grid, so the result lines up with it pixel
+for pixel, (2) a larger area around it in EPSG:4326 at 2 m, several overlapping windows blended
+into one seamless image, and (3) inpaints a burn scar polygon into the real tile: a post-event
+image identical to the tile outside the feathered polygon, plus the polygon as a label raster.
+`overview.png` puts every result side by side with its caption.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from rasterio.warp import transform_bounds
 
 from engine import config
+from engine.geo.crs import utm_point
 from engine.geo.dates import acquisition_for_raster
 from engine.geo.grid import grid_from_extent, grid_like
 from engine.geo.raster import open_raster
+from engine.geo.vectors import PolygonLayer
 from engine.geo.writer import write_preview_png
 from engine.models.demo import build_demo_models
 from engine.models.registry import ModelRegistry
-from engine.geo.vectors import PolygonLayer
 from engine.pipelines.generate import GenerateRequest, generate
 from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
 
 SAMPLE = Path(__file__).parent / "sample_data" / "m_3607824_se_17_1_20160620_sub.tif"
-PROMPT = "a fmow satellite image of a farm in the united states"
+PROMPT = "a fmow satellite image of a forest in the united states"
 
 
-def run_demo(output_dir: Path, models_dir: Path, steps: int = 20) -> Iterator[str]:
+@dataclass(frozen=True)
+class Place:
+    name: str
+    prompt: str
+    lon: float
+    lat: float
+    gsd_m: float
+    size_px: int
+    date: str | None
+
+
+PLACES = (
+    Place("farmland_5m", "a fmow satellite image of a farm in the united states", -99.17, 47.03, 5, 512, "2018-07-16"),
+    Place("farmland_10m", "a fmow satellite image of a farm in the united states", -99.17, 47.03, 10, 512, "2018-07-16"),
+    Place("forest_0.2m", "a fmow satellite image of a forest in the united states", -81.99, 29.69, 0.2, 384, "2018-06-15"),
+    Place("forest_1m", "a fmow satellite image of a forest in the united states", -78.0, 36.62, 1, 384, "2016-06-20"),
+    Place("town_0.3m", "a fmow satellite image of a town in the united states", -104.775, 38.954, 0.3, 384, "2014-04-15"),
+    Place("town_0.6m", "a fmow satellite image of a town in the united states", -104.775, 38.954, 0.6, 384, "2014-04-15"),
+    Place("mountains_150m", "a fmow satellite image of a mountain in japan", 139.5, 36.8, 150, 512, "2015-05-02"),
+)
+
+
+def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: str | None = None) -> Iterator[str]:
     """Run the demo, yielding a line for each thing done and where its files are."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    build_demo_models(models_dir)
-    yield f"demo models ready in {models_dir}"
+    build_demo_models(models_dir)  # the tiny predict / super-resolution models the README's examples use
     device = config.device()
-    model = ModelRegistry(models_dir, config.sd21_dir()).load(config.DEMO_MODEL, device=device, dtype=config.dtype_for(device))
+    name = model_name or config.BUILTIN_MODEL
+    model = ModelRegistry(models_dir, config.sd21_dir()).load(name, device=device, dtype=config.dtype_for(device))
+    yield f"model: {model.info.display_name} ({model.info.path})"
+    captions = []
+    for index, place in enumerate(PLACES):
+        crs, x, y = utm_point(place.lon, place.lat)
+        half = place.size_px * place.gsd_m / 2
+        grid = grid_from_extent((x - half, y - half, x + half, y + half), crs, pixel_size=place.gsd_m)
+        request = GenerateRequest(grid=grid, prompt=place.prompt, date=place.date, cloud_cover=0.0, steps=steps, seed=10 + index)
+        yield _run(model, request, output_dir / f"{place.name}.tif")
+        captions.append((output_dir / f"{place.name}.png", f"{place.name.replace('_', ' ')} (generated)"))
 
     with open_raster(SAMPLE) as source:
         info = source.info
@@ -56,11 +94,14 @@ def run_demo(output_dir: Path, models_dir: Path, steps: int = 20) -> Iterator[st
         prompt=PROMPT, date=acquisition.date, cloud_cover=0.0, steps=steps, seed=2,
     )
     yield _run(model, wide, output_dir / "generated_wide_epsg4326.tif")
-    yield _inpaint_burn_scar(model, info, output_dir)
-    yield f"previews: {output_dir / 'sample_input.png'} (the real sample) and the .png beside each GeoTIFF"
+    yield _inpaint_burn_scar(model, info, output_dir, steps)
+    captions += [(output_dir / "sample_input.png", "real NAIP tile, 1 m (input)"),
+                 (output_dir / "inpainted_burn_scar.png", "burn scar inpainted into it")]
+    overview = _overview(captions, output_dir / "overview.png")
+    yield f"previews: {overview} (all results), {output_dir / 'sample_input.png'} (the real sample) and the .png beside each GeoTIFF"
 
 
-def _inpaint_burn_scar(model, info, output_dir: Path) -> str:
+def _inpaint_burn_scar(model, info, output_dir: Path, steps: int) -> str:
     """A 60 m x 40 m burn scar in the tile's north-west clearing, one week after the acquisition."""
     import shapely
 
@@ -69,7 +110,7 @@ def _inpaint_burn_scar(model, info, output_dir: Path) -> str:
     layer = PolygonLayer([scar], [{"notation": "Burnt area"}], info.crs, "demo burn scar")
     outputs = InpaintOutputs(output_dir / "inpainted_burn_scar.tif", output_dir / "inpainted_burn_scar_label.tif")
     result = inpaint(model, InpaintRequest(image=SAMPLE, polygons=layer, class_field="notation", disaster_type="fire",
-                                           date="2016-06-27", steps=20, seed=3), outputs)
+                                           date="2016-06-27", steps=steps, seed=3), outputs)
     preview = write_preview_png(outputs.image, outputs.image.with_suffix(".png"))
     return (f"wrote {outputs.image} (the sample with a burn scar painted in; {result.windows} of "
             f"{result.windows_total} windows processed) with its label {outputs.label} and {preview}")
@@ -81,3 +122,13 @@ def _run(model, request: GenerateRequest, path: Path) -> str:
     grid = result.grid
     return (f"wrote {path} ({grid.width} x {grid.height} px, {grid.crs.to_string()}, {result.windows} windows, "
             f"{result.seconds:.1f} s) and {preview}")
+
+
+def _overview(captions: list[tuple[Path, str]], path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    from engine.training.report import grid_png
+
+    tiles = [np.asarray(Image.open(png).convert("RGB").resize((256, 256), Image.LANCZOS)) for png, _ in captions]
+    return grid_png(tiles, [label for _, label in captions], 3, path, tile=256)

@@ -178,3 +178,11 @@ def crosses_antimeridian(crs: CRS, transform: Affine, width: int, height: int, s
     low, high = float(ring.min()), float(ring.max())
     next_meridian = (np.floor((low - 180.0) / 360.0) + 1.0) * 360.0 + 180.0
     return bool(next_meridian < high)
+
+
+def utm_point(lon: float, lat: float) -> tuple[CRS, float, float]:
+    """The WGS84 UTM zone's CRS at a point, and the point's coordinates in it."""
+    zone = min(60, int((lon + 180) // 6) + 1)
+    epsg = (32600 if lat >= 0 else 32700) + zone
+    x, y = pyproj.Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
+    return CRS.from_epsg(epsg), x, y

@@ -307,6 +307,7 @@ def sample_places(model_folder: Path, places: list[SamplePlace], size: int, step
     """One `size`-pixel image per place, generated on a UTM grid there at its GSD; (tiles, labels)."""
     import rasterio
 
+    from engine.geo.crs import utm_point
     from engine.geo.grid import grid_from_extent
     from engine.models.registry import ModelRegistry
     from engine.pipelines.generate import GenerateRequest, generate
@@ -327,17 +328,6 @@ def sample_places(model_folder: Path, places: list[SamplePlace], size: int, step
                 tiles.append(np.moveaxis(ds.read([1, 2, 3]), 0, -1))
             labels.append(f"{place.prompt.replace('a fmow satellite image', '').strip() or 'no text'}, {place.gsd_m:g} m")
     return tiles, labels
-
-
-def utm_point(lon: float, lat: float):
-    """The WGS84 UTM zone's CRS at a point and the point's coordinates in it."""
-    from pyproj import Transformer
-    from rasterio.crs import CRS
-
-    zone = int((lon + 180) // 6) + 1
-    epsg = (32600 if lat >= 0 else 32700) + zone
-    x, y = Transformer.from_crs(4326, epsg, always_xy=True).transform(lon, lat)
-    return CRS.from_epsg(epsg), x, y
 
 
 def _export_lora(unet, output: Path, card: str) -> None:
