@@ -8,11 +8,13 @@ the engine's virtualenv (GFM4D_ENGINE_PYTHON, default .venv/bin/python) on the d
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +34,11 @@ if str(REPO) not in sys.path:
 if QGIS_PLUGINS.is_dir() and str(QGIS_PLUGINS) not in sys.path:
     sys.path.append(str(QGIS_PLUGINS))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Qt's user settings go to a folder of the tests' own, for this process and every QGIS it starts:
+# nothing a test writes (the engine URL...) may land in the user's QGIS settings.
+_OWN_CONFIG = tempfile.mkdtemp(prefix="gfm4d-qgis-tests-config-")
+os.environ["XDG_CONFIG_HOME"] = _OWN_CONFIG
+atexit.register(shutil.rmtree, _OWN_CONFIG, True)
 os.environ["GDAL_PAM_ENABLED"] = "NO"  # QGIS's layer statistics would otherwise land beside the sample data as .aux.xml
 
 
