@@ -135,6 +135,7 @@ def test_class_field_search_follows_the_engine(qgis_app, xbd_dir, tmp_path):
     from pathlib import Path
 
     from processing_algorithms.damage_classes import CLASS_FIELDS, find_class_field
+    from processing_algorithms.import_xbd import ImportXbdLabelsAlgorithm
 
     engine_source = (Path(__file__).resolve().parents[2] / "engine" / "geo" / "damage_classes.py").read_text()
     assignment = next(node for node in ast.parse(engine_source).body
@@ -143,7 +144,7 @@ def test_class_field_search_follows_the_engine(qgis_app, xbd_dir, tmp_path):
 
     def imported(name):
         out = tmp_path / f"{name}.gpkg"
-        processing.run("gfm4d:importxbdlabels", {"INPUT": str(xbd_dir / name), "OUTPUT": str(out)})
+        processing.run(ImportXbdLabelsAlgorithm().create(), {"INPUT": str(xbd_dir / name), "OUTPUT": str(out)})
         return QgsVectorLayer(str(out), name, "ogr")
 
     assert find_class_field(imported("santa-rosa-wildfire_00000273_post_disaster.json")) == "subtype"
@@ -168,9 +169,8 @@ def test_label_loads_paletted_with_class_names_under_the_image(provider, engine,
         "EXTENT": extent_text(window_around_centre(pre_event), "EPSG:26915"), "STEPS": 1,
         "OUTPUT": str(tmp_path / image_name), "OUTPUT_LABEL": str(tmp_path / label_name)})
     project = QgsProject.instance()
-    image = project.mapLayer(result["OUTPUT"])
-    label = project.mapLayer(result["OUTPUT_LABEL"])
-    assert image is not None and label is not None
+    loaded = {layer.source(): layer for layer in project.mapLayers().values()}
+    image, label = loaded[result["OUTPUT"]], loaded[result["OUTPUT_LABEL"]]
     order = [node.layerId() for node in project.layerTreeRoot().findLayers()]
     assert order.index(label.id()) == order.index(image.id()) + 1
     renderer = label.renderer()
