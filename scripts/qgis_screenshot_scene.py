@@ -12,7 +12,7 @@ from pathlib import Path
 
 import processing
 import qgis.utils
-from qgis.core import QgsApplication, QgsFillSymbol, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
+from qgis.core import QgsApplication, QgsFillSymbol, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorLayer
 from qgis.PyQt.QtCore import QCoreApplication, QTimer
 
 SHOTS = Path(os.environ["GFM4D_SHOTS_DIR"])
@@ -37,6 +37,8 @@ def render(canvas) -> None:
 
 def stage() -> None:
     iface = qgis.utils.iface
+    # the polygons' WGS 84 UTM and the raster's NAD83 UTM have several transformations: take the best without asking
+    QgsSettings().setValue("/projections/promptWhenMultipleTransformsExist", False, QgsSettings.App)
     window = iface.mainWindow()
     window.setGeometry(0, 0, 1400, 850)
     pre = QgsRasterLayer(str(DATA / "rasters" / "xv2deploy_pre_tile_1361-10160.tif"), "pre-event (xView2 Joplin tile)")

@@ -73,8 +73,7 @@ def make_profile(root: Path, plugin_zip: Path, engine_url: str) -> None:
     (profile / "QGIS" / "QGIS3.ini").write_text(
         "[PythonPlugins]\ngfm4d=true\nprocessing=true\n\n"
         f"[gfm4d]\nurl={engine_url}\npoll_interval_s=0.2\n\n"
-        "[qgis]\nshowTips322=false\ncheckVersion=false\nallowVersionCheck=false\n\n"
-        "[Projections]\npromptWhenMultipleTransformsExist=false\nshowDatumTransformDialog=false\n", encoding="utf-8")
+        "[qgis]\nshowTips322=false\ncheckVersion=false\nallowVersionCheck=false\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
