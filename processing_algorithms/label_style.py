@@ -90,12 +90,17 @@ class _Loaded(QgsProcessingLayerPostProcessorInterface):
 
 
 def put_under(root, layer_id: str, above_id: str) -> None:
-    """Move layer `layer_id`'s node directly under layer `above_id`'s node in the layer tree."""
+    """Move layer `layer_id`'s node directly under layer `above_id`'s node in the layer tree.
+
+    The copy goes in before the original comes out: a layer that leaves the tree even for a
+    moment is removed from the project.
+    """
     node, above = root.findLayer(layer_id), root.findLayer(above_id)
     if node is None or above is None:
         return
     parent = above.parent()
-    moved = node.clone()
-    node.parent().removeChildNode(node)
     index = next(i for i, child in enumerate(parent.children()) if QgsLayerTree.isLayer(child) and child.layerId() == above_id)
-    parent.insertChildNode(index + 1, moved)
+    if index + 1 < len(parent.children()) and parent.children()[index + 1] is node:
+        return
+    parent.insertChildNode(index + 1, node.clone())
+    node.parent().removeChildNode(node)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import processing
 import qgis.utils
-from qgis.core import QgsApplication, QgsFillSymbol, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorLayer
+from qgis.core import QgsFillSymbol, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorLayer
 from qgis.PyQt.QtCore import QCoreApplication, QTimer
 
 SHOTS = Path(os.environ["GFM4D_SHOTS_DIR"])
@@ -90,7 +90,7 @@ def finish() -> None:
     except Exception:  # noqa: BLE001 (the driver reports the missing pictures; the reason goes to its log)
         traceback.print_exc()
     QgsProject.instance().setDirty(False)
-    QgsApplication.exit(0)
+    os._exit(0)  # the pictures are saved; QGIS's own teardown adds nothing (and may crash under Xvfb)
 
 
 QTimer.singleShot(3000, finish)

@@ -182,3 +182,23 @@ def test_label_loads_paletted_with_class_names_under_the_image(provider, engine,
     for code in present:
         assert classes[code] == (f"{code} {names[code]}", 255)
     project.removeMapLayers([image.id(), label.id()])
+
+
+def test_label_is_moved_under_the_image_and_stays_in_the_project(project):
+    from processing_algorithms.label_style import put_under
+
+    layers = {name: QgsVectorLayer("Point?crs=EPSG:4326", name, "memory") for name in ("pre", "image", "label")}
+    for name in ("pre", "image", "label"):  # each new layer goes on top: label, image, pre
+        project.addMapLayer(layers[name])
+    root = project.layerTreeRoot()
+    group = root.insertGroup(0, "results")
+    node = root.findLayer(layers["image"].id())
+    group.insertChildNode(0, node.clone())
+    node.parent().removeChildNode(node)
+    put_under(root, layers["label"].id(), layers["image"].id())
+    from qgis.PyQt.QtCore import QCoreApplication
+
+    QCoreApplication.processEvents()  # the layer tree hands removals to the project through the event loop
+    assert [child.layerId() for child in group.children()] == [layers["image"].id(), layers["label"].id()]
+    assert [node.layerId() for node in root.findLayers()] == [layers[name].id() for name in ("image", "label", "pre")]
+    assert all(project.mapLayer(layer.id()) is layer for layer in layers.values())
