@@ -12,7 +12,9 @@ written by a run that did not finish.
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 import tempfile
 
@@ -29,7 +31,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 
 from .compat import CRS_WKT_PREFERRED, DATETIME_DATE, FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER
-from .engine_client import EngineClient, EngineError, JobCancelled
+from .engine_client import MENU, EngineClient, EngineError, EngineUnreachable, JobCancelled
 from .model_catalog import CATALOG
 from .multipart import total_size
 from .outputs import place_raster
@@ -37,10 +39,17 @@ from .settings import load_settings
 
 SCHEDULERS = ["ddim", "dpm++", "euler", "pndm", "unipc"]
 MAX_SEED = 2**31 - 1  # Processing integers are 32-bit
+DOCS_URL = "https://github.com/gfm4d/gfm4d/blob/main/docs/qgis.md"  # metadata.txt's homepage
 
 
 def advanced(parameter):
     parameter.setFlags(parameter.flags() | FLAG_ADVANCED)
+    return parameter
+
+
+def explained(parameter, text: str):
+    """A parameter with its explanation as help: short labels keep dialogs and batch tables narrow."""
+    parameter.setHelp(text)
     return parameter
 
 
@@ -56,7 +65,43 @@ def is_unset(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-class EngineAlgorithm(QgsProcessingAlgorithm):
+def help_html(intro: str, definitions) -> str:
+    """An algorithm's help: its introduction, then each parameter that has an explanation."""
+    items = "".join(f"<dt><b>{html.escape(d.description(), False)}</b></dt><dd>{html.escape(d.help(), False)}</dd>"
+                    for d in definitions if d.help())
+    paragraphs = "".join(f"<p>{html.escape(part, False)}</p>" for part in intro.split("\n\n") if part.strip())
+    return paragraphs + (f"<dl>{items}</dl>" if items else "")
+
+
+class Gfm4dAlgorithm(QgsProcessingAlgorithm):
+    """What every GFM4D algorithm shares: translation, search tags, help text and the Help button's page.
+
+    A subclass sets INTRO (what it does, in prose), TAGS (comma-separated words the toolbox search
+    finds it by) and HELP_ANCHOR (its section in docs/qgis.md); parameter explanations live in each
+    parameter's help and are listed under the introduction.
+    """
+
+    INTRO = ""
+    TAGS = ""
+    HELP_ANCHOR = ""
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("GFM4D", text)
+
+    def createInstance(self):
+        return type(self)()
+
+    def tags(self) -> list:
+        return [tag.strip() for tag in self.tr(self.TAGS).split(",") if tag.strip()]
+
+    def helpUrl(self) -> str:
+        return f"{DOCS_URL}#{self.HELP_ANCHOR}"
+
+    def shortHelpString(self) -> str:
+        return help_html(self.tr(self.INTRO), self.parameterDefinitions())
+
+
+class EngineAlgorithm(Gfm4dAlgorithm):
     """Base of the algorithms that run an engine task."""
 
     TASK = ""
@@ -81,12 +126,6 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
 
     # --- identity --------------------------------------------------------------------------------
 
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("GFM4D", text)
-
-    def createInstance(self):
-        return type(self)()
-
     def group(self) -> str:
         return self.tr("Diffusion models")
 
@@ -102,31 +141,42 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.JOB_ID, self.tr("Engine job id")))
 
     def add_prompt_and_sampling(self) -> None:
-        self.addParameter(QgsProcessingParameterString(
-            self.PROMPT, self.tr("Prompt"), defaultValue=self.DEFAULT_PROMPT or None, optional=not self.PROMPT_REQUIRED))
-        self.addParameter(advanced(QgsProcessingParameterString(
-            self.NEGATIVE_PROMPT, self.tr("Negative prompt"), optional=True)))
+        prompt_help = self.tr("Text the model is conditioned on, e.g. 'a fmow satellite image of a farm in italy'.")
+        if not self.PROMPT_REQUIRED:
+            prompt_help += self.tr(" Empty: the task's own prompt.")
+        self.addParameter(explained(QgsProcessingParameterString(
+            self.PROMPT, self.tr("Prompt"), defaultValue=self.DEFAULT_PROMPT or None, optional=not self.PROMPT_REQUIRED),
+            prompt_help))
+        self.addParameter(advanced(explained(QgsProcessingParameterString(
+            self.NEGATIVE_PROMPT, self.tr("Negative prompt"), optional=True),
+            self.tr("What the image should not look like (used with guidance above 1)."))))
         self.addParameter(self.model_parameter())
-        self.addParameter(QgsProcessingParameterNumber(
-            self.STEPS, self.tr("Denoising steps"), NUMBER_INTEGER, self.DEFAULT_STEPS, False, 1, 500))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.GUIDANCE_SCALE, self.tr("Guidance scale (1 or less: no guidance)"), NUMBER_DOUBLE,
-            self.DEFAULT_GUIDANCE, False, 0.0, 100.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.SEED, self.tr("Seed (same seed, same request: same image)"), NUMBER_INTEGER, 0, False, 0, MAX_SEED))
-        self.addParameter(advanced(QgsProcessingParameterEnum(
-            self.SCHEDULER, self.tr("Scheduler (empty: the model's)"), SCHEDULERS, False, None, True, True)))
+        self.addParameter(explained(QgsProcessingParameterNumber(
+            self.STEPS, self.tr("Denoising steps"), NUMBER_INTEGER, self.DEFAULT_STEPS, False, 1, 500),
+            self.tr("More steps: finer detail, proportionally longer runs.")))
+        self.addParameter(explained(QgsProcessingParameterNumber(
+            self.GUIDANCE_SCALE, self.tr("Guidance scale"), NUMBER_DOUBLE, self.DEFAULT_GUIDANCE, False, 0.0, 100.0),
+            self.tr("How strongly the prompt steers the image; 1 or less: no guidance (twice as fast).")))
+        self.addParameter(explained(QgsProcessingParameterNumber(
+            self.SEED, self.tr("Seed"), NUMBER_INTEGER, 0, False, 0, MAX_SEED),
+            self.tr("The same seed with the same request gives the same image; change it for another variant.")))
+        self.addParameter(advanced(explained(QgsProcessingParameterEnum(
+            self.SCHEDULER, self.tr("Scheduler"), SCHEDULERS, False, None, True, True),
+            self.tr("Sampling method. Empty: the model's own."))))
         if self.HAS_WINDOWS:
-            self.addParameter(advanced(QgsProcessingParameterNumber(
-                self.WINDOW, self.tr("Window size in pixels (empty: the model's native size)"), NUMBER_INTEGER,
-                None, True, 8, 4096)))
-            self.addParameter(advanced(QgsProcessingParameterNumber(
-                self.OVERLAP, self.tr("Window overlap in pixels (empty: a quarter window)"), NUMBER_INTEGER,
-                None, True, 0, 4096)))
-        self.addParameter(advanced(QgsProcessingParameterNumber(
-            self.BATCH_SIZE, self.tr("Windows per model call"), NUMBER_INTEGER, 4, False, 1, 256)))
-        self.addParameter(advanced(QgsProcessingParameterString(
-            self.ENGINE_URL, self.tr("Engine URL (empty: the plugin's setting)"), optional=True)))
+            self.addParameter(advanced(explained(QgsProcessingParameterNumber(
+                self.WINDOW, self.tr("Window size (px)"), NUMBER_INTEGER, None, True, 8, 4096),
+                self.tr("Large areas are processed in windows of this many pixels and blended. Empty: the model's "
+                        "native size."))))
+            self.addParameter(advanced(explained(QgsProcessingParameterNumber(
+                self.OVERLAP, self.tr("Window overlap (px)"), NUMBER_INTEGER, None, True, 0, 4096),
+                self.tr("Pixels shared by neighbouring windows, blended across. Empty: a quarter window."))))
+        self.addParameter(advanced(explained(QgsProcessingParameterNumber(
+            self.BATCH_SIZE, self.tr("Batch size"), NUMBER_INTEGER, None, True, 1, 256),
+            self.tr("Windows per model call. Empty: as many as the engine's free GPU memory holds (4 on a CPU)."))))
+        self.addParameter(advanced(explained(QgsProcessingParameterString(
+            self.ENGINE_URL, self.tr("Engine URL"), optional=True),
+            self.tr("The engine to run this on, e.g. http://gpu-box:8765. Empty: the one in {0} > Settings.").format(MENU))))
 
     def model_parameter(self):
         """MODEL: a choice of the engine's models for this task, or free text when the engine is not reachable.
@@ -134,14 +184,45 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         Either way the value is the model's name (the enum uses static strings), so a graphical
         model or a batch saved with one kind of parameter runs with the other.
         """
-        description = self.tr("Model (empty: the engine's default)")
+        description = self.tr("Model")
         names = CATALOG.names_for(self.TASK)
         if names:
             parameter = QgsProcessingParameterEnum(self.MODEL, description, names, False, None, True, True)
         else:
             parameter = QgsProcessingParameterString(self.MODEL, description, optional=True)
-        parameter.setHelp(self.tr("Name of a model folder in the engine's models directory that does this task."))
+        parameter.setHelp(self.tr("A model of the engine that does this task (a folder in its models directory). "
+                                  "Empty: the engine's default."))
         return parameter
+
+    def checkParameterValues(self, parameters, context):
+        """Processing's checks, except that a model name missing from the list gets the plugin's own message.
+
+        A batch or graphical model saved elsewhere may name a model that the list built when the
+        toolbox loaded lacks: the engine is asked again, and the message lists what it has.
+        """
+        model = parameters.get(self.MODEL)
+        if isinstance(model, str) and not is_unset(model):
+            definition = self.parameterDefinition(self.MODEL)
+            options = definition.options() if isinstance(definition, QgsProcessingParameterEnum) else None
+            if options is not None and model not in options:
+                problem = self.model_problem(parameters, context, model.strip(), options)
+                if problem:
+                    return False, problem
+                parameters = {key: value for key, value in parameters.items() if key != self.MODEL}
+        return super().checkParameterValues(parameters, context)
+
+    def model_problem(self, parameters, context, model: str, listed) -> str | None:
+        """Why `model` cannot run this task on the engine in use (None: it can: the list was old)."""
+        try:
+            client = self.engine_client(parameters, context)
+            client.require_model(self.TASK, model, timeout_s=max(load_settings().catalog_timeout_s, 5.0))
+        except EngineUnreachable as exc:
+            return self.tr(
+                "The model {0!r} is not among the models this engine listed when the toolbox loaded ({1}), and the "
+                "engine does not answer now to say whether it has it: {2}").format(model, ", ".join(listed) or "none", exc)
+        except EngineError as exc:
+            return str(exc)
+        return None
 
     # --- reading parameters ------------------------------------------------------------------------
 
@@ -176,7 +257,6 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
             "steps": self.parameterAsInt(parameters, self.STEPS, context),
             "guidance_scale": self.parameterAsDouble(parameters, self.GUIDANCE_SCALE, context),
             "seed": self.parameterAsInt(parameters, self.SEED, context),
-            "batch_size": self.parameterAsInt(parameters, self.BATCH_SIZE, context),
         }
         prompt = self.optional_string(parameters, self.PROMPT, context)
         if prompt is not None:
@@ -186,6 +266,7 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
         optional = {
             "negative_prompt": self.optional_string(parameters, self.NEGATIVE_PROMPT, context),
             "scheduler": self.optional_string(parameters, self.SCHEDULER, context),
+            "batch_size": self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),
         }
         if self.HAS_WINDOWS:
             optional["window"] = self.optional_number(parameters, self.WINDOW, context, integer=True)
@@ -198,12 +279,25 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
     def engine_client(self, parameters, context) -> EngineClient:
         return EngineClient(load_settings().with_url(self.optional_string(parameters, self.ENGINE_URL, context)))
 
+    def name_upload(self, path: str, layer, role: str) -> str:
+        """Remember which layer an uploaded file came from, so that engine messages naming it name the layer."""
+        if not hasattr(self, "_uploads"):
+            self._uploads = {}
+        self._uploads[os.path.basename(path)] = f"{role} {layer.name()!r}"
+        return path
+
+    def with_layer_names(self, message: str) -> str:
+        """An engine message with each uploaded file's name followed by the layer it came from."""
+        for name, layer in getattr(self, "_uploads", {}).items():
+            message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", lambda match, text=f"{name} ({layer})": text, message)
+        return message
+
     def processAlgorithm(self, parameters, context, feedback):
         try:
             return self.run_job(parameters, context, feedback)
         except EngineError as exc:
             # QGIS shows a plain QgsProcessingException by its message alone, a subclass with a traceback
-            raise QgsProcessingException(str(exc)) from None
+            raise QgsProcessingException(self.with_layer_names(str(exc))) from None
 
     def run_job(self, parameters, context, feedback) -> dict:
         """Check the engine, prepare the inputs, run the job and place its results."""
@@ -241,7 +335,7 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
                     os.remove(path)
             if finished_job is not None and feedback.isCanceled():
                 try:
-                    client.cancel(finished_job["id"])  # cancelled while downloading: delete the job's files
+                    client.delete(finished_job["id"])  # cancelled while downloading: delete the job's files
                 except QgsProcessingException:
                     pass
             raise
@@ -263,7 +357,12 @@ class EngineAlgorithm(QgsProcessingAlgorithm):
 
 
 def progress_reporter(feedback):
-    """A job report callback mirroring the engine job's state into the feedback."""
+    """A job report callback mirroring the engine job's state into the feedback.
+
+    Processing's dialog writes every progress text to its Log tab, so a text goes out only when
+    it differs from the last one (the job is polled twice a second); the bar follows every poll.
+    """
+    last_text = [None]
 
     def report(job: dict) -> None:
         state = job.get("state")
@@ -272,7 +371,9 @@ def progress_reporter(feedback):
             text = "Queued on the engine" + (f" ({ahead} job(s) ahead)" if ahead else "")
         else:
             text = job.get("message") or state or ""
-        feedback.setProgressText(text)
+        if text != last_text[0]:
+            last_text[0] = text
+            feedback.setProgressText(text)
         feedback.setProgress(100.0 * float(job.get("progress") or 0.0))
 
     return report

@@ -12,6 +12,7 @@ from qgis.core import (
     Qgis,
     QgsBlockingNetworkRequest,
     QgsCoordinateReferenceSystem,
+    QgsFeatureRequest,
     QgsFeatureSink,
     QgsProcessing,
     QgsProcessingParameterDateTime,
@@ -32,6 +33,7 @@ _NAMESPACE = {
     "Qgis": Qgis,
     "QgsBlockingNetworkRequest": QgsBlockingNetworkRequest,
     "QgsCoordinateReferenceSystem": QgsCoordinateReferenceSystem,
+    "QgsFeatureRequest": QgsFeatureRequest,
     "QgsFeatureSink": QgsFeatureSink,
     "QgsProcessing": QgsProcessing,
     "QgsProcessingParameterDateTime": QgsProcessingParameterDateTime,
@@ -73,6 +75,7 @@ FIELD_ANY = first_defined("Qgis.ProcessingFieldParameterDataType.Any", "QgsProce
 FILE_BEHAVIOR_FILE = first_defined("Qgis.ProcessingFileParameterBehavior.File", "QgsProcessingParameterFile.File")
 DATETIME_DATE = first_defined("Qgis.ProcessingDateTimeParameterDataType.Date", "QgsProcessingParameterDateTime.Date")
 FLAG_ADVANCED = first_defined("Qgis.ProcessingParameterFlag.Advanced", "QgsProcessingParameterDefinition.FlagAdvanced")
+FLAG_OPTIONAL = first_defined("Qgis.ProcessingParameterFlag.Optional", "QgsProcessingParameterDefinition.FlagOptional")
 
 # Geometry and field types
 WKB_MULTIPOLYGON = first_defined("Qgis.WkbType.MultiPolygon", "QgsWkbTypes.MultiPolygon")
@@ -81,6 +84,7 @@ _FIELD_TYPES_ARE_METATYPES = Qgis.QGIS_VERSION_INT >= 33800
 FIELD_STRING = QMetaType.Type.QString if _FIELD_TYPES_ARE_METATYPES else QVariant.String
 FIELD_INT = QMetaType.Type.Int if _FIELD_TYPES_ARE_METATYPES else QVariant.Int
 FAST_INSERT = first_defined("QgsFeatureSink.Flag.FastInsert", "QgsFeatureSink.FastInsert")
+FEATURE_NO_GEOMETRY = first_defined("Qgis.FeatureRequestFlag.NoGeometry", "QgsFeatureRequest.NoGeometry")
 
 # Writers, providers, CRS
 RASTER_WRITER_OK = first_defined("Qgis.RasterFileWriterResult.Success", "QgsRasterFileWriter.NoError")

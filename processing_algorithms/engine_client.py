@@ -24,8 +24,8 @@ from .settings import EngineSettings
 
 API_PREFIX = "/v1"
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
-CANCEL_CONFIRM_S = 15.0  # how long to wait for the engine to stop a cancelled job
-_SETTINGS_MENU = "Plugins > GFM4D > Settings"
+MENU = "Raster > GFM4D"
+_SETTINGS_MENU = f"{MENU} > Settings"
 _SETTINGS_HINT = f"{_SETTINGS_MENU} (or the algorithm's Engine URL parameter)"
 
 
@@ -117,7 +117,7 @@ class EngineClient:
 
     def _unreachable(self, reason: str) -> EngineUnreachable:
         return EngineUnreachable(
-            f"Cannot reach the GFM4D engine at {self.url} ({reason or 'no answer'}). Start it (Plugins > GFM4D > Start "
+            f"Cannot reach the GFM4D engine at {self.url} ({reason or 'no answer'}). Start it ({MENU} > Start "
             f"local engine, or `gfm4d serve` in the engine's environment) or set its address in {_SETTINGS_HINT}."
         )
 
@@ -176,9 +176,9 @@ class EngineClient:
             )
         return health
 
-    def require_model(self, task: str, model: str) -> dict:
+    def require_model(self, task: str, model: str, timeout_s: float | None = None) -> dict:
         """The engine's entry for `model`, checking that it exists and does `task`."""
-        models = self.models()
+        models = self.models(timeout_s=timeout_s)
         able = [m["name"] for m in models if task in m.get("tasks", [])]
         for entry in models:
             if entry.get("name") == model:
@@ -190,7 +190,8 @@ class EngineClient:
                 return entry
         raise EngineError(
             f"The GFM4D engine at {self.url} has no model {model!r}. Models that do {task}: {', '.join(able) or 'none'}. "
-            "Pick one of them, or add the model folder to the engine's models directory and restart it."
+            f"Pick one of them, or add the model folder to the engine's models directory, restart it and use "
+            f"{MENU} > Refresh model lists."
         )
 
     def submit(self, task: str, params: dict, files: Sequence[FilePart] = (), feedback=None) -> dict:
@@ -203,29 +204,66 @@ class EngineClient:
         return self.get_json(f"{API_PREFIX}/jobs/{job_id}")
 
     def cancel(self, job_id: str) -> dict:
-        """Cancel a queued or running job (a finished one is deleted with its files)."""
-        return self._parse(self.request("DELETE", f"{API_PREFIX}/jobs/{job_id}"), f"{API_PREFIX}/jobs/{job_id}")
+        """Ask the engine to stop a queued or running job (a finished job keeps its results).
+
+        Engines with a cancel operation get `POST /v1/jobs/{id}/cancel`; older ones, which
+        cancel with DELETE, get that (on a finished job they also delete it).
+        """
+        path = f"{API_PREFIX}/jobs/{job_id}"
+        try:
+            return self._parse(self.request("POST", f"{path}/cancel"), f"{path}/cancel")
+        except EngineRefused as exc:
+            if exc.status not in (404, 405):
+                raise
+        return self.delete(job_id)
+
+    def delete(self, job_id: str) -> dict:
+        """Delete a job and its files on the engine (a job still running is cancelled first)."""
+        path = f"{API_PREFIX}/jobs/{job_id}"
+        return self._parse(self.request("DELETE", path), path)
 
     def cancel_and_confirm(self, job_id: str) -> dict:
-        """Cancel a job and wait (briefly) until the engine has stopped it; its last state."""
+        """Cancel a job and wait (up to the cancel_confirm_s setting) until the engine says it stopped; its last state."""
         job = self.cancel(job_id)
-        deadline = time.monotonic() + CANCEL_CONFIRM_S
+        deadline = time.monotonic() + self.settings.cancel_confirm_s
         while job.get("state") not in FINISHED_STATES and not job.get("deleted") and time.monotonic() < deadline:
             time.sleep(0.1)
             job = self.job(job_id)
         return job
 
+    def stop_job(self, job_id: str, task: str) -> JobCancelled:
+        """Cancel a job for a user who pressed Cancel; the error that says honestly what the engine did."""
+        what = f"{task} job {job_id}".strip()
+        try:
+            job = self.cancel_and_confirm(job_id)
+        except EngineError as exc:
+            return JobCancelled(
+                f"Cancelled in QGIS, but the engine could not be told to stop its {what} ({exc}). It may still be "
+                "running there: see Engine status. No output was written."
+            )
+        state = job.get("state")
+        if state == "cancelled" or (job.get("deleted") and state != "succeeded"):
+            return JobCancelled(f"Cancelled: the engine stopped its {what}; no output was written.")
+        if state == "succeeded":
+            return JobCancelled(f"Cancelled: the engine had already finished its {what}; its results were not downloaded.")
+        if state == "failed":
+            return JobCancelled(f"Cancelled: the engine's {what} had failed meanwhile ({job.get('error') or 'no reason given'}).")
+        return JobCancelled(
+            f"Cancelled in QGIS, but the engine did not confirm within {self.settings.cancel_confirm_s:g} s that its {what} "
+            f"stopped (it is {state or 'in an unknown state'}, cancel requested; it stops at its next step). No output was "
+            "written; see Engine status before starting a large job."
+        )
+
     def wait(self, job_id: str, feedback=None, report: Callable[[dict], None] | None = None) -> dict:
-        """Poll a job until it ends. Cancelling `feedback` cancels the job (JobCancelled); a failed
-        job raises JobFailed with the engine's reason."""
+        """Poll a job until it ends. Cancelling `feedback` cancels the job (JobCancelled, saying whether the
+        engine confirmed); a failed job raises JobFailed with the engine's reason."""
         started = time.monotonic()
         while True:
             job = self.job(job_id)
             if report is not None:
                 report(job)
             if _cancelled(feedback):
-                self.cancel_and_confirm(job_id)
-                raise JobCancelled(f"Cancelled: the engine's {job.get('task', '')} job {job_id} was cancelled; no output was written.")
+                raise self.stop_job(job_id, job.get("task", ""))
             if job["state"] in FINISHED_STATES:
                 break
             limit = self.settings.job_timeout_s
@@ -270,7 +308,7 @@ def _credentials(settings: EngineSettings) -> tuple[str, str]:
     if manager is None or not manager.loadAuthenticationConfig(authcfg, config, True) or not config.isValid(True):
         raise EngineError(
             f"The authentication configuration {authcfg!r} set for the GFM4D engine cannot be loaded: check it in "
-            "Settings > Options > Authentication, or clear it in Plugins > GFM4D > Settings."
+            f"Settings > Options > Authentication, or clear it in {_SETTINGS_MENU}."
         )
     if config.method() == "Basic":
         return config.config("password", "") or token, ""

@@ -5,21 +5,18 @@ from __future__ import annotations
 import json
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtCore import QCoreApplication
-
-from .base import advanced
-from .engine_client import EngineClient, EngineError
+from .base import Gfm4dAlgorithm, advanced, explained
+from .engine_client import MENU, EngineClient, EngineError
 from .model_catalog import CATALOG
 from .settings import load_settings
 
 
-class EngineStatusAlgorithm(QgsProcessingAlgorithm):
+class EngineStatusAlgorithm(Gfm4dAlgorithm):
     ENGINE_URL = "ENGINE_URL"
     URL = "URL"
     VERSION = "VERSION"
@@ -29,11 +26,13 @@ class EngineStatusAlgorithm(QgsProcessingAlgorithm):
     QUEUED = "QUEUED"
     STATUS_JSON = "STATUS_JSON"
 
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("GFM4D", text)
-
-    def createInstance(self):
-        return type(self)()
+    HELP_ANCHOR = "engine-status"
+    TAGS = "engine, status, server, health, models, gpu, device, version, diffusion"
+    INTRO = (
+        "Asks the GFM4D engine whether it is running and what it offers: version, device (GPU or CPU), tasks, models "
+        "and queued jobs. Fails with instructions when the engine cannot be reached. Running it also refreshes the "
+        "model lists of the other algorithms."
+    )
 
     def name(self) -> str:
         return "enginestatus"
@@ -47,16 +46,10 @@ class EngineStatusAlgorithm(QgsProcessingAlgorithm):
     def groupId(self) -> str:
         return "engine"
 
-    def shortHelpString(self) -> str:
-        return self.tr(
-            "Asks the GFM4D engine whether it is running and what it offers: version, device (GPU or CPU), "
-            "tasks, models and queued jobs. Fails with instructions when the engine cannot be reached. Running "
-            "it also refreshes the model lists of the other algorithms."
-        )
-
     def initAlgorithm(self, config=None):
-        self.addParameter(advanced(QgsProcessingParameterString(
-            self.ENGINE_URL, self.tr("Engine URL (empty: the plugin's setting)"), optional=True)))
+        self.addParameter(advanced(explained(QgsProcessingParameterString(
+            self.ENGINE_URL, self.tr("Engine URL"), optional=True),
+            self.tr("The engine to ask, e.g. http://gpu-box:8765. Empty: the one in {0} > Settings.").format(MENU))))
         for name, description in ((self.URL, "Engine URL"), (self.VERSION, "Engine version"), (self.DEVICE, "Device"),
                                   (self.TASKS, "Tasks (comma-separated)"), (self.MODELS, "Models (comma-separated)"),
                                   (self.STATUS_JSON, "Health and models as JSON")):

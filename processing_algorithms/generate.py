@@ -13,7 +13,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
 )
 
-from .base import EngineAlgorithm, crs_for_engine, is_unset
+from .base import EngineAlgorithm, crs_for_engine, explained, is_unset
 from .compat import NUMBER_DOUBLE, SOURCE_VECTOR_POLYGON
 from .layer_export import export_features
 
@@ -30,6 +30,14 @@ class GenerateAlgorithm(EngineAlgorithm):
 
     DEFAULT_PROMPT = "a fmow satellite image of a farm"
     PROMPT_REQUIRED = True
+    HELP_ANCHOR = "generate-satellite-image"
+    TAGS = ("generate, synthetic, synthetic data, satellite image, text to image, prompt, diffusion, diffusionsat, "
+            "stable diffusion, remote sensing, imagery, fmow")
+    INTRO = (
+        "Generates a georeferenced RGB image over an extent (in any CRS) or over AOI polygons, at the chosen ground "
+        "resolution, conditioned on a text prompt and on metadata (location, resolution, date, cloud cover) as "
+        "DiffusionSat is. Large extents are generated window by window and blended seamlessly."
+    )
 
     def name(self) -> str:
         return "generate"
@@ -37,25 +45,23 @@ class GenerateAlgorithm(EngineAlgorithm):
     def displayName(self) -> str:
         return self.tr("Generate satellite image")
 
-    def shortHelpString(self) -> str:
-        return self.tr(
-            "Generates a georeferenced RGB image over an extent (in any CRS) or over AOI polygons, at the "
-            "chosen ground resolution, conditioned on a text prompt and on metadata (location, resolution, "
-            "date, cloud cover) as DiffusionSat is. Large extents are generated window by window and blended "
-            "seamlessly. Give an extent or AOI polygons, not both; with polygons the image is masked outside them.\n\n"
-            "The output CRS is the extent's (or the polygons') unless Output CRS is set."
-        )
-
     def add_inputs(self) -> None:
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent (any CRS)"), optional=True))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AOI, self.tr("or AOI polygons"), [SOURCE_VECTOR_POLYGON], optional=True))
-        self.addParameter(QgsProcessingParameterCrs(self.OUTPUT_CRS, self.tr("Output CRS (empty: the extent's)"), optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Resolution (ground metres per pixel)"), NUMBER_DOUBLE, 1.0, False, 0.01, 100000.0))
-        self.addParameter(self.date_parameter(self.DATE, self.tr("Acquisition date")))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.CLOUD_COVER, self.tr("Cloud cover (0 to 1)"), NUMBER_DOUBLE, None, True, 0.0, 1.0))
+        self.addParameter(explained(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"), optional=True), self.tr(
+            "Where to generate, in any CRS (the output takes it unless Output CRS is set). Give an extent or AOI "
+            "polygons, not both.")))
+        self.addParameter(explained(QgsProcessingParameterFeatureSource(
+            self.AOI, self.tr("AOI polygons"), [SOURCE_VECTOR_POLYGON], optional=True), self.tr(
+            "Instead of an extent: generate over these polygons' bounds and mask the image outside them.")))
+        self.addParameter(explained(QgsProcessingParameterCrs(self.OUTPUT_CRS, self.tr("Output CRS"), optional=True),
+                                    self.tr("Empty: the extent's (or the polygons') CRS.")))
+        self.addParameter(explained(QgsProcessingParameterNumber(
+            self.RESOLUTION, self.tr("Resolution (m)"), NUMBER_DOUBLE, 1.0, False, 0.01, 100000.0),
+            self.tr("Ground metres per pixel, whatever the CRS's units; the model is told this ground sample distance.")))
+        self.addParameter(explained(self.date_parameter(self.DATE, self.tr("Acquisition date")),
+                                    self.tr("The date the image should look taken on (season, vegetation). Empty: none.")))
+        self.addParameter(explained(QgsProcessingParameterNumber(
+            self.CLOUD_COVER, self.tr("Cloud cover"), NUMBER_DOUBLE, None, True, 0.0, 1.0),
+            self.tr("Fraction of the image under cloud, 0 to 1. Empty: not conditioned on.")))
 
     def add_outputs(self) -> None:
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Generated image")))

@@ -10,15 +10,13 @@ from qgis.core import (
     QgsFields,
     QgsFillSymbol,
     QgsGeometry,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFile,
     QgsRendererCategory,
 )
-from qgis.PyQt.QtCore import QCoreApplication
-
+from .base import Gfm4dAlgorithm, explained
 from .compat import FAST_INSERT, FIELD_INT, FIELD_STRING, FILE_BEHAVIOR_FILE, SOURCE_VECTOR_POLYGON, WKB_MULTIPOLYGON
 from .xbd import DAMAGE_CODES, XbdFormatError, read_xbd_labels
 
@@ -54,15 +52,19 @@ class DamageStyle(QgsProcessingLayerPostProcessorInterface):
         return cls.instances[-1]
 
 
-class ImportXbdLabelsAlgorithm(QgsProcessingAlgorithm):
+class ImportXbdLabelsAlgorithm(Gfm4dAlgorithm):
     INPUT = "INPUT"
     OUTPUT = "OUTPUT"
 
-    def tr(self, text: str) -> str:
-        return QCoreApplication.translate("GFM4D", text)
-
-    def createInstance(self):
-        return type(self)()
+    HELP_ANCHOR = "import-xbd-labels"
+    TAGS = ("xbd, xview, xview2, xbd labels, damage, damage assessment, building damage, buildings, footprints, "
+            "disaster, hurricane, flood, fire, wildfire, earthquake, tsunami, volcano, labels, json, import")
+    INTRO = (
+        "Reads an xBD / xView2 label file (*_disaster.json) into a polygon layer in EPSG:4326: one building per "
+        "feature with its uid, damage grade (subtype) and damage_code (1 no-damage, 2 minor, 3 major, 4 destroyed, "
+        "5 un-classified; empty for pre-disaster labels) and the scene's disaster, disaster type and capture date. "
+        "The layer can go straight into Inpaint as its polygons (its subtype is found as the class field)."
+    )
 
     def name(self) -> str:
         return "importxbdlabels"
@@ -76,17 +78,10 @@ class ImportXbdLabelsAlgorithm(QgsProcessingAlgorithm):
     def groupId(self) -> str:
         return "labels"
 
-    def shortHelpString(self) -> str:
-        return self.tr(
-            "Reads an xBD / xView2 label file (*_disaster.json) into a polygon layer in EPSG:4326: one building "
-            "per feature with its uid, damage grade (subtype) and damage_code (1 no-damage, 2 minor, 3 major, "
-            "4 destroyed, 5 un-classified; empty for pre-disaster labels) and the scene's disaster, disaster type "
-            "and capture date. The layer can go straight into Inpaint as its polygons."
-        )
-
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterFile(
-            self.INPUT, self.tr("xBD label file"), FILE_BEHAVIOR_FILE, "json"))
+        self.addParameter(explained(QgsProcessingParameterFile(
+            self.INPUT, self.tr("xBD label file"), FILE_BEHAVIOR_FILE, "json"),
+            self.tr("An xBD / xView2 *_disaster.json label file (pre- or post-disaster).")))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Building damage"), SOURCE_VECTOR_POLYGON))
 
     def processAlgorithm(self, parameters, context, feedback):

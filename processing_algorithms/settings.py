@@ -26,6 +26,7 @@ class EngineSettings:
     job_timeout_s: float = 0.0  # how long to wait for a job; 0: no limit (cancel it from QGIS)
     poll_interval_s: float = 0.5  # between job status requests
     catalog_timeout_s: float = 2.0  # asking the engine for its models while the toolbox loads
+    cancel_confirm_s: float = 15.0  # how long a cancel waits for the engine to say the job stopped
     engine_command: str = ""  # command that starts a local engine, e.g. "gfm4d serve --port 8765"
 
     def with_url(self, url: str | None) -> "EngineSettings":

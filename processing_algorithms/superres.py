@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import EngineAlgorithm, advanced, is_unset
+from .base import EngineAlgorithm, advanced, explained, is_unset
 from .compat import NUMBER_DOUBLE
 from .dates import acquisition_date
 from .layer_export import export_raster
@@ -36,32 +36,40 @@ class SuperresAlgorithm(EngineAlgorithm):
 
     HAS_WINDOWS = False
 
+    HELP_ANCHOR = "super-resolve-sentinel-2"
+    TAGS = ("super resolution, super-resolution, superresolution, superres, sentinel-2, sentinel, upscale, upsample, "
+            "sharpen, enhance, high resolution, controlnet, diffusion, diffusionsat, synthetic")
+    INTRO = (
+        "Makes an RGB image about 8 times finer than a Sentinel-2 multiband raster, as DiffusionSat's super-resolution "
+        "ControlNet does. The fine detail is synthesised by the model: use it as a plausible rendering, not as a "
+        "measurement."
+    )
+
     def name(self) -> str:
         return "superres"
 
     def displayName(self) -> str:
         return self.tr("Super-resolve Sentinel-2")
 
-    def shortHelpString(self) -> str:
-        return self.tr(
-            "Makes an RGB image about 8 times finer than a Sentinel-2 multiband raster (DiffusionSat's "
-            "super-resolution ControlNet). Bands names the Sentinel-2 band of each raster band in order "
-            "(e.g. B02,B03,B04,B08,...) when the raster's band descriptions do not. Extent (any CRS) limits the "
-            "output; Resolution defaults to the scene's pixel size / 8; the date defaults to the layer's."
-        )
-
     def add_inputs(self) -> None:
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Sentinel-2 raster")))
-        self.addParameter(QgsProcessingParameterString(
-            self.BANDS, self.tr("Sentinel-2 band of each raster band (comma-separated; empty: from the raster)"), optional=True))
-        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Only this extent (empty: the whole raster)"), optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.RESOLUTION, self.tr("Output resolution in metres (empty: the scene's / 8)"), NUMBER_DOUBLE, None, True, 0.01, 1000.0))
-        self.addParameter(self.date_parameter(self.DATE, self.tr("Acquisition date (empty: the layer's)")))
-        self.addParameter(advanced(QgsProcessingParameterNumber(
-            self.CLOUD_COVER, self.tr("Cloud cover (0 to 1)"), NUMBER_DOUBLE, None, True, 0.0, 1.0)))
-        self.addParameter(advanced(QgsProcessingParameterNumber(
-            self.CONTROL_SCALE, self.tr("Conditioning scale"), NUMBER_DOUBLE, 1.0, False, 0.0, 10.0)))
+        self.addParameter(explained(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Sentinel-2 raster")),
+                                    self.tr("A multiband Sentinel-2 scene (L1C or L2A reflectances).")))
+        self.addParameter(explained(QgsProcessingParameterString(self.BANDS, self.tr("Band names"), optional=True), self.tr(
+            "The Sentinel-2 band of each raster band, in order, comma-separated (e.g. B02,B03,B04,B08). Empty: from the "
+            "raster's band descriptions.")))
+        self.addParameter(explained(QgsProcessingParameterExtent(self.EXTENT, self.tr("Extent"), optional=True),
+                                    self.tr("Only this part of the scene (any CRS). Empty: the whole raster.")))
+        self.addParameter(explained(QgsProcessingParameterNumber(
+            self.RESOLUTION, self.tr("Resolution (m)"), NUMBER_DOUBLE, None, True, 0.01, 1000.0),
+            self.tr("Ground metres per output pixel. Empty: the scene's pixel size / 8.")))
+        self.addParameter(explained(self.date_parameter(self.DATE, self.tr("Acquisition date")),
+                                    self.tr("Empty: the layer's date (temporal properties, file name or metadata).")))
+        self.addParameter(advanced(explained(QgsProcessingParameterNumber(
+            self.CLOUD_COVER, self.tr("Cloud cover"), NUMBER_DOUBLE, None, True, 0.0, 1.0),
+            self.tr("Fraction of the scene under cloud, 0 to 1. Empty: not conditioned on."))))
+        self.addParameter(advanced(explained(QgsProcessingParameterNumber(
+            self.CONTROL_SCALE, self.tr("Conditioning scale"), NUMBER_DOUBLE, 1.0, False, 0.0, 10.0),
+            self.tr("How strongly the Sentinel-2 pixels steer the output; 0 ignores them."))))
 
     def add_outputs(self) -> None:
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Super-resolved image")))
@@ -76,7 +84,8 @@ class SuperresAlgorithm(EngineAlgorithm):
             extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
             params["extent"] = [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()]
             window = extent.buffered(MARGIN_PX * max(layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY()))
-        image = export_raster(layer, os.path.join(folder, "image.tif"), window, context, feedback)
+        image = self.name_upload(export_raster(layer, os.path.join(folder, "image.tif"), window, context, feedback),
+                                 layer, "raster")
         bands = self.optional_string(parameters, self.BANDS, context)
         if bands is not None:
             names = [name.strip() for name in re.split(r"[,;\s]+", bands) if name.strip()]

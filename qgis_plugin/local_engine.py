@@ -52,7 +52,7 @@ class LocalEngine(QObject):
         parts = split_command(command)
         if not parts:
             raise ValueError(
-                "no command to start the engine is set: enter one in Plugins > GFM4D > Settings, "
+                "no command to start the engine is set: enter one in Raster > GFM4D > Settings, "
                 "e.g. /path/to/gfm4d-venv/bin/gfm4d serve --port 8765"
             )
         self.process = QProcess(self)
@@ -114,5 +114,5 @@ class LocalEngine(QObject):
             program = self.process.program() if self.process is not None else "?"
             self.failed.emit(
                 f"the engine command could not be started ({program} not found or not executable): "
-                "check the command in Plugins > GFM4D > Settings"
+                "check the command in Raster > GFM4D > Settings"
             )

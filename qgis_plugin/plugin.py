@@ -1,4 +1,4 @@
-"""Plugin lifecycle: the Processing provider, and a Plugins > GFM4D menu for the engine.
+"""Plugin lifecycle: the Processing provider, and a Raster > GFM4D menu for the engine.
 
 The provider is kept as an attribute: QGIS holds it only weakly from Python's side, and a
 provider that Python garbage-collects disappears from the toolbox. The menu starts and stops a
@@ -46,12 +46,12 @@ class GFM4DPlugin:
         ):
             action = QAction(text, self.iface.mainWindow())
             action.triggered.connect(slot)
-            self.iface.addPluginToMenu(MENU, action)
+            self.iface.addPluginToRasterMenu(MENU, action)  # metadata.txt's category: Raster
             self.actions.append(action)
 
     def unload(self):
         for action in self.actions:
-            self.iface.removePluginMenu(MENU, action)
+            self.iface.removePluginRasterMenu(MENU, action)
         self.actions = []
         if self.engine is not None:
             self.engine.stop()

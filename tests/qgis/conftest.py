@@ -8,11 +8,13 @@ the engine's virtualenv (GFM4D_ENGINE_PYTHON, default .venv/bin/python) on the d
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,13 +27,18 @@ from helpers import free_port
 REPO = Path(__file__).resolve().parents[2]
 QGIS_PLUGINS = Path("/usr/share/qgis/python/plugins")  # the Processing framework of Debian's QGIS
 ENGINE_PYTHON = Path(os.environ.get("GFM4D_ENGINE_PYTHON", REPO / ".venv" / "bin" / "python"))
-ENGINE_START_S = 180
+ENGINE_START_S = 600  # building the demo models and importing torch on a busy machine
 
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 if QGIS_PLUGINS.is_dir() and str(QGIS_PLUGINS) not in sys.path:
     sys.path.append(str(QGIS_PLUGINS))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Qt's user settings go to a folder of the tests' own, for this process and every QGIS it starts:
+# nothing a test writes (the engine URL...) may land in the user's QGIS settings.
+_OWN_CONFIG = tempfile.mkdtemp(prefix="gfm4d-qgis-tests-config-")
+os.environ["XDG_CONFIG_HOME"] = _OWN_CONFIG
+atexit.register(shutil.rmtree, _OWN_CONFIG, True)
 os.environ["GDAL_PAM_ENABLED"] = "NO"  # QGIS's layer statistics would otherwise land beside the sample data as .aux.xml
 
 

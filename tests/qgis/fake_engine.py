@@ -4,7 +4,8 @@
 
 MODE: `old-api` (no /v1 routes: 404), `not-gfm4d` (an HTML page for every path), `token`
 (a GFM4D health answer only with `Authorization: Bearer s3cret`, else 401), `slow` (answers
-after 5 s). It records every Authorization header it sees in its answers' `seen_auth`.
+after 5 s), `stubborn` (runs every job forever: a cancel is noted, `cancel_requested`, but the
+job never stops). It records every Authorization header it sees in its answers' `seen_auth`.
 """
 
 import json
@@ -16,6 +17,10 @@ TOKEN = "s3cret"
 HEALTH = {"status": "ok", "version": "9.9.9", "device": "cpu", "dtype": "float32", "gpu_free_bytes": None,
           "gpu_total_bytes": None, "loaded_models": [], "tasks": ["generate"], "queued": 0, "running": None,
           "max_upload_bytes": 1, "result_ttl_s": 1.0, "server_paths": False}
+
+
+STUBBORN_JOB = {"id": "0123456789abcdef", "task": "generate", "state": "running", "progress": 0.1, "done": 1, "total": 10,
+                "message": "denoising step 1/10", "cancel_requested": False, "results": [], "deleted": False}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -46,6 +51,25 @@ class Handler(BaseHTTPRequestHandler):
         elif self.mode == "slow":
             time.sleep(5)
             self._send(200, HEALTH)
+        elif self.mode == "stubborn":
+            if self.path == "/v1/health":
+                self._send(200, HEALTH)
+            elif self.path == f"/v1/jobs/{STUBBORN_JOB['id']}":
+                self._send(200, STUBBORN_JOB)
+            else:
+                self._send(404, {"detail": "Not Found"})
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.mode != "stubborn":
+            self._send(404, {"detail": "Not Found"})
+        elif self.path == "/v1/jobs":
+            self._send(202, STUBBORN_JOB)
+        elif self.path == f"/v1/jobs/{STUBBORN_JOB['id']}/cancel":
+            STUBBORN_JOB["cancel_requested"] = True
+            self._send(202, STUBBORN_JOB)
+        else:
+            self._send(404, {"detail": "Not Found"})
 
 
 def main() -> None:

@@ -34,11 +34,11 @@ class Interface:
     def messageBar(self):  # noqa: N802
         return self.bar
 
-    def addPluginToMenu(self, menu, action):  # noqa: N802
-        self.menus.setdefault(menu, []).append(action.text())
+    def addPluginToRasterMenu(self, menu, action):  # noqa: N802
+        self.menus.setdefault(f"Raster/{menu}", []).append(action.text())
 
-    def removePluginMenu(self, menu, action):  # noqa: N802
-        self.menus[menu].remove(action.text())
+    def removePluginRasterMenu(self, menu, action):  # noqa: N802
+        self.menus[f"Raster/{menu}"].remove(action.text())
 
 
 def main(zip_path: str, engine_url: str, work_dir: str) -> dict:
@@ -46,8 +46,12 @@ def main(zip_path: str, engine_url: str, work_dir: str) -> dict:
     with zipfile.ZipFile(zip_path) as archive:
         archive.extractall(plugins_dir)
     from qgis.core import QgsApplication, QgsSettings
+    from qgis.PyQt.QtCore import QSettings
 
-    app = QgsApplication([], True, os.path.join(work_dir, "profile"))
+    profile = os.path.join(work_dir, "profile")
+    QSettings.setDefaultFormat(QSettings.Format.IniFormat)  # this QGIS's settings live in its own profile
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, profile)
+    app = QgsApplication([], True, profile)
     app.initQgis()
     from processing.core.Processing import Processing
 
@@ -68,7 +72,8 @@ def main(zip_path: str, engine_url: str, work_dir: str) -> dict:
     provider = registry.providerById("gfm4d")
     report["algorithms"] = sorted(a.id() for a in provider.algorithms()) if provider else []
     report["module"] = sys.modules["gfm4d.processing_algorithms.provider"].__file__
-    report["menu"] = list(iface.menus.get("&GFM4D", []))
+    report["menu"] = list(iface.menus.get("Raster/&GFM4D", []))
+    report["settings_file"] = QgsSettings().fileName()
 
     import processing
 
@@ -78,11 +83,12 @@ def main(zip_path: str, engine_url: str, work_dir: str) -> dict:
     processing.run("gfm4d:generate", {"EXTENT": "500000,500064,4100000,4100064 [EPSG:32618]", "RESOLUTION": 1,
                                       "STEPS": 1, "PROMPT": "a fmow satellite image", "OUTPUT": out})
     report["generated"] = os.path.isfile(out)
+    report["engine_libraries_imported"] = sorted({name.split(".")[0] for name in sys.modules} & {"torch", "diffusers", "engine"})
     qgis.utils.plugins["gfm4d"].show_status()
     report["messages"] = [item.text() for item in iface.messageBar().items()]
     report["unloaded"] = qgis.utils.unloadPlugin("gfm4d")
     report["provider_after_unload"] = registry.providerById("gfm4d") is not None
-    report["menu_after_unload"] = iface.menus.get("&GFM4D", [])
+    report["menu_after_unload"] = iface.menus.get("Raster/&GFM4D", [])
     report["modules_after_unload"] = sorted(name for name in sys.modules if name.split(".")[0] == "gfm4d")
     return report
 

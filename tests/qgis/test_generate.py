@@ -111,3 +111,51 @@ def test_other_raster_formats_are_converted_and_vrt_is_refused(provider, tmp_pat
     with pytest.raises(Exception, match="save the output as a GeoTIFF"):
         processing.run("gfm4d:generate", {**TINY, "EXTENT": extent, "RESOLUTION": 1, "OUTPUT": str(tmp_path / "x.vrt")})
     assert not (tmp_path / "x.vrt").exists()
+
+
+def test_log_gets_each_progress_text_once_and_batch_size_is_the_engines_unless_given(provider, engine, tmp_path):
+    from qgis.core import QgsProcessingFeedback
+
+    texts, infos = [], []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, text):  # noqa: N802
+            infos.append(text)
+
+        def setProgressText(self, text):  # noqa: N802 (the dialog writes each one to its Log tab)
+            texts.append(text)
+
+    feedback = Feedback()
+    extent = "500000,500256,4100000,4100256 [EPSG:32618]"
+    processing.run("gfm4d:generate", {**TINY, "STEPS": 8, "EXTENT": extent, "RESOLUTION": 2, "OUTPUT": str(tmp_path / "a.tif")},
+                   feedback=feedback)
+    assert texts and all(a != b for a, b in zip(texts, texts[1:])), texts
+    job = engine.job(next(line.split()[2] for line in infos if line.startswith("Engine job ")))
+    assert job["params"].get("batch_size") is None  # not sent: the engine chooses from its free memory
+    infos.clear()
+    processing.run("gfm4d:generate", {**TINY, "BATCH_SIZE": 2, "EXTENT": extent, "RESOLUTION": 2, "OUTPUT": str(tmp_path / "b.tif")},
+                   feedback=feedback)
+    job = engine.job(next(line.split()[2] for line in infos if line.startswith("Engine job ")))
+    assert job["params"]["batch_size"] == 2
+
+
+def test_progress_reporter_writes_a_text_only_when_it_changes(qgis_app):
+    from qgis.core import QgsProcessingFeedback
+
+    from processing_algorithms.base import progress_reporter
+
+    texts, values = [], []
+
+    class Feedback(QgsProcessingFeedback):
+        def setProgressText(self, text):  # noqa: N802
+            texts.append(text)
+
+    feedback = Feedback()
+    feedback.progressChanged.connect(values.append)
+    report = progress_reporter(feedback)
+    polls = [{"state": "queued", "queue_position": 1}] * 3 + [{"state": "running", "message": "step 1/4", "progress": 0.25}] * 4 + [
+        {"state": "running", "message": "step 2/4", "progress": 0.5}, {"state": "succeeded", "message": "done", "progress": 1.0}]
+    for job in polls:
+        report(job)
+    assert texts == ["Queued on the engine (1 job(s) ahead)", "step 1/4", "step 2/4", "done"]
+    assert values[-1] == 100.0

@@ -68,7 +68,8 @@ def test_zip_installs_starts_runs_and_unloads_in_a_fresh_qgis(plugin_zip, engine
     assert report["module"].startswith(str(tmp_path / "plugins" / "gfm4d"))  # the zip's code, not the source tree
     assert report["menu"] == ["Start local engine", "Stop local engine", "Engine status", "Refresh model lists", "Settings…"]
     assert "generate" in report["status_tasks"].split(",")
-    assert report["generated"]
+    assert report["generated"] and report["engine_libraries_imported"] == []
+    assert report["settings_file"].startswith(str(tmp_path / "profile"))  # never the user's QGIS settings
     assert any(message.startswith("engine ") and engine.url in message for message in report["messages"])
     assert report["unloaded"] and not report["provider_after_unload"] and report["menu_after_unload"] == []
     assert report["modules_after_unload"] == []  # QGIS can load it again afresh (plugin reloading)

@@ -169,3 +169,37 @@ def test_superres_extent_in_another_crs(provider, engine, sentinel2, tmp_path):
     assert grid.origin == pytest.approx((back.xMinimum(), back.yMaximum()), abs=1e-6)
     assert (grid.width, grid.height) == (round(back.width() / 2.5), round(back.height() / 2.5))
     assert back.contains(utm)
+
+
+def test_predict_layer_without_a_date_is_named_before_anything_is_sent(provider, engine, rasters_dir, tmp_path):
+    needs_task(engine, "predict")
+    dated = QgsRasterLayer(str(rasters_dir / NAIP), "naip")
+    undated = QgsRasterLayer(str(rasters_dir / "RGB.byte.tif"), "city scene")
+    jobs_before = len(engine.jobs())
+    with pytest.raises(Exception) as raised:
+        processing.run("gfm4d:predict", {"INPUTS": [dated, undated], "TARGET_DATE": "2019-01-01", "STEPS": 1,
+                                         "OUTPUT": str(tmp_path / "x.tif")})
+    message = str(raised.value)
+    assert "No acquisition date for 'city scene' (layer 2): nothing was sent" in message
+    assert "Dates" in message and "Temporal properties" in message and "RGB.byte" not in message
+    assert len(engine.jobs()) == jobs_before
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_layer_dates_from_a_stac_item_and_a_landsat_scene_id(provider, rasters_dir, tmp_path):
+    import json
+    import shutil
+
+    from qgis.core import QgsApplication
+
+    stac, landsat = tmp_path / "scene.tif", tmp_path / "LC80420342017167LGN00_B4.tif"
+    for path in (stac, landsat):
+        shutil.copy(rasters_dir / "RGB.byte.tif", path)
+    (tmp_path / "scene.json").write_text(json.dumps({
+        "type": "Feature", "stac_version": "1.0.0", "id": "scene", "properties": {"datetime": "2015-08-03T23:20:30-05:00"}}))
+    layers = [QgsRasterLayer(str(stac), "scene"), QgsRasterLayer(str(landsat), "landsat")]
+    log = InfoLog()
+    algorithm = QgsApplication.processingRegistry().createAlgorithmById("gfm4d:predict")
+    assert algorithm.layer_dates(layers, [None, None], 0, log.feedback) == ["2015-08-04", "2017-06-16"]  # UTC; day 167
+    assert log.lines[0] == "Layer 1 (scene): date 2015-08-04 (STAC item), reference"
+    assert log.lines[1] == "Layer 2 (landsat): date 2017-06-16 (file name)"
