@@ -64,6 +64,7 @@ def _preflight(args, task: str, params: dict, files: dict[str, Path], outputs: d
 
     pre.check_outputs(outputs, list(files.values()), getattr(args, "overwrite", False))
     pre.check_extent_units(params.get("extent"), params.get("crs"))
+    pre.check_inputs(files)
     model, steps, guidance = params["model"], params.get("steps", 30), params.get("guidance_scale", 7.5)
     if getattr(args, "engine", None):
         from engine.server.cli_support import engine_device
@@ -145,10 +146,9 @@ def _where_params(args) -> tuple[dict, dict[str, Path]]:
 
 
 def _raster_size(path) -> tuple[int, int]:
-    from engine.geo.raster import open_raster
+    from engine.cli_preflight import raster_size
 
-    with open_raster(Path(path)) as source:
-        return source.info.width, source.info.height
+    return raster_size(Path(path))
 
 
 def _where_size(where: dict, files: dict[str, Path]) -> tuple[int, int] | None:
@@ -214,7 +214,7 @@ def cmd_inpaint(args) -> int:
         "polygons": args.label_polygons,
     }
     files = {"image": Path(args.image), "polygons": Path(args.polygons)}
-    size = _raster_size(args.image) if Path(args.image).exists() else None
+    size = _raster_size(args.image)
     _report(_run_task(args, "inpaint", params, files, outputs, size=size, partial=True))
     return 0
 
@@ -228,7 +228,7 @@ def cmd_predict(args) -> int:
         files["reference"] = Path(args.like)
     grid_source = Path(args.like) if args.like else (
         Path(args.frames[args.reference_frame]) if 0 <= args.reference_frame < len(args.frames) else None)
-    size = _raster_size(grid_source) if grid_source is not None and grid_source.exists() else None
+    size = _raster_size(grid_source) if grid_source is not None else None
     outputs = {"image": args.output, "preview": args.preview}
     _report(_run_task(args, "predict", params, files, outputs, size=size, frames=len(args.frames)))
     return 0
@@ -236,18 +236,18 @@ def cmd_predict(args) -> int:
 
 def _superres_size(args) -> tuple[int, int] | None:
     """Output pixels: the extent (or the scene) at --resolution (default: an eighth of the scene's pixel)."""
-    from engine.geo.raster import open_raster
+    import rasterio
+
+    from engine.cli_preflight import raster_size
 
     path = Path(args.image)
-    if not path.exists():
-        return None
-    with open_raster(path) as source:
-        info = source.info
-    bounds = args.extent or tuple(info.bounds)
-    scene_pixel = abs(info.transform.a)
-    pixel = args.resolution if args.resolution and not info.crs.is_geographic else scene_pixel / 8
-    if args.resolution and info.crs.is_geographic:
+    raster_size(path)
+    with rasterio.open(path) as source:
+        bounds, crs, scene_pixel = tuple(source.bounds), source.crs, abs(source.transform.a)
+    if crs is None or (args.resolution and crs.is_geographic):
         return None  # metres on a geographic grid: the task works it out
+    bounds = args.extent or bounds
+    pixel = args.resolution or scene_pixel / 8
     return max(1, round((bounds[2] - bounds[0]) / pixel)), max(1, round((bounds[3] - bounds[1]) / pixel))
 
 
@@ -514,7 +514,8 @@ def _one_line(exc: BaseException) -> str | None:
     if (rasterio_errors is not None and isinstance(exc, rasterio_errors.RasterioError)) or (
         gdal_errors is not None and isinstance(exc, gdal_errors.CPLE_BaseError)
     ):
-        return f"GDAL could not read or write the data: {exc}. The file may be truncated or damaged"
+        reason = exc.__cause__ or exc.__context__ or exc  # rasterio's "Read failed" hides GDAL's reason
+        return f"GDAL could not read or write the data ({reason}): the file may be truncated or damaged"
     pydantic = sys.modules.get("pydantic")
     if pydantic is not None and isinstance(exc, pydantic.ValidationError):
         parts = []

@@ -73,6 +73,43 @@ def check_outputs(outputs: dict[str, Path], inputs: list[Path], overwrite: bool)
             raise InputError(f"{path} already exists; add --overwrite to replace it, or choose another name")
 
 
+# --- inputs ---------------------------------------------------------------------------------
+
+_VECTOR_SLOTS = ("polygons", "aoi")
+
+
+def check_inputs(files: dict[str, Path]) -> None:
+    """Open every input file the way its task will (rasters with GDAL, polygons with OGR), so a
+    missing, empty or unreadable file is reported before the engine starts."""
+    from engine.geo.vectors import read_polygons
+
+    for name, path in files.items():
+        slot = name.partition(".")[0]
+        if slot in _VECTOR_SLOTS:
+            read_polygons(Path(path))
+        else:
+            raster_size(Path(path))
+
+
+def raster_size(path: Path) -> tuple[int, int]:
+    """Width and height of a raster GDAL can open; InputError naming the file otherwise."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"the input {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"the input {path} is a folder; give a raster file")
+    if path.stat().st_size == 0:
+        raise InputError(f"the input {path} is empty (0 bytes)")
+    try:
+        with rasterio.open(path) as source:
+            return source.width, source.height
+    except RasterioError as exc:
+        raise InputError(f"GDAL cannot open {path} as a raster ({exc}); give a GeoTIFF or another raster GDAL reads") from None
+
+
 # --- where ----------------------------------------------------------------------------------
 
 

@@ -278,7 +278,8 @@ def xbd_png_to_geotiff(png: str | Path, labels_json: str | Path, out_tif: str | 
     try:
         return _write_georeferenced(png, Path(labels_json), labels, georeference, out_tif)
     except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
-        raise InputError(f"cannot read the xBD image {png.name}: {exc}; the file is damaged or truncated, copy it again") from None
+        reason = exc.__cause__ or exc.__context__ or exc  # rasterio's "Read failed" hides GDAL's reason
+        raise InputError(f"cannot read the xBD image {png.name} ({reason}): the file is damaged or truncated, copy it again") from None
 
 
 def _write_georeferenced(png: Path, labels_json: Path, labels, georeference, out_tif) -> Path:
