@@ -10,7 +10,6 @@ file (nor scratch folder) and exits with status 130 (143 for SIGTERM).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -495,8 +494,9 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that a job is cancelled and cleans up as for Ctrl-C."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a job is cancelled (on an engine too) and cleans up
+    exactly as for Ctrl-C."""
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -505,17 +505,17 @@ def _on_sigterm(signum, frame) -> None:
 
 def _one_line(exc: BaseException) -> str | None:
     """A user-facing line for errors from files and libraries (GDAL, the OS, pydantic); None: a bug."""
-    if isinstance(exc, OSError):
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        reason = exc.strerror or str(exc)
-        hint = "; check the path and its permissions" if isinstance(exc, (PermissionError, FileNotFoundError)) else ""
-        return f"{reason}:{where}{hint}" if where else f"{reason}{hint}"
     rasterio_errors, gdal_errors = sys.modules.get("rasterio.errors"), sys.modules.get("rasterio._err")
     if (rasterio_errors is not None and isinstance(exc, rasterio_errors.RasterioError)) or (
         gdal_errors is not None and isinstance(exc, gdal_errors.CPLE_BaseError)
     ):
         reason = exc.__cause__ or exc.__context__ or exc  # rasterio's "Read failed" hides GDAL's reason
         return f"GDAL could not read or write the data ({reason}): the file may be truncated or damaged"
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        reason = exc.strerror or str(exc)
+        hint = "; check the path and its permissions" if isinstance(exc, (PermissionError, FileNotFoundError)) else ""
+        return f"{reason}:{where}{hint}" if where else f"{reason}{hint}"
     pydantic = sys.modules.get("pydantic")
     if pydantic is not None and isinstance(exc, pydantic.ValidationError):
         parts = []
@@ -538,12 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled as exc:
         print(f"gfm4d: {exc}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("gfm4d: cancelled; no output was written", file=sys.stderr)
-        return 130
     except Terminated:
         print("gfm4d: terminated; no output was written", file=sys.stderr)
         return 143
+    except KeyboardInterrupt:
+        print("gfm4d: cancelled; no output was written", file=sys.stderr)
+        return 130
     except GFM4DError as exc:
         print(f"gfm4d: error: {exc}", file=sys.stderr)
         return 2

@@ -531,3 +531,23 @@ def test_importing_a_released_run_says_which_checkpoint_and_what_is_missing(mode
                  "-o", str(tmp_path / "x.tif")])
     assert code == 2
     assert "--sd21-dir" in _error_line(capsys)
+
+
+def test_sequence_runs_on_an_engine_without_importing_torch(models_dir, tmp_path):
+    from engine.server.launcher import start_engine
+
+    engine = start_engine(models_dir, tmp_path / "work", env={"GFM4D_DEVICE": "cpu", "OMP_NUM_THREADS": "1"})
+    try:
+        out = tmp_path / "seq"
+        proc = subprocess.run(
+            [sys.executable, "-c", _NO_TORCH, "sequence", "--extent", "600000", "5100000", "600128", "5100128",
+             "--crs", "EPSG:32632", "--resolution", "1", "--prompt", "a fmow satellite image", "--dates", "2020-01-01",
+             "2020-07-01", "--steps", "1", "--window", "64", "--output-dir", str(out), "--engine", engine.url],
+            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600,
+        )
+    finally:
+        engine.stop()
+    assert proc.returncode == 0, proc.stderr
+    assert "torch imported: False" in proc.stdout
+    assert "on the engine at http://127.0.0.1" in proc.stderr and "(cpu)" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["frame_2020-01-01.tif", "frame_2020-07-01.tif"]

@@ -10,12 +10,21 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from engine.cli_args import engine_url, port
 from engine.errors import InputError
 
 from .settings import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_RESULT_TTL_HOURS, default_token
+
+
+class EngineProgress(NamedTuple):
+    """A job's progress as the engine reports it (the fields of engine.pipelines.sampling.Progress,
+    without importing torch into a thin client)."""
+
+    done: int
+    total: int
+    message: str
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,12 +124,11 @@ def run_on_engine(
     params: dict,
     files: dict[str, Path],
     outputs: dict[str, Path],
-    progress: Callable[[Progress], None] | None = None,
+    progress: Callable[[EngineProgress], None] | None = None,
 ) -> dict[str, Path]:
     """Submit a task to the engine at `url`, wait (Ctrl-C cancels it there), download the results named
     in `outputs` to their paths; result name -> path written."""
     from engine.client import EngineClient
-    from engine.pipelines.sampling import Progress
 
     client = EngineClient(url, token=token)
     check_engine(client)
@@ -128,7 +136,7 @@ def run_on_engine(
 
     def report(job: dict) -> None:
         if progress is not None:
-            progress(Progress(job["done"], job["total"], job["message"] or job["state"]))
+            progress(EngineProgress(job["done"], job["total"], job["message"] or job["state"]))
 
     job = client.wait(job_id, progress=report)
     available = {r["name"] for r in job["results"]}
