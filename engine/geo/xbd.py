@@ -257,10 +257,12 @@ def fit_xbd_georeference(labels: XbdLabels) -> XbdGeoreference:
 
 def check_xbd_pair(png: str | Path, labels_json: str | Path) -> None:
     """Refuse a PNG the labels are not for: a pre image georeferenced with post labels gets the post
-    image's date and sensor. The labels' `metadata.img_name` names their image."""
+    image's date and sensor. The labels' `metadata.img_name` names their image; a PNG with an xBD
+    name must carry that name (a renamed copy is judged by its size alone)."""
     png, labels_json = Path(png), Path(labels_json)
     img_name = _load(labels_json).get("metadata", {}).get("img_name")
-    if isinstance(img_name, str) and img_name and img_name != png.name:
+    xbd_named = png.name.endswith(("_pre_disaster.png", "_post_disaster.png"))
+    if isinstance(img_name, str) and img_name and xbd_named and img_name != png.name:
         raise InputError(
             f"{labels_json.name} labels the image {img_name}, not {png.name} (xBD pre and post images have their own "
             f"label files); give --image {img_name}, or the labels of {png.name}"
