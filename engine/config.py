@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a device is chosen: `gfm4d --help` and argument errors need none
+    import torch
 
 DEMO_MODEL = "demo-satunet"  # tiny, untrained: for tests and the predict/superres examples
 BUILTIN_MODEL = "gfm4d-mini"  # trained, shipped in the package: the default for generate and inpaint
@@ -48,6 +50,8 @@ def onnx_cache_dir() -> Path:
 
 
 def device() -> torch.device:
+    import torch
+
     name = os.environ.get("GFM4D_DEVICE")
     if name:
         return torch.device(name)

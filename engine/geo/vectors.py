@@ -91,11 +91,20 @@ def _is_xbd_labels(path: Path) -> bool:
     return isinstance(features, dict) and ("lng_lat" in features or "xy" in features)
 
 
+def _check_polygon_source(path: Path) -> None:
+    """A folder or an empty file is named as such, not answered with GDAL's driver-prefix hint."""
+    if path.is_dir() and not any(path.glob("*.shp")):
+        raise InputError(f"{path} is a folder, not a polygon file: give a GeoJSON, GeoPackage, Shapefile or zipped Shapefile")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(f"the polygon file {path} is empty (0 bytes): give a GeoJSON, GeoPackage, Shapefile or zipped Shapefile")
+
+
 def read_polygons(path: str | Path, layer: str | int | None = None) -> PolygonLayer:
     """Read a polygon layer; points and lines are refused with a clear message."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"the polygon file {path} does not exist")
+    _check_polygon_source(path)
     if _is_xbd_labels(path):
         from engine.geo.xbd import read_xbd_labels
 
@@ -103,8 +112,9 @@ def read_polygons(path: str | Path, layer: str | int | None = None) -> PolygonLa
     try:
         meta, fids, wkb, field_data = pyogrio.raw.read(_ogr_path(path), layer=layer, return_fids=True)
     except Exception as exc:  # pyogrio raises several error types for unreadable data
+        reason = str(exc).split("; It might help to specify the correct driver")[0].rstrip(". ")
         raise InputError(
-            f"could not read polygons from {path}: {exc}. Give a GeoJSON, GeoPackage, Shapefile or zipped Shapefile"
+            f"could not read polygons from {path}: {reason}. Give a GeoJSON, GeoPackage, Shapefile or zipped Shapefile"
         ) from exc
     if not meta.get("crs"):
         raise InputError(

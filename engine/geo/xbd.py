@@ -25,6 +25,7 @@ import pyproj
 import rasterio
 import shapely
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
@@ -254,6 +255,20 @@ def fit_xbd_georeference(labels: XbdLabels) -> XbdGeoreference:
     return XbdGeoreference(transform, crs, residual)
 
 
+def check_xbd_pair(png: str | Path, labels_json: str | Path) -> None:
+    """Refuse a PNG the labels are not for: a pre image georeferenced with post labels gets the post
+    image's date and sensor. The labels' `metadata.img_name` names their image; a PNG with an xBD
+    name must carry that name (a renamed copy is judged by its size alone)."""
+    png, labels_json = Path(png), Path(labels_json)
+    img_name = _load(labels_json).get("metadata", {}).get("img_name")
+    xbd_named = png.name.endswith(("_pre_disaster.png", "_post_disaster.png"))
+    if isinstance(img_name, str) and img_name and xbd_named and img_name != png.name:
+        raise InputError(
+            f"{labels_json.name} labels the image {img_name}, not {png.name} (xBD pre and post images have their own "
+            f"label files); give --image {img_name}, or the labels of {png.name}"
+        )
+
+
 def xbd_png_to_geotiff(png: str | Path, labels_json: str | Path, out_tif: str | Path) -> Path:
     """Write the PNG as a georeferenced GeoTIFF on the affine fitted from its labels."""
     labels = read_xbd_labels(labels_json)
@@ -261,6 +276,15 @@ def xbd_png_to_geotiff(png: str | Path, labels_json: str | Path, out_tif: str | 
     png = Path(png)
     if not png.exists():
         raise InputError(f"the xBD image {png} does not exist")
+    check_xbd_pair(png, labels_json)
+    try:
+        return _write_georeferenced(png, Path(labels_json), labels, georeference, out_tif)
+    except (rasterio.errors.RasterioError, CPLE_BaseError) as exc:
+        reason = exc.__cause__ or exc.__context__ or exc  # rasterio's "Read failed" hides GDAL's reason
+        raise InputError(f"cannot read the xBD image {png.name} ({reason}): the file is damaged or truncated, copy it again") from None
+
+
+def _write_georeferenced(png: Path, labels_json: Path, labels, georeference, out_tif) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         src = rasterio.open(png)

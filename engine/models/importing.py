@@ -21,6 +21,7 @@ from .layout import COMPONENTS, SETTINGS_FILE, inspect_model_folder
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _EXTRA_FILES = ("model_index.json", SETTINGS_FILE)
+_CHECKPOINT_DIR = re.compile(r"checkpoint-\d+")
 STAGING_PREFIX = ".import-"  # hidden: the registry does not list half-imported folders
 
 
@@ -44,6 +45,8 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, unet: 
     if not source.exists():
         raise ModelError(f"cannot import {source}: it does not exist")
     is_zip = source.is_file() and zipfile.is_zipfile(source)
+    if source.is_file() and not is_zip and source.suffix.lower() == ".zip":
+        raise ModelError(f"cannot import {source}: it is not a readable zip archive (damaged or incompletely downloaded?); download it again")
     if not (is_zip or source.is_dir()):
         raise ModelError(f"cannot import {source}: give a model folder or a .zip holding one")
     name = check_model_name(name or (source.stem if is_zip else source.name))
@@ -51,19 +54,34 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, unet: 
     if target.exists():
         raise ModelError(f"a model named {name!r} already exists at {target}; choose another name or remove it")
 
-    models_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=models_dir))
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=models_dir))
+    except OSError as exc:
+        raise ModelError(
+            f"cannot write to the models folder {models_dir} ({exc.strerror}); choose a writable one with "
+            "--models-dir or GFM4D_MODELS"
+        ) from None
     try:
         root = _extract_zip(source, staging / "zip") if is_zip else source
         # Refuse anything unrecognisable before copying; a base_model must be in the destination.
-        info = inspect_model_folder(root, unet=unet, models_dir=models_dir)
+        try:
+            info = inspect_model_folder(root, unet=unet, models_dir=models_dir)
+        except ModelError as exc:  # name the user's zip, not the hidden folder it was extracted to
+            raise ModelError(str(exc).replace(str(staging / "zip"), f"{source.name}:")) from None
         staged = staging / "model"
         staged.mkdir()
-        for relative in _paths_to_copy(root, info):
-            _copy(root / relative, staged / relative, move=is_zip)
-        if unet:
-            _record_unet_choice(staged, unet)
-        inspect_model_folder(staged, models_dir=models_dir)
+        try:
+            for relative in _paths_to_copy(root, info):
+                _copy(root / relative, staged / relative, move=is_zip)
+            if unet:
+                _record_unet_choice(staged, unet)
+        except OSError as exc:
+            raise ModelError(f"cannot copy {source} into {models_dir}: {exc.strerror} (disk full?)") from None
+        try:
+            inspect_model_folder(staged, models_dir=models_dir)
+        except ModelError as exc:
+            raise ModelError(str(exc).replace(str(staged), str(source))) from None
         try:
             staged.rename(target)
         except OSError as exc:
@@ -78,8 +96,10 @@ def _extract_zip(archive: Path, destination: Path) -> Path:
     try:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(destination)  # zipfile drops absolute paths and '..' from member names
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelError(f"cannot extract {archive}: {exc}") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as exc:
+        raise ModelError(f"cannot extract {archive}: it is damaged ({exc}); download it again") from None
+    except OSError as exc:
+        raise ModelError(f"cannot extract {archive}: {exc.strerror or exc} (disk full?)") from None
     entries = [e for e in destination.iterdir() if not e.name.startswith((".", "__MACOSX"))]
     folders = [e for e in entries if e.is_dir()]
     if len(entries) == 1 and len(folders) == 1 and not _looks_like_model(destination):
@@ -118,3 +138,34 @@ def _record_unet_choice(folder: Path, unet: str) -> None:
     settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     settings["unet"] = unet
     path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def describe_import(info, sd21_dir: Path | None, source: Path | None = None) -> list[str]:
+    """What `gfm4d models import` tells: where the model went, which network was taken, what is missing."""
+    lines = [f"imported {info.name} ({info.kind}: {info.description}) into {info.path}"]
+    found = []
+    if source is not None and Path(source).is_dir():
+        found = sorted((p.name for p in Path(source).iterdir() if _CHECKPOINT_DIR.fullmatch(p.name) and p.is_dir()),
+                       key=lambda name: int(name.split("-")[1]))
+    for label, network in (("UNet", info.unet_path), ("ControlNet", info.components.get("controlnet"))):
+        if network is None or not Path(network).is_relative_to(info.path):
+            continue
+        relative = Path(network).relative_to(info.path)
+        line = f"  {label}: {relative.as_posix()}"
+        if relative.parts[0].startswith("checkpoint-"):
+            among = f" of {', '.join(found)}" if len(found) > 1 else ""
+            line += (
+                f" (the highest checkpoint{among}; choose another with {{\"{label.lower()}\": \"checkpoint-N/"
+                f"{label.lower()}\"}} in {SETTINGS_FILE} or `gfm4d models import` of a folder holding only it)"
+            )
+        lines.append(line)
+    if info.missing_components:
+        where = f"the SD-2.1 folder {sd21_dir} lacks them too" if sd21_dir else "no SD-2.1 folder is set"
+        lines.append(
+            f"  not ready: {', '.join(info.missing_components)} missing ({where}). They are Stable Diffusion 2.1's "
+            "own: pass --sd21-dir FOLDER or set GFM4D_SD21_DIR to a local stable-diffusion-2-1 folder in diffusers "
+            "layout (vae/, text_encoder/, tokenizer/, scheduler/)"
+        )
+    else:
+        lines.append("  ready")
+    return lines

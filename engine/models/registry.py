@@ -6,21 +6,34 @@ logged, so one broken download does not hide the others. Loaded models are cache
 (name, device, dtype, backend): loading a real checkpoint takes seconds to minutes.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from engine.errors import ModelError
 
 from .importing import check_model_name, import_model
 from .layout import SD21_ENV_VAR, ModelInfo, inspect_model_folder
-from .loading import DiffusionModel, load_model
+
+if TYPE_CHECKING:  # loading needs torch; listing, checking and importing models do not
+    import torch
+
+    from .loading import DiffusionModel
 
 __all__ = ["DiffusionModel", "ModelInfo", "ModelRegistry", "Scan"]
+
+
+def __getattr__(name: str):
+    if name == "DiffusionModel":  # kept importable from here without importing torch up front
+        from .loading import DiffusionModel
+
+        return DiffusionModel
+    raise AttributeError(name)
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +108,18 @@ class ModelRegistry:
         available = ", ".join(names) if names else f"none (put model folders in {self.models_dir}, or run `gfm4d demo`)"
         raise ModelError(f"unknown model {name!r}; available models: {available}")
 
-    def load(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    def load(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
              backend: str | None = None) -> DiffusionModel:
         """The loaded model, from the cache when this (name, device, dtype, backend) was loaded before.
 
-        `backend` overrides the registry's, the environment's and the model's own choice.
+        `dtype` defaults to float32; `backend` overrides the registry's, the environment's and the
+        model's own choice.
         """
+        import torch
+
+        from .loading import load_model
+
+        dtype = torch.float32 if dtype is None else dtype
         backend = backend or self.backend
         key = (name, str(torch.device(device)), dtype, backend)
         with self._lock:

@@ -8,6 +8,11 @@ baseline; training adds texture, edges and a fourth channel of structure on top.
 enough to train on a CPU cannot reach that baseline in any reasonable time on its own; with the
 fixed paths its colours are right from the first step, and so are the latents a UNet learns on.
 Its config's `_class_name` names it, so loaders pick this class and never a plain AutoencoderKL.
+
+Its latents are normalised per channel (`latent_shift`, `latent_scale` in the config, measured on
+the training chips): the mean colours and the learned channel have very different spreads, and a
+UNet learns best on unit-variance channels. `scaling_factor` is then 1, and every pipeline that
+scales latents by it works unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +28,18 @@ COLOUR_CHANNELS = 3
 class ResidualAutoencoderKL(AutoencoderKL):
     """AutoencoderKL + fixed mean-colour paths through latent channels 0..2 (see the module docstring)."""
 
+    def _normalisation(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        channels = self.config.latent_channels
+        shift = self.config.get("latent_shift") or [0.0] * channels
+        scale = self.config.get("latent_scale") or [1.0] * channels
+        as_tensor = lambda values: torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1)
+        return as_tensor(shift), as_tensor(scale)
+
+    def set_latent_normalisation(self, shift: list[float], scale: list[float]) -> None:
+        """Make encode return (latent - shift) * scale per channel, and decode undo it."""
+        self.register_to_config(latent_shift=[float(v) for v in shift], latent_scale=[float(v) for v in scale],
+                                scaling_factor=1.0)
+
     @property
     def factor(self) -> int:
         return 2 ** (len(self.config.block_out_channels) - 1)
@@ -30,9 +47,14 @@ class ResidualAutoencoderKL(AutoencoderKL):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         moments = super()._encode(x)
         pooled = F.avg_pool2d(x[:, :COLOUR_CHANNELS], self.factor)
-        return torch.cat([moments[:, :COLOUR_CHANNELS] + pooled.to(moments.dtype), moments[:, COLOUR_CHANNELS:]], dim=1)
+        mean, logvar = moments.chunk(2, dim=1)
+        mean = torch.cat([mean[:, :COLOUR_CHANNELS] + pooled.to(mean.dtype), mean[:, COLOUR_CHANNELS:]], dim=1)
+        shift, scale = self._normalisation(mean)
+        return torch.cat([(mean - shift) * scale, logvar + 2 * torch.log(scale)], dim=1)
 
     def _decode(self, z: torch.Tensor, return_dict: bool = True):
+        shift, scale = self._normalisation(z)
+        z = z / scale + shift
         decoded = super()._decode(z, return_dict=True).sample
         colour = F.interpolate(z[:, :COLOUR_CHANNELS].float(), scale_factor=self.factor, mode="bicubic", align_corners=False)
         decoded = decoded + colour.to(decoded.dtype)

@@ -6,13 +6,12 @@ holds arbitrary Python objects is refused instead of executed. Loading is strict
 that does not fit its config is an error, never a half-random model.
 """
 
+from __future__ import annotations
+
 import pickle
 import zipfile
 from pathlib import Path
-
-import safetensors.torch
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from engine.errors import ModelError
 
@@ -24,6 +23,10 @@ WEIGHT_FILE_NAMES = (
     "diffusion_pytorch_model.fp16.bin",
 )
 _SHOWN = 5  # key names shown in a mismatch message
+
+if TYPE_CHECKING:  # imported where weights are read: recognising a model folder needs no torch
+    import torch
+    from torch import nn
 
 
 def describe_folder(folder: Path, limit: int = 12) -> str:
@@ -68,6 +71,8 @@ def has_weights_file(folder: Path) -> bool:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a `.safetensors` or `.bin` file (or of the weight file in a folder), on CPU."""
+    import torch
+
     path = Path(path)
     if path.is_dir():
         path = find_weights_file(path)
@@ -86,6 +91,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    import safetensors
+    import safetensors.torch
+
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
     except (safetensors.SafetensorError, OSError) as exc:
@@ -94,6 +102,8 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     # mmap avoids holding a second copy of a multi-GB checkpoint; it needs the zip format (torch >= 1.6).
+    import torch
+
     mmap = zipfile.is_zipfile(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

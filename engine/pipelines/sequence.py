@@ -17,19 +17,18 @@ from engine.geo.dates import parse_date
 from engine.geo.grid import OutputGrid
 from engine.pipelines.generate import GenerateRequest, generate
 from engine.pipelines.predict import PredictRequest, predict
-from engine.pipelines.sampling import CancelCheck, Progress, ProgressCallback
+from engine.pipelines.sampling import CancelCheck, Progress, ProgressCallback, SamplerSettings
 
 
-@dataclass
-class SequenceRequest:
+@dataclass(kw_only=True)
+class SequenceRequest(SamplerSettings):
+    """The sampler settings (window, scheduler, ...) apply to every frame; `guidance_scale` to the
+    seed frame, `predict_guidance_scale` to the predicted ones."""
+
     grid: OutputGrid
     dates: Sequence[dt.date | str]
     prompt: str
-    cloud_cover: float | None = None
-    steps: int = 30
-    guidance_scale: float | None = None  # for the seed frame (None: the model's own); predictions use predict_guidance_scale
     predict_guidance_scale: float = 1.0
-    seed: int = 0
 
 
 def generate_sequence(generator, predictor, request: SequenceRequest, out_dir: Path, stem: str = "frame",
@@ -51,15 +50,14 @@ def generate_sequence(generator, predictor, request: SequenceRequest, out_dir: P
         path = out_dir / f"{stem}_{date.isoformat()}.tif"
         if index == 0:
             generate(generator, GenerateRequest(grid=request.grid, prompt=request.prompt, date=date,
-                                                cloud_cover=request.cloud_cover, steps=request.steps,
-                                                guidance_scale=request.guidance_scale, seed=request.seed),
+                                                **request.sampler_fields()),
                      path, step, cancel)
         else:
             recent = paths[-window:]
+            settings = {**request.sampler_fields(), "guidance_scale": request.predict_guidance_scale,
+                        "seed": request.seed + index}
             predict(predictor, PredictRequest(frames=recent, dates=dates[index - len(recent) : index], target_date=date,
-                                              reference=request.grid, prompt=request.prompt,
-                                              cloud_cover=request.cloud_cover, steps=request.steps,
-                                              guidance_scale=request.predict_guidance_scale, seed=request.seed + index),
+                                              reference=request.grid, prompt=request.prompt, **settings),
                     path, step, cancel)
         paths.append(path)
     return paths

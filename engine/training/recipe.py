@@ -170,8 +170,7 @@ def run_training(
     train_idx = bank.indices("train")
     means, stds = _cached_latents(run_dir, vae, bank, train_idx, recipe.unet.encode_orientations, log)
     if scaling is None:
-        scaling = float(1.0 / means.float().std())
-        vae.register_to_config(scaling_factor=scaling)
+        means, stds, scaling = _normalise_latents(vae, means, stds)
     records = [bank.records[i] for i in train_idx]
     from .batches import place_weights
 
@@ -287,6 +286,22 @@ def _cached_latents(run_dir: Path, vae, bank: ChipBank, indices: np.ndarray, ori
     torch.save({"key": key, "means": means, "stds": stds}, scratch)
     scratch.replace(path)
     return means, stds
+
+
+def _normalise_latents(vae, means: torch.Tensor, stds: torch.Tensor):
+    """Per-channel unit variance for a residual VAE (stored in its config), else SD's single scaling factor."""
+    from engine.models.residual_vae import ResidualAutoencoderKL
+
+    raw = means.float()
+    if not isinstance(vae, ResidualAutoencoderKL):
+        scaling = float(1.0 / raw.std())
+        vae.register_to_config(scaling_factor=scaling)
+        return means, stds, scaling
+    channels = raw.transpose(0, 2).reshape(raw.shape[2], -1)
+    shift, scale = channels.mean(dim=1), 1.0 / channels.std(dim=1)
+    vae.set_latent_normalisation(shift.tolist(), scale.tolist())
+    view = (1, 1, -1, 1, 1)
+    return ((raw - shift.view(view)) * scale.view(view)).half(), (stds.float() * scale.view(view)).half(), 1.0
 
 
 def _sample_grid(recipe: TrainRecipe, unet, vae, components: Path, path: Path, log) -> Path:
