@@ -189,3 +189,44 @@ def test_bad_training_data_gets_one_clear_line(tmp_path):
         build_chip_bank((TrainingSource(paths=(OSBS,)),), tmp_path / "bank", 256, (1,), 0.2)
     with pytest.raises(InputError, match="unknown recipe keys"):
         load_recipe(None, nmae="x")
+
+
+def test_the_residual_vae_starts_at_the_shrink_and_enlarge_baseline_and_normalises_its_latents():
+    from engine.models.residual_vae import ResidualAutoencoderKL
+    from engine.training.chips import bicubic_baseline
+    from engine.training.vae import VAEConfig, build_vae
+
+    vae = build_vae(VAEConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4)).eval()
+    assert isinstance(vae, ResidualAutoencoderKL)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(images).latent_dist.mean).sample
+    expected = torch.from_numpy(bicubic_baseline(((images + 1) * 127.5).numpy())) / 127.5 - 1
+    assert torch.allclose(recon, expected, atol=1e-4)
+    with torch.no_grad():
+        vae.set_latent_normalisation([0.1, -0.2, 0.3, 0.0], [2.0, 3.0, 4.0, 5.0])
+        latents = vae.encode(images).latent_dist.mean
+        again = vae.decode(latents).sample
+    assert torch.allclose(again, recon, atol=1e-5) and vae.config.scaling_factor == 1.0
+    pooled = torch.nn.functional.avg_pool2d(images, 8)
+    assert torch.allclose(latents[:, 1], (pooled[:, 1] + 0.2) * 3.0, atol=1e-5)
+
+
+def test_the_train_task_fits_a_lora_on_uploaded_rasters_and_installs_it(tmp_path):
+    _needs_data()
+    run_training(load_sources([_sources(tmp_path)]), load_recipe(_recipe(tmp_path)), tmp_path / "base-run",
+                 tmp_path / "models" / "base", log=lambda line: None)
+    from engine.tasks import DeviceRegistry, run_task_locally
+
+    registry = DeviceRegistry(tmp_path / "models", device="cpu")
+    progress = []
+    written = run_task_locally(
+        registry, {"task": "train", "name": "my-lora", "model": "base", "mode": "lora", "chip_size": 32, "scales": [1],
+                   "steps": 3, "batch": 2, "land_cover": "forest"},
+        {"rasters.0": OSBS}, {"card": tmp_path / "card.md", "loss_curve": tmp_path / "loss.png"}, progress=progress.append)
+    assert "OSBS_029.tif" in written["card"].read_text()
+    assert (tmp_path / "models" / "loras" / "my-lora.safetensors").is_file()
+    assert progress and progress[-1].done == progress[-1].total == 3
+    with pytest.raises(InputError, match="exists already"):
+        run_task_locally(registry, {"task": "train", "name": "my-lora", "model": "base", "mode": "lora"},
+                         {"rasters.0": OSBS}, {"card": tmp_path / "card2.md"})

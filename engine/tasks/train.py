@@ -50,8 +50,11 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
     rasters = inputs_named(inputs, "rasters")
     if not rasters:
         raise InputError("the train task needs `rasters` (one or more georeferenced RGB rasters)")
-    target = Path(registry.models_dir) / params.name
-    if target.exists():
+    from engine.models.lora import LORA_DIR
+
+    models_dir = Path(registry.models_dir)
+    target = models_dir / LORA_DIR / f"{params.name}.safetensors" if params.mode == "lora" else models_dir / params.name
+    if target.exists() or (models_dir / params.name).exists():
         raise InputError(f"a model named {params.name!r} exists already; choose another name")
     sources = SourceList(tuple(
         TrainingSource(paths=(Path(p),), land_cover=params.land_cover, country=params.country, licence=params.licence)
@@ -73,8 +76,9 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
     import shutil
 
     results = {}
-    if (target / "README.md").is_file():
-        results["card"] = Path(shutil.copyfile(target / "README.md", out_dir / "card.md"))
+    card = target.with_suffix(".md") if params.mode == "lora" else target / "README.md"
+    if card.is_file():
+        results["card"] = Path(shutil.copyfile(card, out_dir / "card.md"))
     for name, path in result.files.items():
         results[name] = path
     samples = sorted((out_dir / "run" / "samples").glob("*.png"))

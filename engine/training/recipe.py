@@ -354,6 +354,12 @@ def _export_lora(unet, output: Path, card: str) -> None:
     state = {f"unet.{k}": v.detach().half().contiguous() for k, v in state.items()}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".safetensors":  # one file (the models folder's loras/), its card beside it
+        scratch = output.with_name(f".{output.name}.tmp")
+        safetensors.torch.save_file(state, str(scratch), metadata={"format": "pt"})
+        output.with_suffix(".md").write_text(card, encoding="utf-8")
+        scratch.replace(output)
+        return
     staging = Path(tempfile.mkdtemp(prefix=".lora-", dir=output.parent))
     try:
         safetensors.torch.save_file(state, str(staging / "pytorch_lora_weights.safetensors"), metadata={"format": "pt"})
