@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -95,13 +96,47 @@ class RasterInfo:
 # --- opening ---------------------------------------------------------------------------------
 
 
+# Two letters at least (not a Windows drive), and not a URL scheme (`https://`).
+_DRIVER_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_]+):(?!//)(.+)$")
+
+
+def subdataset_file(path: str) -> str | None:
+    """The file inside a GDAL subdataset name, None for a plain path.
+
+    `NETCDF:"a.nc":var`, `NETCDF:a.nc:var`, `HDF5:a.h5://group/var`, `GTIFF_DIR:2:a.tif` and
+    `HDF4_SDS:UNKNOWN:"a.hdf":0` all name a.nc, a.h5, a.tif, a.hdf: a quoted part, else the part
+    between colons that exists as a file, else the first part that looks like a file name.
+    """
+    match = _DRIVER_PREFIX.match(path)
+    if match is None:
+        return None
+    rest = match.group(2)
+    quoted = re.search(r'"([^"]+)"', rest)
+    if quoted:
+        return quoted.group(1)
+    parts = rest.split(":")
+    for start in range(len(parts)):
+        for stop in range(len(parts), start, -1):
+            candidate = ":".join(parts[start:stop])
+            if candidate and os.path.isfile(candidate):
+                return candidate
+    return next((part for part in parts if "." in part or "/" in part), parts[0])
+
+
 def _is_local_path(path: str) -> bool:
     return "://" not in path and not path.startswith("/vsi")
 
 
 def _open_dataset(path: str) -> rasterio.io.DatasetReader:
     """Open with GDAL; missing and unreadable files become InputErrors naming the path."""
-    if _is_local_path(path) and not os.path.exists(path):
+    inner = subdataset_file(path)
+    if inner is not None and not os.path.exists(path):
+        if not os.path.exists(inner):
+            raise InputError(
+                f"raster {path} names the file {inner}, which does not exist; check the path "
+                "(and the working directory)."
+            )
+    elif _is_local_path(path) and not os.path.exists(path):
         raise InputError(f"raster {path} does not exist; check the path (and the working directory).")
     try:
         with warnings.catch_warnings():
@@ -148,6 +183,36 @@ def _check_size(ds, path: str, min_size: int) -> None:
             "needed (the models see images in 8x8-pixel latent cells). Use a larger extent or "
             "resample to a finer grid, e.g. `gdalwarp -tr <smaller pixel size> ...`."
         )
+
+
+def _check_complete(ds, path: str) -> None:
+    """A GeoTIFF cut off before its last block (an interrupted download or copy) fails now, before
+    any work, instead of at the first read of its missing part."""
+    if ds.driver != "GTiff" or not ds.files or not os.path.isfile(ds.files[0]):
+        return
+    size = os.path.getsize(ds.files[0])
+    block_rows, block_cols = ds.block_shapes[0]
+    last_row, last_col = (ds.height - 1) // block_rows, (ds.width - 1) // block_cols
+    for band in range(1, ds.count + 1):
+        offset = ds.get_tag_item(f"BLOCK_OFFSET_{last_col}_{last_row}", "TIFF", bidx=band)
+        length = ds.get_tag_item(f"BLOCK_SIZE_{last_col}_{last_row}", "TIFF", bidx=band)
+        if offset and length and int(offset) + int(length) > size:
+            raise InputError(
+                f"raster {path} is incomplete: its data stops at byte {size} but its last block ends at "
+                f"byte {int(offset) + int(length)} (an interrupted download or copy?). Copy or download it again."
+            )
+
+
+@contextmanager
+def _reading(path: str):
+    """Read errors (a damaged or cut-off file) as one line naming the file."""
+    try:
+        yield
+    except RasterioIOError as exc:
+        raise InputError(
+            f"raster {path} cannot be read ({exc}): the file is damaged or incomplete (an interrupted "
+            f"download or copy?). Copy it again, or check it with `gdalinfo -checksum {path}`."
+        ) from exc
 
 
 def _source_orientation(ds, path: str) -> str:
@@ -205,7 +270,10 @@ def _palette_lut(ds) -> np.ndarray | None:
 
 
 def _mask_kind(ds, alpha_band: int | None, lut: np.ndarray | None) -> str:
-    """How the file marks invalid pixels, as GDAL resolves it for the first image band."""
+    """How the file marks invalid pixels, as GDAL resolves it for the first image band (an alpha
+    band always: GDAL itself uses one only in 2- and 4-band files)."""
+    if alpha_band is not None:
+        return "alpha"
     data_bands = [i for i in range(1, ds.count + 1) if i != alpha_band] or [1]
     flags = ds.mask_flag_enums[data_bands[0] - 1]
     if MaskFlags.alpha in flags:
@@ -296,22 +364,36 @@ def require_rgb(info: RasterInfo) -> tuple[int, int, int]:
 # --- the north-up view ------------------------------------------------------------------------
 
 
+def warp_mask_options(ds, alpha_band: int | None) -> dict:
+    """WarpedVRT options that carry a source's validity to the warped view.
+
+    An alpha band stays the alpha band (graded values kept); without one, nodata marks invalid
+    pixels; with neither, an alpha band is added, which GDAL fills from the source's internal or
+    sidecar mask and sets to 0 outside the source footprint.
+    """
+    if alpha_band is not None:
+        return {"src_alpha": alpha_band, "dst_alpha": alpha_band}
+    if ds.nodata is None:
+        return {"add_alpha": True}
+    return {}
+
+
 def _north_up_view(ds, crs: CRS, orientation: str, alpha_band: int | None, is_palette: bool):
     """The dataset itself when north-up, else a WarpedVRT presenting it north-up in its own CRS."""
     if orientation == "north-up":
         return ds
     # Pixels outside the source footprint (and masked source pixels) need somewhere to go.
-    add_alpha = ds.nodata is None and alpha_band is None
+    masking = warp_mask_options(ds, alpha_band)
     if orientation == "south-up":
         t = ds.transform
         flipped = Affine(t.a, 0.0, t.c, 0.0, -t.e, t.f + t.e * ds.height)
         return WarpedVRT(
             ds, crs=crs, transform=flipped, width=ds.width, height=ds.height,
-            resampling=Resampling.nearest, add_alpha=add_alpha,
+            resampling=Resampling.nearest, **masking,
         )
     resampling = Resampling.nearest if is_palette else Resampling.bilinear
     src_crs = crs if orientation == "gcps" else None
-    return WarpedVRT(ds, src_crs=src_crs, crs=crs, resampling=resampling, add_alpha=add_alpha)
+    return WarpedVRT(ds, src_crs=src_crs, crs=crs, resampling=resampling, **masking)
 
 
 def _describe(
@@ -399,6 +481,7 @@ class RasterSource:
         _check_has_bands(ds, path)
         _check_dtypes(ds, path)
         _check_size(ds, path, min_size)
+        _check_complete(ds, path)
         orientation = _source_orientation(ds, path)
         crs = _source_crs(ds, orientation, path)
         alpha_band = _alpha_band(ds)
@@ -428,17 +511,25 @@ class RasterSource:
         """One dtype that holds every band read (bands of one file rarely differ)."""
         return np.result_type(*[self.info.dtypes[b - 1] for b in bands])
 
+    def _mask_inside(self, window: Window, bands: list[int]) -> np.ndarray:
+        """GDAL's validity of a window inside the raster: the alpha band when the view has one (GDAL
+        ignores an alpha band in files of other than 2 or 4 bands), else any band's mask."""
+        alpha = _alpha_band(self._view)
+        if alpha is not None:
+            return self._view.read(alpha, window=window) > 0
+        return (self._view.read_masks(bands, window=window) > 0).any(axis=0)
+
     def _read_inside(self, window: Window, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Pixels and validity of a window that lies inside the raster."""
         if self._lut is not None:
             indices = self._view.read(1, window=window)
             colours = self._lut[np.clip(indices, 0, len(self._lut) - 1)]
             data = np.moveaxis(colours[..., [b - 1 for b in bands]], -1, 0)
-            valid = (self._view.read_masks(1, window=window) > 0) & (colours[..., 3] > 0)
+            valid = self._mask_inside(window, [1]) & (colours[..., 3] > 0)
             return data, valid
         dtype = self._dtype_of(bands)
         data = self._view.read(bands, window=window, out_dtype=dtype)
-        valid = (self._view.read_masks(bands, window=window) > 0).any(axis=0)
+        valid = self._mask_inside(window, bands)
         if np.issubdtype(dtype, np.floating):
             valid &= ~np.isnan(data).any(axis=0)
         return data, valid
@@ -462,7 +553,8 @@ class RasterSource:
         data = np.zeros((len(band_list), plan.height, plan.width), dtype=dtype)
         valid = np.zeros((plan.height, plan.width), dtype=bool)
         if plan.inside is not None:
-            inside_data, inside_valid = self._read_inside(plan.inside, band_list)
+            with _reading(self.info.path):
+                inside_data, inside_valid = self._read_inside(plan.inside, band_list)
             data[:, plan.rows, plan.cols] = inside_data
             valid[plan.rows, plan.cols] = inside_valid
         if scaled:
@@ -487,10 +579,11 @@ class RasterSource:
         if plan.inside is None:
             return valid
         needs_pixels = self._lut is not None or np.issubdtype(self._dtype_of(band_list), np.floating)
-        if needs_pixels:  # NaN and transparent palette entries live in the pixels, not the mask
-            _, inside_valid = self._read_inside(plan.inside, band_list)
-        else:
-            inside_valid = (self._view.read_masks(band_list, window=plan.inside) > 0).any(axis=0)
+        with _reading(self.info.path):
+            if needs_pixels:  # NaN and transparent palette entries live in the pixels, not the mask
+                _, inside_valid = self._read_inside(plan.inside, band_list)
+            else:
+                inside_valid = self._mask_inside(plan.inside, band_list)
         valid[plan.rows, plan.cols] = inside_valid
         return valid
 
@@ -517,6 +610,53 @@ class RasterSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class GridView(RasterSource):
+    """A source seen on another grid (any CRS and pixel size): windows of it as masked arrays, with
+    the bands, palette colours and validity of the source, masked where the source has no data.
+
+    Warped straight from the file (one resampling, rotation and south-up included), except GCP-only
+    files: rasterio cannot warp those onto a given grid, so they go through their north-up view.
+    Palette rasters are warped as indices with nearest neighbour and coloured after: colours are
+    never blended. Owns only its warped view; close it before its source.
+    """
+
+    def __init__(self, source: RasterSource, crs: CRS, transform: Affine, width: int, height: int,
+                 resampling: Resampling = Resampling.bilinear):
+        info = source.info
+        base = source._view if info.source_orientation == "gcps" else source._dataset
+        self._dataset = source._dataset
+        self._lut = source._lut
+        if self._lut is not None:
+            resampling = Resampling.nearest
+        self._view = WarpedVRT(base, crs=crs, transform=transform, width=width, height=height,
+                               resampling=resampling, **warp_mask_options(base, _alpha_band(base)))
+        self.info = replace(
+            info, width=width, height=height, crs=crs, transform=transform,
+            bounds=BoundingBox(*array_bounds(height, width, transform)), source_orientation="north-up",
+            pixel_size_m=metres_per_pixel(crs, transform, width, height),
+        )
+
+    def valid_fraction(self) -> float:
+        """Fraction of the grid where the source has valid pixels (read at up to 256 px a side)."""
+        scale = max(self.info.width, self.info.height) / 256
+        if scale <= 1:
+            return float(self.valid_mask().mean())
+        shape = (max(1, round(self.info.height / scale)), max(1, round(self.info.width / scale)))
+        with _reading(self.info.path):
+            if self._lut is not None:
+                indices = self._view.read(1, out_shape=shape, resampling=Resampling.nearest)
+                valid = (self._view.read_masks(1, out_shape=shape, resampling=Resampling.nearest) > 0)
+                valid &= self._lut[np.clip(indices, 0, len(self._lut) - 1)][..., 3] > 0
+            else:
+                bands = list(self.info.data_bands)
+                masks = self._view.read_masks(bands, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+                valid = (masks > 0).any(axis=0)
+        return float(valid.mean())
+
+    def close(self) -> None:
+        self._view.close()
 
 
 def open_raster(
