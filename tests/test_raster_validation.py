@@ -603,7 +603,9 @@ def test_uninformative_descriptions_give_no_rgb(tmp_path):
         assert src.info.rgb_bands is None
         with pytest.raises(InputError, match="which bands .* are red, green and blue") as err:
             require_rgb(src.info)
-    assert "rgb_bands=(r, g, b)" in str(err.value) and "gdal_edit.py -colorinterp_1 red" in str(err.value)
+    message = str(err.value)
+    assert "--bands R G B" in message and "gdal_edit.py -colorinterp_1 red" in message
+    assert "rgb_bands=(r, g, b)" not in message  # the Python API's words are not the user's
 
 
 def test_partial_colour_interpretation_is_not_overridden_by_position(tmp_path):
@@ -615,6 +617,11 @@ def test_partial_colour_interpretation_is_not_overridden_by_position(tmp_path):
 def test_single_band_has_no_rgb(tmp_path):
     with open_raster(write_raster(tmp_path / "gray.tif", ramp((8, 8)))) as src:
         assert src.info.rgb_bands is None and src.info.colorinterp == ("gray",)
+        with pytest.raises(InputError, match="has 1 image band .*red, green and blue") as err:
+            require_rgb(src.info)
+    # a 1-band file is not told to fix bands 2 and 3, nor to choose bands it does not have
+    assert "colorinterp_2" not in str(err.value) and "--bands" not in str(err.value)
+    assert "gdal_translate -b 1 -b 1 -b 1" in str(err.value)
 
 
 def test_explicit_rgb_choice_wins(tmp_path, rasters_dir):

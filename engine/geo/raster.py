@@ -309,14 +309,16 @@ def _check_explicit_rgb(
         bands = tuple(int(b) for b in rgb_bands)
     except (TypeError, ValueError):
         bands = ()
+    shown = " ".join(str(b) for b in rgb_bands) if isinstance(rgb_bands, (list, tuple)) else str(rgb_bands)
     if len(bands) != 3 or any(b < 1 or b > count for b in bands):
         raise InputError(
-            f"rgb_bands {tuple(rgb_bands)} for raster {path} must be three band numbers between 1 "
-            f"and {count} (red, green, blue in that order), e.g. (3, 2, 1) for a blue-green-red file."
+            f"--bands {shown} does not fit raster {path}, which has {count} band{'s' if count != 1 else ''}: "
+            f"give three band numbers between 1 and {count}, red, green and blue in that order (e.g. "
+            "--bands 3 2 1 for a blue-green-red file; `rgb_bands` over HTTP)."
         )
     if alpha_band in bands:
         raise InputError(
-            f"rgb_bands {bands} for raster {path} include band {alpha_band}, which is its alpha "
+            f"--bands {shown} for raster {path} includes band {alpha_band}, which is its alpha "
             "(transparency) band; choose the red, green and blue bands instead."
         )
     return bands  # type: ignore[return-value]
@@ -353,11 +355,18 @@ def require_rgb(info: RasterInfo) -> tuple[int, int, int]:
         f"{i}: {interp}{f' ({desc})' if desc else ''}"
         for i, (interp, desc) in enumerate(zip(info.colorinterp, info.descriptions), start=1)
     )
+    if len(info.data_bands) < 3:
+        count = len(info.data_bands)
+        raise InputError(
+            f"raster {info.path} has {count} image band{'s' if count != 1 else ''} ({described}), but the models "
+            "work on red, green and blue: give an RGB raster (a grey image can be repeated into three bands "
+            f"with `gdal_translate -b 1 -b 1 -b 1 {info.path} rgb.tif`)."
+        )
     raise InputError(
         f"cannot tell which bands of raster {info.path} are red, green and blue (bands {described}). "
-        "Choose them explicitly (rgb_bands=(r, g, b), e.g. (3, 2, 1) for blue-green-red), or record "
-        "them in the file: `gdal_edit.py -colorinterp_1 red -colorinterp_2 green -colorinterp_3 blue "
-        f"{info.path}`."
+        "Choose them with --bands R G B (e.g. --bands 3 2 1 for a blue-green-red file; `rgb_bands` over HTTP), "
+        "or record them in the file: `gdal_edit.py -colorinterp_1 red -colorinterp_2 green -colorinterp_3 blue "
+        f"{info.path}` (with the numbers of your red, green and blue bands)."
     )
 
 
@@ -465,18 +474,19 @@ class RasterSource:
     """
 
     def __init__(
-        self, path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX
+        self, path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX,
+        require_valid: bool = True,
     ):
         path = os.fspath(path)
         self._dataset = _open_dataset(path)
         self._view = self._dataset
         try:
-            self._validate(path, rgb_bands, min_size)
+            self._validate(path, rgb_bands, min_size, require_valid)
         except BaseException:
             self.close()
             raise
 
-    def _validate(self, path: str, rgb_bands: Sequence[int] | None, min_size: int) -> None:
+    def _validate(self, path: str, rgb_bands: Sequence[int] | None, min_size: int, require_valid: bool) -> None:
         ds = self._dataset
         _check_has_bands(ds, path)
         _check_dtypes(ds, path)
@@ -488,7 +498,8 @@ class RasterSource:
         self._lut = _palette_lut(ds)
         self._view = _north_up_view(ds, crs, orientation, alpha_band, self._lut is not None)
         self.info = _describe(ds, self._view, path, crs, orientation, alpha_band, self._lut, rgb_bands)
-        self._require_valid_pixels()
+        if require_valid:
+            self._require_valid_pixels()
 
     @property
     def dataset(self):
@@ -660,11 +671,13 @@ class GridView(RasterSource):
 
 
 def open_raster(
-    path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX
+    path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX,
+    require_valid: bool = True,
 ) -> RasterSource:
     """Open and validate a raster; InputError (naming the file and the fix) when it is unusable.
 
     `rgb_bands` is the caller's explicit (R, G, B) choice of 1-based bands; it overrides anything
     the file says. `min_size` is the smallest acceptable width and height in pixels.
+    `require_valid=False` accepts rasters without a valid pixel (when only their grid is used).
     """
-    return RasterSource(path, rgb_bands=rgb_bands, min_size=min_size)
+    return RasterSource(path, rgb_bands=rgb_bands, min_size=min_size, require_valid=require_valid)

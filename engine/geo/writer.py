@@ -71,6 +71,8 @@ class GeoTIFFWriter:
         colorinterp: Sequence[ColorInterp] | None = None,
         band_descriptions: Sequence[str] | None = None,
         tags: dict[str, str] | None = None,
+        scales: Sequence[float] | None = None,
+        offsets: Sequence[float] | None = None,
         compress: str = "DEFLATE",
     ) -> None:
         self.path = check_destination(path)
@@ -98,6 +100,7 @@ class GeoTIFFWriter:
         self._colorinterp = colorinterp
         self._band_descriptions = band_descriptions
         self._tags = tags or {}
+        self._scales, self._offsets = scales, offsets
 
     def __enter__(self) -> "GeoTIFFWriter":
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
@@ -108,6 +111,10 @@ class GeoTIFFWriter:
             self._dataset.set_band_description(index, description)
         if self._tags:
             self._dataset.update_tags(**self._tags)
+        if self._scales is not None:
+            self._dataset.scales = tuple(self._scales)
+        if self._offsets is not None:
+            self._dataset.offsets = tuple(self._offsets)
         return self
 
     def write(self, data: np.ndarray, window: Window) -> None:

@@ -45,12 +45,9 @@ def run(registry, params: PredictParams, inputs, out_dir: Path, progress, cancel
 
     reference = params.reference
     if "reference" in inputs:
-        from engine.geo.grid import grid_like
-        from engine.geo.raster import open_raster
+        from engine.geo.grid import grid_of_raster
 
-        with open_raster(inputs["reference"]) as source:
-            info = source.info
-        reference = grid_like(info.crs, info.transform, info.width, info.height)
+        reference = grid_of_raster(inputs["reference"], "the reference raster")
     model = registry.load(params.model)
     request = PredictRequest(
         frames=inputs_named(inputs, "frames"), target_date=params.target_date, dates=params.dates,
