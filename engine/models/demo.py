@@ -201,7 +201,8 @@ def _write_controlnet_3d_run(folder: Path, seed: int) -> None:
     _write_shared_components(folder, seed)
     unet = _demo_satunet(seed)
     torch.manual_seed(seed + 4)
-    controlnet = ControlNetModel3D.from_unet(unet, conditioning_in_channels=3, use_temporal_transformer=True)
+    controlnet = ControlNetModel3D.from_unet(unet, conditioning_in_channels=3, use_temporal_transformer=True,
+                                             gfm4d_compact_first_temporal=True)
     make_conditioning_visible(controlnet, seed + 5)
     _save_diffusionsat(controlnet, folder / "controlnet")
     _write_controlnet_model_index(folder, "ControlNetModel3D")
