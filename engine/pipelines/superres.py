@@ -96,7 +96,9 @@ def superres(model, request: SuperresRequest, output: str | Path, progress: Prog
     factor = controlnet.condition_factor
     with open_raster(request.image, min_size=2) as source:
         info = source.info
-        bands = condition_band_indices(info.descriptions, request.bands)
+        data_bands = info.data_bands  # an alpha band is the scene's mask, not a Sentinel-2 band
+        positions = condition_band_indices([info.descriptions[b - 1] for b in data_bands], request.bands)
+        bands = [data_bands[p - 1] for p in positions]
         acquisition = acquisition_for_raster(request.image, imagery_tags=info.imagery_tags,
                                              explicit_date=parse_date(request.date) if request.date else None)
         if request.extent is not None:
