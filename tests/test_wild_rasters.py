@@ -521,3 +521,35 @@ def test_superres_of_odd_sentinel2_scenes(registry, kind, tmp_path):
         assert out.bounds == pytest.approx(tuple(info.bounds), abs=1e-6)  # the scene's north-up footprint
         assert out.res == pytest.approx((info.transform.a / 8, -info.transform.e / 8))
         assert out.read().std() > 0
+
+
+@pytest.mark.parametrize("name, file", [
+    ('NETCDF:"/data/a b.nc":sst', "/data/a b.nc"),
+    ("NETCDF:/data/a.nc:sst", "/data/a.nc"),
+    ('HDF5:"/data/a.h5"://group/var', "/data/a.h5"),
+    ("HDF5:/data/a.h5://group/var", "/data/a.h5"),
+    ('HDF4_SDS:UNKNOWN:"/data/a.hdf":0', "/data/a.hdf"),
+    ("GTIFF_DIR:2:/data/a.tif", "/data/a.tif"),
+    ("/data/a.tif", None),
+    ("C:\\data\\a.tif", None),
+    ("https://example.org/a.tif", None),
+])
+def test_subdataset_names_name_their_file(name, file):
+    from engine.geo.raster import subdataset_file
+
+    assert subdataset_file(name) == file
+
+
+def test_inpaint_on_the_command_line_takes_a_subdataset_name(registry, kinds, tmp_path, capsys):
+    name = kinds["netcdf-subdataset"]
+    plain = _plain(name)
+    polygons = tmp_path / "square.geojson"
+    layer = _square_polygon(plain)
+    polygons.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(layer.geometries[0])}]}))
+    out = tmp_path / "post.tif"
+    code, err = _cli(capsys, ["--models-dir", str(registry.models_dir), "inpaint", name, "--polygons", str(polygons),
+                              "--steps", "1", "--window", "64", "--overlap", "16", "-o", str(out)])
+    assert code == 0, err
+    with rasterio.open(out) as result:
+        assert result.count == 3 and result.transform == plain["transform"]
