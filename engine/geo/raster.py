@@ -17,8 +17,15 @@ Decisions (each one tested):
   descriptions naming red/green/blue; bands 1, 2, 3 are taken as R, G, B only when no band has a
   colour interpretation other than gray/undefined and no band has a description. Otherwise
   `rgb_bands` is None and `require_rgb` says how to choose.
+- an alpha band is the validity mask (graded values: valid where > 0) in any band count (GDAL
+  itself uses one only in 2- and 4-band files), and stays the alpha band in warped views.
 - rasters smaller than `min_size` pixels on a side (default 8: one latent cell of the models' VAE)
-  and rasters with no valid pixel are rejected.
+  and rasters with no valid pixel are rejected (the latter unless only the grid is wanted).
+- GeoTIFFs cut off before their last block are rejected at open; any other read failure (a
+  damaged block) becomes one InputError naming the file.
+- GDAL subdataset names (`NETCDF:"f.nc":var`, `HDF5:f.h5://var`) are opened as GDAL opens them.
+- `GridView` shows a source on any other grid (co-registration) with the same band, palette and
+  validity rules.
 """
 
 from __future__ import annotations

@@ -10,8 +10,11 @@ latent blending. The decoded pixels are composited with the feathered mask and m
 input's dtype and range: outside the mask every output value is the input's, bit for bit, and
 bands the model cannot synthesise (NIR, ...) are copied unchanged.
 
-Outputs: the post-event raster on the input's grid, a label raster of class codes (0 = no change,
-255 = nodata where the input has no data), and optionally the label polygons.
+Outputs: the post-event raster on the input's grid with the input's bands (an alpha band stays the
+alpha band, graded values kept), type, nodata, mask, scale/offset and colour interpretation; a
+palette raster is written as the RGB it shows. Painted pixels never take the nodata value and are
+never masked. Beside it a label raster of class codes (0 = no change, 255 = nodata where the input
+has no data), and optionally the label polygons.
 """
 
 from __future__ import annotations
