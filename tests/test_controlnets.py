@@ -314,9 +314,17 @@ def test_narrow_checkpoint_saved_by_the_original_code_loads(tmp_path):
     assert torch.equal(loaded.state_dict()[weight], original.state_dict()[weight])
 
 
-def test_demo_temporal_controlnet_asks_for_the_compact_block(demo_dir):
+def test_demo_temporal_controlnet_asks_for_the_compact_block(demo_dir, tmp_path):
+    from engine.models.demo import _is_complete
+
     config = json.loads((demo_dir / "demo-controlnet-3d" / "controlnet" / "config.json").read_text())
     assert config["gfm4d_compact_first_temporal"] is True
+    # A copy built before the key existed is outdated: `gfm4d demo` rebuilds it instead of failing to load it.
+    old = tmp_path / "demo-controlnet-3d"
+    shutil.copytree(demo_dir / "demo-controlnet-3d", old)
+    (old / "controlnet" / "config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k != "gfm4d_compact_first_temporal"}))
+    assert _is_complete(demo_dir / "demo-controlnet-3d") and not _is_complete(old)
 
 
 # --- forward ----------------------------------------------------------------------------------

@@ -143,7 +143,15 @@ def _is_complete(folder: Path) -> bool:
         settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(settings, dict) and settings.get("demo_version") == DEMO_VERSION
+    if not (isinstance(settings, dict) and settings.get("demo_version") == DEMO_VERSION):
+        return False
+    if folder.name == CONTROLNET_3D_DEMO:  # built before its config asked for the compact temporal block
+        try:
+            config = json.loads((folder / "controlnet" / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return config.get("gfm4d_compact_first_temporal") is True
+    return True
 
 
 def _build(target: Path, writer, seed: int) -> Path:
