@@ -221,7 +221,8 @@ def cmd_inpaint(args) -> int:
 def cmd_predict(args) -> int:
     dates = [None if d in ("", "-", "auto") else d for d in args.dates] if args.dates else None
     params = {**_sampling_params(args), "prompt": args.prompt, "target_date": args.target_date, "dates": dates,
-              "reference": args.reference_frame, "control_scale": args.control_scale}
+              "reference": args.reference_frame, "control_scale": args.control_scale,
+              "rgb_bands": (args.bands[0] if len(args.bands) == 1 else args.bands) if args.bands else None}
     files = {f"frames.{i}": Path(frame) for i, frame in enumerate(args.frames)}
     if args.like:
         files["reference"] = Path(args.like)
@@ -423,6 +424,8 @@ def build_parser() -> ArgumentParser:
     pre.add_argument("--target-date", required=True, type=date, help="date to predict, YYYY-MM-DD (past, future or in between)")
     pre.add_argument("--reference-frame", type=int, default=0, help="index of the frame whose grid the output takes")
     pre.add_argument("--like", help="a raster whose grid the output takes instead (e.g. a smaller area)")
+    pre.add_argument("--bands", type=int, nargs=3, action="append", metavar=("R", "G", "B"),
+                     help="1-based red, green, blue bands: once for every frame, or once per frame in order")
     pre.add_argument("--prompt", default="a fmow satellite image")
     pre.add_argument("--negative-prompt", default="")
     pre.add_argument("--cloud-cover", type=fraction, help="target cloud cover fraction 0..1")

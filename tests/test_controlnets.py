@@ -281,17 +281,50 @@ def test_tiny_3d_layout_is_derived_from_the_blocks():
     # conv_in, resnet, downsampler | resnet: temporal blocks at 0 and 2.
     assert controlnet.temporal_indices == (0, 2)
     first = controlnet.temporal_blocks[0]
-    # 32 channels: 8 heads of 32 // 4 = 8, not a 512-wide attention; 32 divides by 32: GroupNorm 32.
-    assert (first.num_attention_heads, first.attention_head_dim, first.norm.num_groups) == (8, 8, 32)
+    # DiffusionSat's rule at any width: 8 heads of 64 and GroupNorm 32, here on 32 channels.
+    assert (first.num_attention_heads, first.attention_head_dim, first.norm.num_groups) == (8, 64, 32)
+    assert tuple(first.proj_in.weight.shape) == (512, 32)
     second = controlnet.temporal_blocks[2]
     assert (second.num_attention_heads, second.attention_head_dim, second.norm.num_groups) == (16, 2, 8)
-    deeper = ControlNetModel3D.from_config(
-        {**TINY_3D, "layers_per_block": 2, "block_out_channels": [16, 32, 48], "attention_head_dim": [4, 8, 8],
-         "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]}
-    )
+    compact = ControlNetModel3D.from_config({**TINY_3D, "gfm4d_compact_first_temporal": True}).temporal_blocks[0]
+    # The GFM4D-only compact block: 8 heads of 32 // 4 = 8; 32 divides by 32: GroupNorm 32.
+    assert (compact.num_attention_heads, compact.attention_head_dim, compact.norm.num_groups) == (8, 8, 32)
+    deeper_config = {**TINY_3D, "layers_per_block": 2, "block_out_channels": [16, 32, 48], "attention_head_dim": [4, 8, 8],
+                     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]}
+    deeper = ControlNetModel3D.from_config({**deeper_config, "gfm4d_compact_first_temporal": True})
     assert deeper.temporal_indices == (0, 3, 6) and len(deeper.controlnet_down_blocks) == 9
-    # 16 channels: heads of 4; 16 does not divide by 32, so the UNet's norm_num_groups.
+    # 16 channels, compact: heads of 4; 16 does not divide by 32, so the UNet's norm_num_groups.
     assert (deeper.temporal_blocks[0].attention_head_dim, deeper.temporal_blocks[0].norm.num_groups) == (4, 8)
+    # The original rule cannot split 16 channels into 32 groups (nor could DiffusionSat): said, not crashed.
+    with pytest.raises(ValueError, match="gfm4d_compact_first_temporal"):
+        ControlNetModel3D.from_config(deeper_config)
+
+
+def test_narrow_checkpoint_saved_by_the_original_code_loads(tmp_path):
+    """A 32-channel temporal ControlNet as DiffusionSat saves it (8 x 64 first block, no GFM4D keys)."""
+    torch.manual_seed(3)
+    original = ControlNetModel3D.from_config(TINY_3D)
+    original.save_pretrained(tmp_path, safe_serialization=False)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("gfm4d_compact_first_temporal")  # the original code writes no such key
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = ControlNetModel3D.from_pretrained(tmp_path)
+    weight = "temporal_blocks.0.proj_in.weight"
+    assert tuple(loaded.state_dict()[weight].shape) == (512, 32)
+    assert torch.equal(loaded.state_dict()[weight], original.state_dict()[weight])
+
+
+def test_demo_temporal_controlnet_asks_for_the_compact_block(demo_dir, tmp_path):
+    from engine.models.demo import _is_complete
+
+    config = json.loads((demo_dir / "demo-controlnet-3d" / "controlnet" / "config.json").read_text())
+    assert config["gfm4d_compact_first_temporal"] is True
+    # A copy built before the key existed is outdated: `gfm4d demo` rebuilds it instead of failing to load it.
+    old = tmp_path / "demo-controlnet-3d"
+    shutil.copytree(demo_dir / "demo-controlnet-3d", old)
+    (old / "controlnet" / "config.json").write_text(
+        json.dumps({k: v for k, v in config.items() if k != "gfm4d_compact_first_temporal"}))
+    assert _is_complete(demo_dir / "demo-controlnet-3d") and not _is_complete(old)
 
 
 # --- forward ----------------------------------------------------------------------------------

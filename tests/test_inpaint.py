@@ -150,27 +150,31 @@ def test_xbd_santa_rosa_destroyed_buildings_onto_the_georeferenced_pre_image(sat
     assert "fire" in tags["GFM4D_PROMPTS"]
 
 
-def test_uint16_raster_keeps_untouched_pixels_bit_for_bit_and_its_mask(satunet, rasters_dir, tmp_path):
+def test_uint16_raster_keeps_untouched_pixels_bit_for_bit_and_its_alpha_band(satunet, rasters_dir, tmp_path):
     raster = rasters_dir / "RGBA.uint16.tif"  # blue, green, red, alpha
     with rasterio.open(raster) as src:
         crs, transform = src.crs, src.transform
         x0, y0 = transform @ (300, 200)
         x1, y1 = transform @ (340, 240)
-        pre = src.read([1, 2, 3])
-        pre_mask = src.dataset_mask()
+        pre = src.read()
+        pre_interp = src.colorinterp
     square = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
     layer = PolygonLayer([square], [{}], crs, "square")
     request = InpaintRequest(image=raster, polygons=layer, disaster_type="flooding", steps=2, guidance_scale=1.0,
                              feather_m=0.0)
     result = inpaint(satunet, request, _outputs(tmp_path))
     post, profile, post_mask, tags = _read(result.outputs.image)
-    assert profile["dtype"] == "uint16" and post.shape == pre.shape
-    assert np.array_equal(post_mask > 0, pre_mask > 0)
-    inside = np.zeros(pre_mask.shape, bool)
+    with rasterio.open(result.outputs.image) as out:
+        assert out.colorinterp == pre_interp  # blue, green, red, alpha: the alpha band stays a band
+        assert out.mask_flag_enums[0] != [rasterio.enums.MaskFlags.per_dataset]  # no internal mask instead
+    assert profile["dtype"] == "uint16" and post.shape == pre.shape == (4, 411, 634)
+    assert np.array_equal(post[3], pre[3])  # the alpha band, bit for bit
+    assert np.array_equal(post_mask > 0, pre[3] > 0)
+    inside = np.zeros(pre.shape[1:], bool)
     inside[200:240, 300:340] = True
     assert np.array_equal(post[:, ~inside], pre[:, ~inside])
-    assert (post[:, inside] != pre[:, inside]).any()
-    assert post[:, inside].max() > 255  # mapped back to the uint16 range, not left at 0..255
+    assert (post[:3, inside] != pre[:3, inside]).any()
+    assert post[:3, inside].max() > 255  # mapped back to the uint16 range, not left at 0..255
     assert tags["GFM4D_SYNTHESISED_BANDS"] == "3,2,1"
 
 

@@ -118,7 +118,7 @@ def test_reference_frame_index_gives_that_frames_grid(registry, rasters_dir, tmp
 def test_a_frame_outside_the_target_extent_is_named(registry, rasters_dir, tmp_path):
     model = registry.load("demo-controlnet-3d")
     elsewhere = rasters_dir / "m_3607824_se_17_1_20160620_sub.tif"  # Virginia, not Joplin
-    with pytest.raises(InputError, match="m_3607824_se_17_1_20160620_sub.tif .*does not overlap the target extent"):
+    with pytest.raises(InputError, match="m_3607824_se_17_1_20160620_sub.tif .*has no valid pixel on the target extent"):
         predict(model, PredictRequest(frames=[rasters_dir / PRE, elsewhere], dates=["2011-05-20", None],
                                       target_date="2011-06-01", reference=_overlap_grid(rasters_dir), steps=1),
                 tmp_path / "x.tif")

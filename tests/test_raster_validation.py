@@ -327,6 +327,42 @@ def test_rotated_raster_is_warped_north_up(tmp_path, nodata):
     assert image.mask[0, 0, 0] and image.mask[0, -1, -1]
 
 
+def test_rotated_raster_with_an_alpha_band_keeps_it_as_its_mask(tmp_path):
+    """The alpha band masks the rotated view (it is not warped as a fourth image band), and the
+    corners outside the footprint are masked too."""
+    rgb = np.kron(np.arange(1, 21, dtype="uint8").reshape(4, 5), np.ones((6, 6), dtype="uint8"))
+    alpha = np.full(rgb.shape, 255, "uint8")
+    alpha[:, :12] = 0  # the two western block columns are transparent
+    rotated = NORTH_UP_10M @ Affine.rotation(30)
+    path = write_raster(tmp_path / "rotated_rgba.tif", np.stack([rgb, rgb, rgb, alpha]), transform=rotated)
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    with open_raster(path) as src:
+        info = src.info
+        image = src.read()
+    assert info.alpha_band == 4 and info.mask_kind == "alpha" and image.shape[0] == 3
+    transparent, opaque = rotated @ (3, 3), rotated @ (27, 15)  # source (col, row) centres
+    for (x, y), masked in ((transparent, True), (opaque, False)):
+        col, row = ~info.transform @ (x, y)
+        assert image.mask[0, int(row), int(col)] == masked
+    assert image.mask[0, 0, 0] and image.mask[0, -1, -1]
+    valid_area = (~image.mask[0]).sum() * info.transform.a * -info.transform.e
+    assert valid_area == pytest.approx(24 * 18 * 100, rel=0.06)
+
+
+def test_alpha_band_of_a_five_band_raster_is_its_mask(tmp_path):
+    """GDAL uses an alpha band as the mask only in 2- and 4-band files; a 5-band R, G, B, NIR,
+    alpha file must still be masked by it."""
+    data = np.stack([ramp((16, 16))] * 4 + [np.where(np.arange(16) < 5, 0, 255).astype("uint8")[None].repeat(16, 0)])
+    path = write_raster(tmp_path / "rgbn_alpha.tif", data, photometric="MINISBLACK")
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined, ColorInterp.alpha]
+    with open_raster(path) as src:
+        assert src.info.mask_kind == "alpha" and src.info.data_bands == (1, 2, 3, 4)
+        valid = src.valid_mask()
+    assert not valid[:, :5].any() and valid[:, 5:].all()
+
+
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 def test_gcp_only_raster_is_warped_with_its_gcps(tmp_path):
     data = ramp((20, 30))
@@ -603,7 +639,9 @@ def test_uninformative_descriptions_give_no_rgb(tmp_path):
         assert src.info.rgb_bands is None
         with pytest.raises(InputError, match="which bands .* are red, green and blue") as err:
             require_rgb(src.info)
-    assert "rgb_bands=(r, g, b)" in str(err.value) and "gdal_edit.py -colorinterp_1 red" in str(err.value)
+    message = str(err.value)
+    assert "--bands R G B" in message and "gdal_edit.py -colorinterp_1 red" in message
+    assert "rgb_bands=(r, g, b)" not in message  # the Python API's words are not the user's
 
 
 def test_partial_colour_interpretation_is_not_overridden_by_position(tmp_path):
@@ -615,6 +653,11 @@ def test_partial_colour_interpretation_is_not_overridden_by_position(tmp_path):
 def test_single_band_has_no_rgb(tmp_path):
     with open_raster(write_raster(tmp_path / "gray.tif", ramp((8, 8)))) as src:
         assert src.info.rgb_bands is None and src.info.colorinterp == ("gray",)
+        with pytest.raises(InputError, match="has 1 image band .*red, green and blue") as err:
+            require_rgb(src.info)
+    # a 1-band file is not told to fix bands 2 and 3, nor to choose bands it does not have
+    assert "colorinterp_2" not in str(err.value) and "--bands" not in str(err.value)
+    assert "gdal_translate -b 1 -b 1 -b 1" in str(err.value)
 
 
 def test_explicit_rgb_choice_wins(tmp_path, rasters_dir):

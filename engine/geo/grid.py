@@ -93,6 +93,23 @@ def grid_from_extent(
     return OutputGrid(crs, Affine(size_x, 0.0, left, 0.0, -size_y, top), width, height)
 
 
+def grid_of_raster(path, what: str = "the reference raster") -> OutputGrid:
+    """The grid of a raster whose pixels an output must line up with (`--like`): only its grid is
+    read, so an all-nodata raster serves. A south-up raster gives the same pixels north-up; a rotated
+    or GCP-georeferenced one has no north-up grid to match and is refused."""
+    from engine.geo.raster import open_raster
+
+    with open_raster(path, require_valid=False) as source:
+        info = source.info
+    if info.source_orientation in ("rotated", "gcps"):
+        how = "is rotated or sheared" if info.source_orientation == "rotated" else "is georeferenced only by GCPs"
+        raise InputError(
+            f"{what} {path} {how}, so no north-up output can line up with its pixels; warp it to a "
+            f"north-up grid first (`gdalwarp -t_srs {info.crs.to_string()} {path} north_up.tif`) and give that instead"
+        )
+    return OutputGrid(info.crs, info.transform, info.width, info.height)
+
+
 def grid_like(crs: CRS, transform: Affine, width: int, height: int) -> OutputGrid:
     """The grid of an existing north-up raster, so an output lines up with it pixel for pixel."""
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:

@@ -62,3 +62,11 @@ def stretch_for(dataset, bands: Sequence[int]) -> Stretch:
         low.append(lo)
         high.append(hi)
     return Stretch(np.array(low, np.float32), np.array(high, np.float32), dtype)
+
+
+def stretch_for_source(source, bands: Sequence[int]) -> Stretch:
+    """The stretch of some bands of a RasterSource: palette rasters are 8-bit colours, whatever
+    the type of their indices."""
+    if source.info.is_palette:
+        return Stretch(np.zeros(len(bands), np.float32), np.full(len(bands), 255.0, np.float32), np.dtype("uint8"))
+    return stretch_for(source.dataset, bands)

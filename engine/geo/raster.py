@@ -17,8 +17,15 @@ Decisions (each one tested):
   descriptions naming red/green/blue; bands 1, 2, 3 are taken as R, G, B only when no band has a
   colour interpretation other than gray/undefined and no band has a description. Otherwise
   `rgb_bands` is None and `require_rgb` says how to choose.
+- an alpha band is the validity mask (graded values: valid where > 0) in any band count (GDAL
+  itself uses one only in 2- and 4-band files), and stays the alpha band in warped views.
 - rasters smaller than `min_size` pixels on a side (default 8: one latent cell of the models' VAE)
-  and rasters with no valid pixel are rejected.
+  and rasters with no valid pixel are rejected (the latter unless only the grid is wanted).
+- GeoTIFFs cut off before their last block are rejected at open; any other read failure (a
+  damaged block) becomes one InputError naming the file.
+- GDAL subdataset names (`NETCDF:"f.nc":var`, `HDF5:f.h5://var`) are opened as GDAL opens them.
+- `GridView` shows a source on any other grid (co-registration) with the same band, palette and
+  validity rules.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -95,13 +103,47 @@ class RasterInfo:
 # --- opening ---------------------------------------------------------------------------------
 
 
+# Two letters at least (not a Windows drive), and not a URL scheme (`https://`).
+_DRIVER_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_]+):(?!//)(.+)$")
+
+
+def subdataset_file(path: str) -> str | None:
+    """The file inside a GDAL subdataset name, None for a plain path.
+
+    `NETCDF:"a.nc":var`, `NETCDF:a.nc:var`, `HDF5:a.h5://group/var`, `GTIFF_DIR:2:a.tif` and
+    `HDF4_SDS:UNKNOWN:"a.hdf":0` all name a.nc, a.h5, a.tif, a.hdf: a quoted part, else the part
+    between colons that exists as a file, else the first part that looks like a file name.
+    """
+    match = _DRIVER_PREFIX.match(path)
+    if match is None:
+        return None
+    rest = match.group(2)
+    quoted = re.search(r'"([^"]+)"', rest)
+    if quoted:
+        return quoted.group(1)
+    parts = rest.split(":")
+    for start in range(len(parts)):
+        for stop in range(len(parts), start, -1):
+            candidate = ":".join(parts[start:stop])
+            if candidate and os.path.isfile(candidate):
+                return candidate
+    return next((part for part in parts if "." in part or "/" in part), parts[0])
+
+
 def _is_local_path(path: str) -> bool:
     return "://" not in path and not path.startswith("/vsi")
 
 
 def _open_dataset(path: str) -> rasterio.io.DatasetReader:
     """Open with GDAL; missing and unreadable files become InputErrors naming the path."""
-    if _is_local_path(path) and not os.path.exists(path):
+    inner = subdataset_file(path)
+    if inner is not None and not os.path.exists(path):
+        if not os.path.exists(inner):
+            raise InputError(
+                f"raster {path} names the file {inner}, which does not exist; check the path "
+                "(and the working directory)."
+            )
+    elif _is_local_path(path) and not os.path.exists(path):
         raise InputError(f"raster {path} does not exist; check the path (and the working directory).")
     try:
         with warnings.catch_warnings():
@@ -148,6 +190,36 @@ def _check_size(ds, path: str, min_size: int) -> None:
             "needed (the models see images in 8x8-pixel latent cells). Use a larger extent or "
             "resample to a finer grid, e.g. `gdalwarp -tr <smaller pixel size> ...`."
         )
+
+
+def _check_complete(ds, path: str) -> None:
+    """A GeoTIFF cut off before its last block (an interrupted download or copy) fails now, before
+    any work, instead of at the first read of its missing part."""
+    if ds.driver != "GTiff" or not ds.files or not os.path.isfile(ds.files[0]):
+        return
+    size = os.path.getsize(ds.files[0])
+    block_rows, block_cols = ds.block_shapes[0]
+    last_row, last_col = (ds.height - 1) // block_rows, (ds.width - 1) // block_cols
+    for band in range(1, ds.count + 1):
+        offset = ds.get_tag_item(f"BLOCK_OFFSET_{last_col}_{last_row}", "TIFF", bidx=band)
+        length = ds.get_tag_item(f"BLOCK_SIZE_{last_col}_{last_row}", "TIFF", bidx=band)
+        if offset and length and int(offset) + int(length) > size:
+            raise InputError(
+                f"raster {path} is incomplete: its data stops at byte {size} but its last block ends at "
+                f"byte {int(offset) + int(length)} (an interrupted download or copy?). Copy or download it again."
+            )
+
+
+@contextmanager
+def _reading(path: str):
+    """Read errors (a damaged or cut-off file) as one line naming the file."""
+    try:
+        yield
+    except RasterioIOError as exc:
+        raise InputError(
+            f"raster {path} cannot be read ({exc}): the file is damaged or incomplete (an interrupted "
+            f"download or copy?). Copy it again, or check it with `gdalinfo -checksum {path}`."
+        ) from exc
 
 
 def _source_orientation(ds, path: str) -> str:
@@ -205,7 +277,10 @@ def _palette_lut(ds) -> np.ndarray | None:
 
 
 def _mask_kind(ds, alpha_band: int | None, lut: np.ndarray | None) -> str:
-    """How the file marks invalid pixels, as GDAL resolves it for the first image band."""
+    """How the file marks invalid pixels, as GDAL resolves it for the first image band (an alpha
+    band always: GDAL itself uses one only in 2- and 4-band files)."""
+    if alpha_band is not None:
+        return "alpha"
     data_bands = [i for i in range(1, ds.count + 1) if i != alpha_band] or [1]
     flags = ds.mask_flag_enums[data_bands[0] - 1]
     if MaskFlags.alpha in flags:
@@ -241,14 +316,16 @@ def _check_explicit_rgb(
         bands = tuple(int(b) for b in rgb_bands)
     except (TypeError, ValueError):
         bands = ()
+    shown = " ".join(str(b) for b in rgb_bands) if isinstance(rgb_bands, (list, tuple)) else str(rgb_bands)
     if len(bands) != 3 or any(b < 1 or b > count for b in bands):
         raise InputError(
-            f"rgb_bands {tuple(rgb_bands)} for raster {path} must be three band numbers between 1 "
-            f"and {count} (red, green, blue in that order), e.g. (3, 2, 1) for a blue-green-red file."
+            f"--bands {shown} does not fit raster {path}, which has {count} band{'s' if count != 1 else ''}: "
+            f"give three band numbers between 1 and {count}, red, green and blue in that order (e.g. "
+            "--bands 3 2 1 for a blue-green-red file; `rgb_bands` over HTTP)."
         )
     if alpha_band in bands:
         raise InputError(
-            f"rgb_bands {bands} for raster {path} include band {alpha_band}, which is its alpha "
+            f"--bands {shown} for raster {path} includes band {alpha_band}, which is its alpha "
             "(transparency) band; choose the red, green and blue bands instead."
         )
     return bands  # type: ignore[return-value]
@@ -285,15 +362,36 @@ def require_rgb(info: RasterInfo) -> tuple[int, int, int]:
         f"{i}: {interp}{f' ({desc})' if desc else ''}"
         for i, (interp, desc) in enumerate(zip(info.colorinterp, info.descriptions), start=1)
     )
+    if len(info.data_bands) < 3:
+        count = len(info.data_bands)
+        raise InputError(
+            f"raster {info.path} has {count} image band{'s' if count != 1 else ''} ({described}), but the models "
+            "work on red, green and blue: give an RGB raster (a grey image can be repeated into three bands "
+            f"with `gdal_translate -b 1 -b 1 -b 1 {info.path} rgb.tif`)."
+        )
     raise InputError(
         f"cannot tell which bands of raster {info.path} are red, green and blue (bands {described}). "
-        "Choose them explicitly (rgb_bands=(r, g, b), e.g. (3, 2, 1) for blue-green-red), or record "
-        "them in the file: `gdal_edit.py -colorinterp_1 red -colorinterp_2 green -colorinterp_3 blue "
-        f"{info.path}`."
+        "Choose them with --bands R G B (e.g. --bands 3 2 1 for a blue-green-red file; `rgb_bands` over HTTP), "
+        "or record them in the file: `gdal_edit.py -colorinterp_1 red -colorinterp_2 green -colorinterp_3 blue "
+        f"{info.path}` (with the numbers of your red, green and blue bands)."
     )
 
 
 # --- the north-up view ------------------------------------------------------------------------
+
+
+def warp_mask_options(ds, alpha_band: int | None) -> dict:
+    """WarpedVRT options that carry a source's validity to the warped view.
+
+    An alpha band stays the alpha band (graded values kept); without one, nodata marks invalid
+    pixels; with neither, an alpha band is added, which GDAL fills from the source's internal or
+    sidecar mask and sets to 0 outside the source footprint.
+    """
+    if alpha_band is not None:
+        return {"src_alpha": alpha_band, "dst_alpha": alpha_band}
+    if ds.nodata is None:
+        return {"add_alpha": True}
+    return {}
 
 
 def _north_up_view(ds, crs: CRS, orientation: str, alpha_band: int | None, is_palette: bool):
@@ -301,17 +399,17 @@ def _north_up_view(ds, crs: CRS, orientation: str, alpha_band: int | None, is_pa
     if orientation == "north-up":
         return ds
     # Pixels outside the source footprint (and masked source pixels) need somewhere to go.
-    add_alpha = ds.nodata is None and alpha_band is None
+    masking = warp_mask_options(ds, alpha_band)
     if orientation == "south-up":
         t = ds.transform
         flipped = Affine(t.a, 0.0, t.c, 0.0, -t.e, t.f + t.e * ds.height)
         return WarpedVRT(
             ds, crs=crs, transform=flipped, width=ds.width, height=ds.height,
-            resampling=Resampling.nearest, add_alpha=add_alpha,
+            resampling=Resampling.nearest, **masking,
         )
     resampling = Resampling.nearest if is_palette else Resampling.bilinear
     src_crs = crs if orientation == "gcps" else None
-    return WarpedVRT(ds, src_crs=src_crs, crs=crs, resampling=resampling, add_alpha=add_alpha)
+    return WarpedVRT(ds, src_crs=src_crs, crs=crs, resampling=resampling, **masking)
 
 
 def _describe(
@@ -383,29 +481,32 @@ class RasterSource:
     """
 
     def __init__(
-        self, path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX
+        self, path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX,
+        require_valid: bool = True,
     ):
         path = os.fspath(path)
         self._dataset = _open_dataset(path)
         self._view = self._dataset
         try:
-            self._validate(path, rgb_bands, min_size)
+            self._validate(path, rgb_bands, min_size, require_valid)
         except BaseException:
             self.close()
             raise
 
-    def _validate(self, path: str, rgb_bands: Sequence[int] | None, min_size: int) -> None:
+    def _validate(self, path: str, rgb_bands: Sequence[int] | None, min_size: int, require_valid: bool) -> None:
         ds = self._dataset
         _check_has_bands(ds, path)
         _check_dtypes(ds, path)
         _check_size(ds, path, min_size)
+        _check_complete(ds, path)
         orientation = _source_orientation(ds, path)
         crs = _source_crs(ds, orientation, path)
         alpha_band = _alpha_band(ds)
         self._lut = _palette_lut(ds)
         self._view = _north_up_view(ds, crs, orientation, alpha_band, self._lut is not None)
         self.info = _describe(ds, self._view, path, crs, orientation, alpha_band, self._lut, rgb_bands)
-        self._require_valid_pixels()
+        if require_valid:
+            self._require_valid_pixels()
 
     @property
     def dataset(self):
@@ -428,17 +529,25 @@ class RasterSource:
         """One dtype that holds every band read (bands of one file rarely differ)."""
         return np.result_type(*[self.info.dtypes[b - 1] for b in bands])
 
+    def _mask_inside(self, window: Window, bands: list[int]) -> np.ndarray:
+        """GDAL's validity of a window inside the raster: the alpha band when the view has one (GDAL
+        ignores an alpha band in files of other than 2 or 4 bands), else any band's mask."""
+        alpha = _alpha_band(self._view)
+        if alpha is not None:
+            return self._view.read(alpha, window=window) > 0
+        return (self._view.read_masks(bands, window=window) > 0).any(axis=0)
+
     def _read_inside(self, window: Window, bands: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Pixels and validity of a window that lies inside the raster."""
         if self._lut is not None:
             indices = self._view.read(1, window=window)
             colours = self._lut[np.clip(indices, 0, len(self._lut) - 1)]
             data = np.moveaxis(colours[..., [b - 1 for b in bands]], -1, 0)
-            valid = (self._view.read_masks(1, window=window) > 0) & (colours[..., 3] > 0)
+            valid = self._mask_inside(window, [1]) & (colours[..., 3] > 0)
             return data, valid
         dtype = self._dtype_of(bands)
         data = self._view.read(bands, window=window, out_dtype=dtype)
-        valid = (self._view.read_masks(bands, window=window) > 0).any(axis=0)
+        valid = self._mask_inside(window, bands)
         if np.issubdtype(dtype, np.floating):
             valid &= ~np.isnan(data).any(axis=0)
         return data, valid
@@ -462,7 +571,8 @@ class RasterSource:
         data = np.zeros((len(band_list), plan.height, plan.width), dtype=dtype)
         valid = np.zeros((plan.height, plan.width), dtype=bool)
         if plan.inside is not None:
-            inside_data, inside_valid = self._read_inside(plan.inside, band_list)
+            with _reading(self.info.path):
+                inside_data, inside_valid = self._read_inside(plan.inside, band_list)
             data[:, plan.rows, plan.cols] = inside_data
             valid[plan.rows, plan.cols] = inside_valid
         if scaled:
@@ -487,10 +597,11 @@ class RasterSource:
         if plan.inside is None:
             return valid
         needs_pixels = self._lut is not None or np.issubdtype(self._dtype_of(band_list), np.floating)
-        if needs_pixels:  # NaN and transparent palette entries live in the pixels, not the mask
-            _, inside_valid = self._read_inside(plan.inside, band_list)
-        else:
-            inside_valid = (self._view.read_masks(band_list, window=plan.inside) > 0).any(axis=0)
+        with _reading(self.info.path):
+            if needs_pixels:  # NaN and transparent palette entries live in the pixels, not the mask
+                _, inside_valid = self._read_inside(plan.inside, band_list)
+            else:
+                inside_valid = self._mask_inside(plan.inside, band_list)
         valid[plan.rows, plan.cols] = inside_valid
         return valid
 
@@ -519,12 +630,61 @@ class RasterSource:
         self.close()
 
 
+class GridView(RasterSource):
+    """A source seen on another grid (any CRS and pixel size): windows of it as masked arrays, with
+    the bands, palette colours and validity of the source, masked where the source has no data.
+
+    Warped straight from the file (one resampling, rotation and south-up included), except GCP-only
+    files: rasterio cannot warp those onto a given grid, so they go through their north-up view.
+    Palette rasters are warped as indices with nearest neighbour and coloured after: colours are
+    never blended. Owns only its warped view; close it before its source.
+    """
+
+    def __init__(self, source: RasterSource, crs: CRS, transform: Affine, width: int, height: int,
+                 resampling: Resampling = Resampling.bilinear):
+        info = source.info
+        base = source._view if info.source_orientation == "gcps" else source._dataset
+        self._dataset = source._dataset
+        self._lut = source._lut
+        if self._lut is not None:
+            resampling = Resampling.nearest
+        self._view = WarpedVRT(base, crs=crs, transform=transform, width=width, height=height,
+                               resampling=resampling, **warp_mask_options(base, _alpha_band(base)))
+        self.info = replace(
+            info, width=width, height=height, crs=crs, transform=transform,
+            bounds=BoundingBox(*array_bounds(height, width, transform)), source_orientation="north-up",
+            pixel_size_m=metres_per_pixel(crs, transform, width, height),
+        )
+
+    def valid_fraction(self) -> float:
+        """Fraction of the grid where the source has valid pixels (read at up to 256 px a side)."""
+        scale = max(self.info.width, self.info.height) / 256
+        if scale <= 1:
+            return float(self.valid_mask().mean())
+        shape = (max(1, round(self.info.height / scale)), max(1, round(self.info.width / scale)))
+        with _reading(self.info.path):
+            if self._lut is not None:
+                indices = self._view.read(1, out_shape=shape, resampling=Resampling.nearest)
+                valid = (self._view.read_masks(1, out_shape=shape, resampling=Resampling.nearest) > 0)
+                valid &= self._lut[np.clip(indices, 0, len(self._lut) - 1)][..., 3] > 0
+            else:
+                bands = list(self.info.data_bands)
+                masks = self._view.read_masks(bands, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+                valid = (masks > 0).any(axis=0)
+        return float(valid.mean())
+
+    def close(self) -> None:
+        self._view.close()
+
+
 def open_raster(
-    path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX
+    path: str | os.PathLike, rgb_bands: Sequence[int] | None = None, min_size: int = MIN_SIDE_PX,
+    require_valid: bool = True,
 ) -> RasterSource:
     """Open and validate a raster; InputError (naming the file and the fix) when it is unusable.
 
     `rgb_bands` is the caller's explicit (R, G, B) choice of 1-based bands; it overrides anything
     the file says. `min_size` is the smallest acceptable width and height in pixels.
+    `require_valid=False` accepts rasters without a valid pixel (when only their grid is used).
     """
-    return RasterSource(path, rgb_bands=rgb_bands, min_size=min_size)
+    return RasterSource(path, rgb_bands=rgb_bands, min_size=min_size, require_valid=require_valid)

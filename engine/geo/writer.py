@@ -71,6 +71,8 @@ class GeoTIFFWriter:
         colorinterp: Sequence[ColorInterp] | None = None,
         band_descriptions: Sequence[str] | None = None,
         tags: dict[str, str] | None = None,
+        scales: Sequence[float] | None = None,
+        offsets: Sequence[float] | None = None,
         compress: str = "DEFLATE",
     ) -> None:
         self.path = check_destination(path)
@@ -98,6 +100,7 @@ class GeoTIFFWriter:
         self._colorinterp = colorinterp
         self._band_descriptions = band_descriptions
         self._tags = tags or {}
+        self._scales, self._offsets = scales, offsets
 
     def __enter__(self) -> "GeoTIFFWriter":
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
@@ -108,6 +111,10 @@ class GeoTIFFWriter:
             self._dataset.set_band_description(index, description)
         if self._tags:
             self._dataset.update_tags(**self._tags)
+        if self._scales is not None:
+            self._dataset.scales = tuple(self._scales)
+        if self._offsets is not None:
+            self._dataset.offsets = tuple(self._offsets)
         return self
 
     def write(self, data: np.ndarray, window: Window) -> None:
@@ -148,17 +155,27 @@ class GeoTIFFWriter:
             _remove_quietly(final_scratch)
 
 
+def _preview_bands(colorinterp: Sequence[ColorInterp], count: int) -> list[int]:
+    """Red, green, blue by colour interpretation (a blue-green-red-alpha file shows in colour), else
+    the first three bands, else the first band as grey."""
+    found = [[i + 1 for i, c in enumerate(colorinterp) if c == want] for want in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)]
+    if all(len(bands) == 1 for bands in found):
+        return [bands[0] for bands in found]
+    return [1, 2, 3] if count >= 3 else [1]
+
+
 def write_preview_png(geotiff: str | os.PathLike, png: str | os.PathLike, max_size: int = 1024) -> Path:
-    """A quick-look PNG of an 8-bit RGB GeoTIFF, read from its overviews (cheap at any size)."""
+    """A quick-look PNG of a GeoTIFF's colours, read from its overviews (cheap at any size)."""
     from PIL import Image
 
     with rasterio.open(geotiff) as src:
+        bands = _preview_bands(src.colorinterp, src.count)
         scale = max(src.width, src.height) / max_size
-        shape = (src.count, max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
-        data = src.read(out_shape=shape, resampling=rasterio.enums.Resampling.average)
+        shape = (len(bands), max(1, round(src.height / max(scale, 1))), max(1, round(src.width / max(scale, 1))))
+        data = src.read(bands, out_shape=shape, resampling=rasterio.enums.Resampling.average)
         if src.dtypes[0] != "uint8":
-            lo, hi = np.percentile(data, (2, 98))
-            data = np.clip((data - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+            lo, hi = np.nanpercentile(data, (2, 98))
+            data = np.nan_to_num(np.clip((data - lo) / max(hi - lo, 1e-9) * 255, 0, 255)).astype(np.uint8)
     rgb = np.moveaxis(data[:3] if data.shape[0] >= 3 else np.repeat(data[:1], 3, axis=0), 0, -1)
     png = Path(png)
     scratch = _scratch_path(png, "partial.png")

@@ -15,12 +15,13 @@ built down blocks, so any layout works. Sizes:
 
 - after the downsampler of level k: head size `attention_head_dim[k]` (5, 10, 20 for SD-2.1; the
   opposite convention to the 2D blocks), heads = channels // head size, GroupNorm `norm_num_groups`;
-- after `conv_in`: DiffusionSat hard-codes 8 heads of 64 and GroupNorm 32 (on 320 channels for
-  SD-2.1, i.e. a 512-wide attention). Here the head size is min(64, channels // 4): exactly 8 x 64
-  for any model at least 256 channels wide (every released one); a narrower (test or demo) model
-  keeps 8 heads of channels // 4, an attention twice as wide as its input instead of a 512-wide one
-  on, say, 32 channels. The GroupNorm keeps 32 groups when the channels divide by 32 and falls back
-  to `norm_num_groups` otherwise.
+- after `conv_in`: DiffusionSat hard-codes 8 heads of 64 and GroupNorm 32 whatever the channel
+  count (on 320 channels for SD-2.1, i.e. a 512-wide attention), and so does this class: a
+  checkpoint the original code saved loads at any width. The GFM4D-only config key
+  `gfm4d_compact_first_temporal` (default false; set by the demo models) asks instead for 8 heads
+  of min(64, channels // 4) and GroupNorm 32 when the channels divide by 32, else
+  `norm_num_groups`: an attention twice as wide as its input instead of a 512-wide one on, say,
+  32 channels.
 """
 
 import torch
@@ -64,10 +65,19 @@ class ConditioningEmbedding3D(nn.Module):
         return self.conv_out(embedding)
 
 
-def first_temporal_block(channels: int, norm_num_groups: int) -> TransformerTemporalModel:
+def first_temporal_block(channels: int, norm_num_groups: int, compact: bool = False) -> TransformerTemporalModel:
     """The temporal block on conv_in's residual (sizes in the module docstring)."""
-    head_size = min(FIRST_TEMPORAL_HEAD_SIZE, max(1, channels // 4))
-    groups = FIRST_TEMPORAL_GROUPS if channels % FIRST_TEMPORAL_GROUPS == 0 else norm_num_groups
+    if compact:
+        head_size = min(FIRST_TEMPORAL_HEAD_SIZE, max(1, channels // 4))
+        groups = FIRST_TEMPORAL_GROUPS if channels % FIRST_TEMPORAL_GROUPS == 0 else norm_num_groups
+    elif channels % FIRST_TEMPORAL_GROUPS:
+        raise ValueError(
+            f"DiffusionSat's first temporal block normalises in {FIRST_TEMPORAL_GROUPS} groups, which {channels} "
+            "channels cannot be split into; a model this narrow needs `gfm4d_compact_first_temporal: true` in its "
+            "ControlNet config (and weights trained that way)"
+        )
+    else:
+        head_size, groups = FIRST_TEMPORAL_HEAD_SIZE, FIRST_TEMPORAL_GROUPS
     return TransformerTemporalModel(
         num_attention_heads=FIRST_TEMPORAL_HEADS,
         attention_head_dim=head_size,
@@ -107,9 +117,10 @@ def frames_to_rows(stack: torch.Tensor) -> torch.Tensor:
 class ControlNetModel3D(SatControlNetBase):
     """DiffusionSat's temporal ControlNet; forward returns (down residuals, mid residual) for the SatUNet."""
 
-    def __init__(self, *, use_temporal_transformer: bool = False, **config):
+    def __init__(self, *, use_temporal_transformer: bool = False, gfm4d_compact_first_temporal: bool = False, **config):
         super().__init__(**config)
-        self.register_to_config(use_temporal_transformer=use_temporal_transformer)
+        self.register_to_config(use_temporal_transformer=use_temporal_transformer,
+                                gfm4d_compact_first_temporal=gfm4d_compact_first_temporal)
         self.controlnet_cond_embedding = ConditioningEmbedding3D(
             self.conv_in.out_channels,
             self.config.conditioning_in_channels,
@@ -137,7 +148,8 @@ class ControlNetModel3D(SatControlNetBase):
         head_sizes = config.attention_head_dim
         if isinstance(head_sizes, int):
             head_sizes = (head_sizes,) * len(self.down_blocks)
-        blocks = [first_temporal_block(self.conv_in.out_channels, config.norm_num_groups)]
+        blocks = [first_temporal_block(self.conv_in.out_channels, config.norm_num_groups,
+                                       compact=bool(config.gfm4d_compact_first_temporal))]
         for level, down in enumerate(self.down_blocks):
             blocks += [nn.Identity() for _ in down.resnets]
             for downsampler in down.downsamplers or ():

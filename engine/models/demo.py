@@ -143,7 +143,15 @@ def _is_complete(folder: Path) -> bool:
         settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(settings, dict) and settings.get("demo_version") == DEMO_VERSION
+    if not (isinstance(settings, dict) and settings.get("demo_version") == DEMO_VERSION):
+        return False
+    if folder.name == CONTROLNET_3D_DEMO:  # built before its config asked for the compact temporal block
+        try:
+            config = json.loads((folder / "controlnet" / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return config.get("gfm4d_compact_first_temporal") is True
+    return True
 
 
 def _build(target: Path, writer, seed: int) -> Path:
@@ -201,7 +209,8 @@ def _write_controlnet_3d_run(folder: Path, seed: int) -> None:
     _write_shared_components(folder, seed)
     unet = _demo_satunet(seed)
     torch.manual_seed(seed + 4)
-    controlnet = ControlNetModel3D.from_unet(unet, conditioning_in_channels=3, use_temporal_transformer=True)
+    controlnet = ControlNetModel3D.from_unet(unet, conditioning_in_channels=3, use_temporal_transformer=True,
+                                             gfm4d_compact_first_temporal=True)
     make_conditioning_visible(controlnet, seed + 5)
     _save_diffusionsat(controlnet, folder / "controlnet")
     _write_controlnet_model_index(folder, "ControlNetModel3D")

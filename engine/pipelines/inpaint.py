@@ -10,8 +10,11 @@ latent blending. The decoded pixels are composited with the feathered mask and m
 input's dtype and range: outside the mask every output value is the input's, bit for bit, and
 bands the model cannot synthesise (NIR, ...) are copied unchanged.
 
-Outputs: the post-event raster on the input's grid, a label raster of class codes (0 = no change,
-255 = nodata where the input has no data), and optionally the label polygons.
+Outputs: the post-event raster on the input's grid with the input's bands (an alpha band stays the
+alpha band, graded values kept), type, nodata, mask, scale/offset and colour interpretation; a
+palette raster is written as the RGB it shows. Painted pixels never take the nodata value and are
+never masked. Beside it a label raster of class codes (0 = no change, 255 = nodata where the input
+has no data), and optionally the label polygons.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from engine import __version__
@@ -33,7 +37,7 @@ from engine.geo.damage_classes import PolygonClasses, classify_polygons
 from engine.geo.grid import OutputGrid
 from engine.geo.masks import dilate, label_raster, place_on_grid, soft_mask, windows_touching_mask
 from engine.geo.metadata import SatMetadata, centre_lonlat, gsd_metres
-from engine.geo.radiometry import Stretch, stretch_for
+from engine.geo.radiometry import Stretch, stretch_for_source
 from engine.geo.raster import RasterSource, open_raster, require_rgb
 from engine.geo.tiling import Span, group_overlapping, plan_windows
 from engine.geo.vectors import PolygonLayer, read_polygons, write_polygons
@@ -106,6 +110,7 @@ class _Plan:
     stretch: Stretch
     prompts: list[str]
     prompt_of_code: dict[int, int]
+    nodata: float | None  # the value painted pixels must not take
 
 
 def _validate(request: InpaintRequest, model) -> tuple[int, int]:
@@ -144,7 +149,8 @@ def _plan(request: InpaintRequest, source: RasterSource) -> _Plan:
     return _Plan(
         grid=grid, rgb=rgb, classes=classes, placed=placed,
         inpaint_mask_polygons=dilate(placed, request.dilation_m), only=only, feather_m=feather_m,
-        stretch=stretch_for(source.dataset, rgb), prompts=prompts, prompt_of_code=prompt_of_code,
+        stretch=stretch_for_source(source, rgb), prompts=prompts, prompt_of_code=prompt_of_code,
+        nodata=None if info.is_palette else info.nodata,
     )
 
 
@@ -266,8 +272,9 @@ def _inpaint_region(model, request, plan: _Plan, source, region: Span, windows: 
     original = np.ma.getdata(source.read(window, bands=list(plan.rgb)))
     unit = (generated + 1.0) / 2.0
     blended = plan.stretch.to_unit(original) * (1 - soft) + unit * soft
-    composite = np.where(soft[None] > 0, plan.stretch.from_unit(blended), original)
-    return composite, soft
+    painted = soft > 0
+    composite = np.where(painted[None], plan.stretch.from_unit(blended), original)
+    return avoid_value(composite, painted, plan.nodata), soft
 
 
 def _decode(model, latents: torch.Tensor, block: int = 64, margin: int = 8) -> np.ndarray:
@@ -319,35 +326,68 @@ def _tags(request: InpaintRequest, model, plan: _Plan, source) -> dict[str, str]
     }
 
 
+def _output_layout(source: RasterSource) -> dict:
+    """Bands, band order and masking of the post-event raster: the input's own, alpha band included
+    (graded values kept). Palette rasters are written as the RGB they show (their indices cannot
+    hold new colours), masked where the palette or nodata made them transparent."""
+    info = source.info
+    bands = list(range(1, info.count + 1))
+    if info.is_palette:
+        return dict(bands=bands, dtype="uint8", nodata=None, with_mask=info.mask_kind != "none",
+                    colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue], descriptions=None,
+                    scales=None, offsets=None)
+    return dict(bands=bands, dtype=info.dtypes[0], nodata=info.nodata, with_mask=info.mask_kind in ("internal", "sidecar"),
+                colorinterp=[ColorInterp[name] for name in info.colorinterp],
+                descriptions=[d or "" for d in info.descriptions], scales=info.scales, offsets=info.offsets)
+
+
 def _write_outputs(source: RasterSource, plan: _Plan, results, outputs: InpaintOutputs, tags: dict, cancel) -> None:
     """Copy the input block by block, pasting inpainted regions; write the label raster beside it."""
     info = source.info
-    dataset = source.dataset
-    bands = list(info.data_bands)
-    has_mask = info.mask_kind in ("alpha", "internal", "sidecar")
+    layout = _output_layout(source)
+    bands = layout["bands"]
     rgb_rows = [bands.index(b) for b in plan.rgb]
     class_table = ";".join(f"{c.code}={c.name}" for c in sorted(plan.classes.classes.values(), key=lambda c: c.code))
-    with GeoTIFFWriter(outputs.image, plan.grid, count=len(bands), dtype=info.dtypes[bands[0] - 1], nodata=info.nodata,
-                       with_mask=has_mask, colorinterp=[dataset.colorinterp[b - 1] for b in bands],
-                       band_descriptions=[info.descriptions[b - 1] or "" for b in bands], tags=tags) as image_out, \
+    with GeoTIFFWriter(outputs.image, plan.grid, count=len(bands), dtype=layout["dtype"], nodata=layout["nodata"],
+                       with_mask=layout["with_mask"], colorinterp=layout["colorinterp"],
+                       band_descriptions=layout["descriptions"], scales=layout["scales"], offsets=layout["offsets"],
+                       tags=tags) as image_out, \
          GeoTIFFWriter(outputs.label, plan.grid, count=1, dtype="uint8", nodata=LABEL_NODATA,
                        tags={**tags, "GFM4D_LABEL_CLASSES": class_table, "GFM4D_SYNTHETIC": "no: the mask used"}) as label_out:
         for row in range(0, info.height, _COPY_BLOCK):
             for col in range(0, info.width, _COPY_BLOCK):
                 check_cancel(cancel)
                 block = Window(col, row, min(_COPY_BLOCK, info.width - col), min(_COPY_BLOCK, info.height - row))
-                data = dataset.read(bands, window=block)
+                data = np.ma.getdata(source.read(block, bands=bands)).astype(layout["dtype"], copy=False)
                 valid = source.valid_mask(block)
                 for region_window, pixels, soft in results:
                     _paste(data, rgb_rows, block, region_window, pixels)
                 image_out.write(data, block)
-                if has_mask:
+                if layout["with_mask"]:
                     image_out.write_mask(valid, block)
                 labels = label_raster(plan.placed, plan.classes, plan.grid, block)
                 labels[~valid] = LABEL_NODATA
                 label_out.write(labels[None], block)
         if outputs.polygons is not None:
             _write_label_polygons(plan, outputs.polygons)
+
+
+def avoid_value(values: np.ndarray, where: np.ndarray, value: float | None) -> np.ndarray:
+    """`values` with every element equal to `value` inside `where` moved one step away from it, so
+    painted pixels never read as nodata (holes). The step goes into the type's range."""
+    if value is None or np.isnan(value):
+        return values
+    hit = where[None] & (values == value)
+    if not hit.any():
+        return values
+    if np.issubdtype(values.dtype, np.integer):
+        info = np.iinfo(values.dtype)
+        step = value + 1 if value < info.max else value - 1
+    else:
+        step = np.nextafter(values.dtype.type(value), values.dtype.type(np.inf))
+    values = values.copy()
+    values[hit] = step
+    return values
 
 
 def _paste(data: np.ndarray, rgb_rows: list[int], block: Window, region: Window, pixels: np.ndarray) -> None:

@@ -40,6 +40,7 @@ class PredictRequest(SamplerSettings):
     reference: int | OutputGrid = 0  # a frame's index (its grid), or an explicit grid
     prompt: str = DEFAULT_PROMPT
     control_scale: float = 1.0
+    rgb_bands: Sequence[int] | Sequence[Sequence[int] | None] | None = None  # (R, G, B) for all frames, or per frame
     steps: int = 50
     guidance_scale: float = 1.0  # DiffusionSat's 3D ControlNet example uses 1.0
 
@@ -111,7 +112,7 @@ def predict(model, request: PredictRequest, output: str | Path, progress: Progre
     """Predict the image at the target date on the reference grid; written atomically to `output`."""
     target_date = parse_date(request.target_date)
     temporal = _check_model(model, len(request.frames))
-    frames = open_frames(list(request.frames), request.dates)
+    frames = open_frames(list(request.frames), request.dates, request.rgb_bands)
     conditioning = None
     try:
         frames.sort(key=lambda frame: frame.date)

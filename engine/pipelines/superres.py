@@ -19,11 +19,10 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from engine.errors import InputError, ModelError
-from engine.geo.coregister import read_warped, warped_view
 from engine.geo.dates import acquisition_for_raster, parse_date
 from engine.geo.grid import OutputGrid, grid_from_extent
 from engine.geo.metadata import SatMetadata, centre_lonlat
-from engine.geo.raster import open_raster
+from engine.geo.raster import GridView, open_raster
 from engine.geo.sentinel2 import CONDITION_BANDS, CONDITION_GSD_M, Sentinel2Normalisation, condition_band_indices
 from engine.geo.tiling import Span
 from engine.pipelines.canvas import LatentCanvas
@@ -56,12 +55,13 @@ class Sentinel2Conditioning:
         self.grid = grid
         condition_grid = OutputGrid(grid.crs, grid.transform @ Affine.scale(scale),
                                     int(np.ceil(grid.width / scale)), int(np.ceil(grid.height / scale)))
-        self._vrt = warped_view(source.dataset, condition_grid)
+        self._view = GridView(source, condition_grid.crs, condition_grid.transform, condition_grid.width,
+                              condition_grid.height)
         self._normalise = Sentinel2Normalisation()
 
     def __call__(self, canvas: LatentCanvas, region: Span, windows: list[Span]) -> dict:
         k = self.k
-        data = read_warped(self._vrt, self.bands, Window(region.col * k, region.row * k, region.width * k, region.height * k))
+        data = self._view.read(bands=self.bands, window=Window(region.col * k, region.row * k, region.width * k, region.height * k))
         image = self._normalise.to_unit(np.ma.getdata(data))
         image[:, np.ma.getmaskarray(data).any(axis=0)] = 0.0
         cond_metadata = []
@@ -78,7 +78,7 @@ class Sentinel2Conditioning:
         }
 
     def close(self) -> None:
-        self._vrt.close()
+        self._view.close()
 
 
 def superres(model, request: SuperresRequest, output: str | Path, progress: ProgressCallback | None = None,
@@ -96,7 +96,9 @@ def superres(model, request: SuperresRequest, output: str | Path, progress: Prog
     factor = controlnet.condition_factor
     with open_raster(request.image, min_size=2) as source:
         info = source.info
-        bands = condition_band_indices(info.descriptions, request.bands)
+        data_bands = info.data_bands  # an alpha band is the scene's mask, not a Sentinel-2 band
+        positions = condition_band_indices([info.descriptions[b - 1] for b in data_bands], request.bands)
+        bands = [data_bands[p - 1] for p in positions]
         acquisition = acquisition_for_raster(request.image, imagery_tags=info.imagery_tags,
                                              explicit_date=parse_date(request.date) if request.date else None)
         if request.extent is not None:

@@ -15,7 +15,7 @@ from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
 from engine.errors import InputError
-from engine.geo.grid import OutputGrid, grid_from_extent, grid_like
+from engine.geo.grid import OutputGrid, grid_from_extent, grid_of_raster
 
 from . import Input, task
 from .base import SamplingParams, date_field
@@ -69,11 +69,7 @@ def output_grid(params: GenerateParams, inputs: dict[str, Path]) -> tuple[Output
     if like is not None:
         if params.resolution_m is not None or params.pixel_size is not None or params.crs is not None:
             raise InputError("a `like` raster fixes the CRS and pixel size: drop crs, resolution_m and pixel_size")
-        from engine.geo.raster import open_raster
-
-        with open_raster(like) as source:
-            info = source.info
-        return grid_like(info.crs, info.transform, info.width, info.height), None
+        return grid_of_raster(like, "the `like` raster"), None
     if (params.resolution_m is None) == (params.pixel_size is None):
         raise InputError("give the output pixel size: resolution_m (ground metres) or pixel_size (CRS units)")
     if aoi_file is not None:

@@ -18,6 +18,9 @@ class PredictParams(SamplingParams):
     dates: list[dt.date | None] | None = Field(None, description="one date per frame, null to read it from the frame")
     reference: int = Field(0, ge=0, description="index of the frame whose grid the output takes")
     control_scale: float = Field(1.0, ge=0, le=10, description="multiplier of the ControlNet's residuals")
+    rgb_bands: tuple[int, int, int] | list[tuple[int, int, int] | None] | None = Field(
+        None, description="1-based red, green, blue bands: one triple for every frame, or one per frame "
+        "(null: by colour interpretation)")
     model: str = Field("demo-controlnet-3d", description="a temporal (3D) or pre/post (2D) ControlNet model")
     steps: int = Field(50, ge=1, le=500)
     guidance_scale: float = Field(1.0, ge=0, le=100)
@@ -45,16 +48,14 @@ def run(registry, params: PredictParams, inputs, out_dir: Path, progress, cancel
 
     reference = params.reference
     if "reference" in inputs:
-        from engine.geo.grid import grid_like
-        from engine.geo.raster import open_raster
+        from engine.geo.grid import grid_of_raster
 
-        with open_raster(inputs["reference"]) as source:
-            info = source.info
-        reference = grid_like(info.crs, info.transform, info.width, info.height)
+        reference = grid_of_raster(inputs["reference"], "the reference raster")
     model = registry.load(params.model)
     request = PredictRequest(
         frames=inputs_named(inputs, "frames"), target_date=params.target_date, dates=params.dates,
-        reference=reference, prompt=params.prompt, control_scale=params.control_scale, **params.sampler_fields(),
+        reference=reference, prompt=params.prompt, control_scale=params.control_scale, rgb_bands=params.rgb_bands,
+        **params.sampler_fields(),
     )
     result = predict(model, request, out_dir / "image.tif", progress=progress, cancel=cancel)
     path = result.generated.path
