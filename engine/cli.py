@@ -236,6 +236,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
+    if args.models_command in ("available", "fetch"):
+        from engine.cli_models import run_models_command
+
+        return run_models_command(args)
+    from engine.cli_models import readiness
+
     registry = _registry(args)
     if args.models_command == "import":
         info = registry.import_model(Path(args.path), name=args.name)
@@ -249,6 +255,7 @@ def cmd_models(args) -> int:
     else:
         for info in infos:
             print(f"{info.name:24} {info.kind:24} {info.native_resolution:5d} px  {', '.join(info.tasks)}  {info.path}")
+            print(f"    {readiness(info)}")
     return 0
 
 
@@ -259,10 +266,13 @@ def _info_dict(info) -> dict:
         "path": str(info.path),
         "native_resolution": info.native_resolution,
         "tasks": list(info.tasks),
+        "ready": info.ready,
+        "missing_components": list(info.missing_components),
     }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.cli_models import add_fetch_parsers
     from engine.server.cli_support import add_engine_arguments, add_serve_arguments, run_serve
 
     parser = argparse.ArgumentParser(prog="gfm4d", description="Diffusion models for satellite imagery, georeferenced.")
@@ -370,13 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=20)
     demo.set_defaults(func=cmd_demo)
 
-    models = sub.add_parser("models", help="list or import models")
+    models = sub.add_parser("models", help="list, import or fetch models")
     msub = models.add_subparsers(dest="models_command", required=True)
     mlist = msub.add_parser("list", help="list the models found in the models folder")
     mlist.add_argument("--json", action="store_true")
     mimport = msub.add_parser("import", help="import a model folder or a released zip")
     mimport.add_argument("path")
     mimport.add_argument("--name")
+    add_fetch_parsers(msub)
     models.set_defaults(func=cmd_models)
     return parser
 

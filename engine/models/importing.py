@@ -33,11 +33,14 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def import_model(source: Path, models_dir: Path, name: str | None = None, unet: str | None = None) -> Path:
+def import_model(source: Path, models_dir: Path, name: str | None = None, unet: str | None = None,
+                 settings: dict | None = None) -> Path:
     """Copy `source` (a model folder or a zip holding one) to `models_dir/<name>`; return that folder.
 
     `unet` picks the network subfolder explicitly (e.g. "checkpoint-150000/unet_ema") and is
-    recorded in the copy's gfm4d.json.
+    recorded in the copy's gfm4d.json. `settings` (gfm4d.json entries, e.g. a catalogue's
+    native_resolution or base_model) are merged into the copy's gfm4d.json, and into what the
+    zip's folder is recognised as, so a `base_model` there decides which UNet is copied.
     """
     source = Path(source)
     models_dir = Path(models_dir)
@@ -55,6 +58,8 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, unet: 
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=models_dir))
     try:
         root = _extract_zip(source, staging / "zip") if is_zip else source
+        if settings and is_zip:
+            _merge_settings(root, settings)  # our own extraction: recognise it as it will be installed
         # Refuse anything unrecognisable before copying; a base_model must be in the destination.
         info = inspect_model_folder(root, unet=unet, models_dir=models_dir)
         staged = staging / "model"
@@ -63,6 +68,8 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, unet: 
             _copy(root / relative, staged / relative, move=is_zip)
         if unet:
             _record_unet_choice(staged, unet)
+        if settings:
+            _merge_settings(staged, settings)
         inspect_model_folder(staged, models_dir=models_dir)
         try:
             staged.rename(target)
@@ -118,3 +125,10 @@ def _record_unet_choice(folder: Path, unet: str) -> None:
     settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     settings["unet"] = unet
     path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
+def _merge_settings(folder: Path, settings: dict) -> None:
+    path = folder / SETTINGS_FILE
+    merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    merged.update(settings)
+    path.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,123 @@
+"""A small threaded HTTP server on 127.0.0.1 that serves model archives the way Zenodo does.
+
+It answers GET and HEAD with Range support (206 + Content-Range, 416 past the end), serves
+record JSON (name, size, checksum per file), 404s anything else, can drop the connection part way
+through a file, and logs every request. It also answers requests written for a proxy
+(`GET http://host/path`), so a test can point HTTP_PROXY at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class ReleaseServer:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.json: dict[str, object] = {}
+        self.drops: dict[str, list[int]] = {}  # path -> byte counts after which to drop, one per request
+        self.log: list[tuple[str, str, str | None, str]] = []  # (method, path, Range header, host)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> "ReleaseServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def publish(self, path: str, data: bytes, record: str | None = None, checksum: str | None = None) -> None:
+        """Serve `data` at `path` and, with `record`, list it there as Zenodo does (md5 by default)."""
+        self.files[path] = data
+        if record is not None:
+            files = self.json.setdefault(record, {"files": []})["files"]
+            files.append({"key": Path(path).name, "size": len(data),
+                          "checksum": checksum or f"md5:{hashlib.md5(data).hexdigest()}"})
+
+    def requests_for(self, path: str, method: str = "GET") -> list[str | None]:
+        """The Range headers of the requests made for `path`."""
+        return [rng for m, p, rng, _ in self.log if p == path and m == method]
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
+            def do_GET(self) -> None:
+                self._answer(body=True)
+
+            def _answer(self, body: bool) -> None:
+                parts = urlsplit(self.path)
+                path = parts.path
+                server.log.append((self.command, path, self.headers.get("Range"), parts.netloc or self.headers.get("Host", "")))
+                if path in server.json:
+                    data = json.dumps(server.json[path]).encode()
+                    self._send(200, data, {"Content-Type": "application/json"}, body)
+                    return
+                if path not in server.files:
+                    self._send(404, b"not found", {}, body)
+                    return
+                data = server.files[path]
+                start = 0
+                header = self.headers.get("Range")
+                if header and header.startswith("bytes=") and header.endswith("-"):
+                    start = int(header[6:-1])
+                    if start >= len(data):
+                        self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"}, body)
+                        return
+                headers = {"Content-Type": "application/zip", "Accept-Ranges": "bytes"}
+                if start:
+                    headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+                drops = server.drops.get(path) if body else None
+                if drops:
+                    cut = drops.pop(0)
+                    self.send_response(206 if start else 200)
+                    for key, value in {**headers, "Content-Length": str(len(data) - start)}.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data[start:start + cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self._send(206 if start else 200, data[start:], headers, body)
+
+            def _send(self, status: int, data: bytes, headers: dict, body: bool) -> None:
+                self.send_response(status)
+                for key, value in {**headers, "Content-Length": str(len(data))}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+        return Handler
+
+
+def release_zip(run_folder: Path, destination: Path, top: str) -> Path:
+    """A zip laid out like a released DiffusionSat run: `top/checkpoint-N/unet/...` plus training
+    state beside it, without the root SD-2.1 components (they come from elsewhere)."""
+    with zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(run_folder.rglob("*")):
+            relative = path.relative_to(run_folder)
+            if path.is_file() and relative.parts[0].startswith("checkpoint-"):
+                archive.write(path, f"{top}/{relative.as_posix()}")
+        archive.writestr(f"{top}/checkpoint-100/optimizer.bin", b"\0" * 4096)  # training state: not installed
+        archive.writestr(f"{top}/checkpoint-100/random_states_0.pkl", b"\0" * 64)
+    return destination

@@ -1,0 +1,282 @@
+"""`gfm4d models fetch` against a real HTTP server on loopback serving a release zip in the released
+layout (built from the tiny demo SatUNet): resume after a dropped connection, checksum refusal,
+full disk, 404, proxy, then generating with the fetched model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import rasterio
+from release_server import ReleaseServer, release_zip
+
+from engine.cli import main
+from engine.errors import ModelError
+from engine.models import fetch as fetch_module
+from engine.models.catalogue import load_catalogue
+from engine.models.fetch import FETCH_FOLDER, FetchError, Fetcher, select_component_files
+from engine.models.layout import COMPONENTS, FETCHED_SD21_FOLDER
+from engine.models.registry import ModelRegistry
+
+RUN = "finetune_sd21_demo_md7norm"
+ZIP_PATH = f"/records/1/files/{RUN}.zip"
+RECORD_PATH = "/api/records/1"
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    from engine.models.demo import build_demo_models
+
+    path = tmp_path_factory.mktemp("demo")
+    build_demo_models(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def release(demo_dir, tmp_path_factory):
+    """The bytes of a release zip and an SD-2.1 folder holding the frozen components it lacks."""
+    folder = tmp_path_factory.mktemp("release")
+    data = release_zip(demo_dir / "demo-satunet", folder / f"{RUN}.zip", RUN).read_bytes()
+    sd21 = folder / "sd21"
+    for component in COMPONENTS:
+        shutil.copytree(demo_dir / "demo-satunet" / component, sd21 / component)
+    (sd21 / "vae" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"a variant that is not copied")
+    return data, sd21
+
+
+@pytest.fixture
+def server():
+    with ReleaseServer() as running:
+        yield running
+
+
+def catalogue_file(tmp_path, url: str, record_url: str | None, **extra) -> dict:
+    path = tmp_path / "catalogue.json"
+    entry = {
+        "kind": "archive", "title": "Demo run", "purpose": "tests", "licence": "MIT", "size_bytes": 1000,
+        "url": url, "needs_sd21": True, "settings": {"native_resolution": 128, "display_name": "Fetched demo"},
+        **({"record_url": record_url} if record_url else {}), **extra,
+    }
+    path.write_text(json.dumps({"models": {"fetched-demo": entry}}))
+    return load_catalogue(path)
+
+
+def fetcher(models_dir, catalogue, sd21, **options) -> Fetcher:
+    return Fetcher(models_dir, catalogue=catalogue, sd21_source=str(sd21), backoff_s=0.01, **options)
+
+
+def leftovers(models_dir) -> list[str]:
+    """What a fetch left in the models directory besides finished models (locks excepted)."""
+    hidden = [p.name for p in models_dir.iterdir() if p.name.startswith(".") and p.name != FETCH_FOLDER]
+    partial = [p.name for p in (models_dir / FETCH_FOLDER).iterdir() if not p.name.endswith(".lock")] \
+        if (models_dir / FETCH_FOLDER).is_dir() else []
+    return hidden + partial
+
+
+def test_fetch_resumes_after_a_dropped_connection_then_generates_like_the_source_model(
+        server, release, demo_dir, tmp_path):
+    data, sd21 = release
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    cut = len(data) * 2 // 5
+    server.drops[ZIP_PATH] = [cut]
+    catalogue = catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)
+    models_dir = tmp_path / "models"
+    reports = []
+
+    done = fetcher(models_dir, catalogue, sd21, progress=lambda d, t, w: reports.append((d, t, w))).fetch("fetched-demo")
+
+    assert [(d.name, d.installed) for d in done] == [("fetched-demo", True), ("sd21-components", True)]
+    first, second = server.requests_for(ZIP_PATH)
+    assert first is None and 0 < int(second[len("bytes="):-1]) <= cut  # the second request resumed, not restarted
+    downloaded = [d for d, t, w in reports if w == "downloading fetched-demo"]
+    assert downloaded[-1] == len(data) and all(t == len(data) for _, t, w in reports if w.startswith("downloading"))
+    assert leftovers(models_dir) == []
+    installed = models_dir / "fetched-demo"
+    assert not (installed / "checkpoint-100" / "optimizer.bin").exists()  # training state is not installed
+    assert sorted(p.name for p in (models_dir / FETCHED_SD21_FOLDER).iterdir()) == sorted(COMPONENTS)
+    assert not (models_dir / FETCHED_SD21_FOLDER / "vae" / "diffusion_pytorch_model.fp16.safetensors").exists()
+    info = ModelRegistry(models_dir).get("fetched-demo")
+    assert info.ready and info.kind == "satunet" and info.native_resolution == 128
+    assert info.components["vae"] == models_dir / FETCHED_SD21_FOLDER / "vae"
+
+    # The fetched run holds the demo SatUNet's weights: same request, same pixels.
+    shutil.copytree(demo_dir / "demo-satunet", models_dir / "demo-satunet")
+    for model in ("fetched-demo", "demo-satunet"):
+        assert main(["--models-dir", str(models_dir), "--sd21-dir", "", "--device", "cpu", "generate", "--model", model,
+                     "--extent", "500000", "4000000", "500128", "4000128", "--crs", "EPSG:32618", "--resolution", "1",
+                     "--prompt", "a fmow satellite image of a farm", "--steps", "2", "-o", str(tmp_path / f"{model}.tif")]) == 0
+    with rasterio.open(tmp_path / "fetched-demo.tif") as a, rasterio.open(tmp_path / "demo-satunet.tif") as b:
+        assert a.crs == b.crs and a.transform == b.transform
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.read().std() > 0
+
+
+def test_models_list_shows_readiness(server, release, tmp_path, capsys):
+    data, sd21 = release
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    catalogue = catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)
+    models_dir = tmp_path / "models"
+    fetcher(models_dir, catalogue, sd21).fetch("fetched-demo", with_components=False)
+
+    assert main(["--models-dir", str(models_dir), "--sd21-dir", "", "models", "list", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert listed["fetched-demo"]["ready"] is False
+    assert listed["fetched-demo"]["missing_components"] == list(COMPONENTS)
+    assert main(["--models-dir", str(models_dir), "--sd21-dir", "", "models", "list"]) == 0
+    assert "not ready: no vae, text_encoder, tokenizer, scheduler (run `gfm4d models fetch sd21-components`)" in capsys.readouterr().out
+
+    fetcher(models_dir, catalogue, sd21).fetch("fetched-demo")  # installed already: only the components come
+    assert main(["--models-dir", str(models_dir), "--sd21-dir", "", "models", "list"]) == 0
+    assert "    ready" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_a_wrong_checksum_is_refused_and_nothing_is_installed(server, release, tmp_path, pinned):
+    data, sd21 = release
+    if pinned:  # the catalogue's pinned sha256 wins over the record's (correct) md5
+        server.publish(ZIP_PATH, data, record=RECORD_PATH)
+        catalogue = catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH, sha256="0" * 64)
+    else:
+        server.publish(ZIP_PATH, data, record=RECORD_PATH, checksum=f"md5:{hashlib.md5(b'other').hexdigest()}")
+        catalogue = catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)
+    models_dir = tmp_path / "models"
+
+    with pytest.raises(FetchError, match="refused and nothing was installed"):
+        fetcher(models_dir, catalogue, sd21).fetch("fetched-demo")
+    assert sorted(p.name for p in models_dir.iterdir()) == [FETCH_FOLDER]
+    assert leftovers(models_dir) == []  # the corrupt download is not kept for resuming
+
+
+def test_no_download_starts_without_room_for_the_archive_and_its_unpacked_copy(server, release, tmp_path, monkeypatch):
+    data, sd21 = release
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    catalogue = catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)
+    free = 2 * len(data) + fetch_module.SPACE_MARGIN_BYTES - 1  # one byte short
+    monkeypatch.setattr(fetch_module, "free_bytes", lambda path: free)
+    models_dir = tmp_path / "models"
+
+    with pytest.raises(FetchError, match=r"not enough free disk space for fetched-demo .* point GFM4D_MODELS at a larger disk"):
+        fetcher(models_dir, catalogue, sd21).fetch("fetched-demo")
+    assert server.requests_for(ZIP_PATH) == []
+    assert not (models_dir / "fetched-demo").exists() and leftovers(models_dir) == []
+
+    monkeypatch.setattr(fetch_module, "free_bytes", lambda path: free + 1)
+    assert fetcher(models_dir, catalogue, sd21).fetch("fetched-demo", with_components=False)[0].installed
+
+
+def test_a_404_says_what_to_download_by_hand_and_how_to_install_it(server, release, tmp_path, monkeypatch, capsys):
+    _, sd21 = release
+    catalogue_path = tmp_path / "catalogue.json"
+    catalogue_file(tmp_path, server.url + "/records/9/files/missing.zip", None)  # no record: size from HEAD
+    monkeypatch.setenv("GFM4D_CATALOGUE", str(catalogue_path))
+    models_dir = tmp_path / "models"
+
+    assert main(["--models-dir", str(models_dir), "models", "fetch", "fetched-demo", "--sd21-source", str(sd21)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "HTTP 404" in error and f"{server.url}/records/9/files/missing.zip by hand" in error
+    assert "gfm4d models import FILE.zip --name fetched-demo" in error
+    assert not (models_dir / "fetched-demo").exists()
+
+
+def test_unreachable_source_gives_up_after_retries_with_the_by_hand_line(release, tmp_path):
+    from engine.server.launcher import free_port
+
+    _, sd21 = release
+    url = f"http://127.0.0.1:{free_port()}/records/1/files/{RUN}.zip"  # nothing listens there
+    catalogue = catalogue_file(tmp_path, url, None)
+
+    with pytest.raises(FetchError, match=r"refused the connection.*by hand, then run: gfm4d models fetch fetched-demo --archive"):
+        fetcher(tmp_path / "models", catalogue, sd21, retries=3).fetch("fetched-demo")
+
+
+def test_a_zip_downloaded_by_hand_installs_offline_with_the_catalogue_settings(release, tmp_path):
+    from engine.server.launcher import free_port
+
+    data, sd21 = release
+    offline = f"http://127.0.0.1:{free_port()}"
+    zip_file = tmp_path / "downloaded.zip"
+    zip_file.write_bytes(data)
+    catalogue = catalogue_file(tmp_path, offline + ZIP_PATH, offline + RECORD_PATH, md5=hashlib.md5(data).hexdigest())
+    models_dir = tmp_path / "models"
+
+    done = fetcher(models_dir, catalogue, sd21, retries=1).fetch("fetched-demo", archive=zip_file)
+    assert [d.name for d in done] == ["fetched-demo", "sd21-components"]
+    assert zip_file.read_bytes() == data  # the user's file is left alone
+    assert ModelRegistry(models_dir).get("fetched-demo").ready
+
+    catalogue = catalogue_file(tmp_path, offline + ZIP_PATH, offline + RECORD_PATH, md5="0" * 32)
+    with pytest.raises(FetchError, match="refused"):
+        fetcher(tmp_path / "other", catalogue, sd21, retries=1).fetch("fetched-demo", archive=zip_file)
+
+
+def test_proxy_settings_from_the_environment_are_honoured(server, release, tmp_path, monkeypatch):
+    data, sd21 = release
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    # A host that does not resolve: the fetch can only succeed through the proxy.
+    catalogue = catalogue_file(tmp_path, "http://models.example.invalid" + ZIP_PATH,
+                               "http://models.example.invalid" + RECORD_PATH)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+
+    assert fetcher(tmp_path / "models", catalogue, sd21).fetch("fetched-demo", with_components=False)[0].installed
+    assert {host for _, path, _, host in server.log if path == ZIP_PATH} == {"models.example.invalid"}
+
+
+def test_the_catalogue_lists_the_released_runs_components_and_backbones(tmp_path, capsys):
+    catalogue = load_catalogue()
+    archives = {e.url for e in catalogue.values() if e.kind == "archive"}
+    assert archives == {
+        "https://zenodo.org/records/13751498/files/finetune_sd21_sn-satlas-fmow_snr5_md7norm_bs64.zip",
+        "https://zenodo.org/records/13756199/files/finetune_sd21_256_sn-satlas-fmow_snr5_md7norm_bs64.zip",
+        "https://zenodo.org/records/13756211/files/controlnet3d-mixattn_sd21_md7norm_texas.zip",
+        "https://zenodo.org/records/13756246/files/controlnet_sd21_md7norm_fmow_condres256.zip",
+    }
+    for entry in catalogue.values():
+        if entry.kind == "archive":
+            assert entry.record_url == entry.url.split("/files/")[0].replace("/records/", "/api/records/")
+    assert catalogue["diffusionsat-texas-3d"].requires == ("diffusionsat-256",)
+    assert catalogue["sd21-components"].components == COMPONENTS
+    repos = {e.repo_id for e in catalogue.values() if e.kind == "snapshot"}
+    assert {"stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-3-medium-diffusers",
+            "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"} <= repos
+
+    assert main(["--models-dir", str(tmp_path), "models", "available", "--json"]) == 0
+    listed = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
+    assert set(listed) == set(catalogue)
+    assert all(e["size_bytes"] > 0 and e["licence"] and e["purpose"] and not e["installed"] for e in listed.values())
+
+
+def test_unknown_names_and_broken_catalogues_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    assert main(["--models-dir", str(tmp_path), "models", "fetch", "diffusionsat-1024"]) == 2
+    assert "the catalogue has no model 'diffusionsat-1024'; fetchable models: diffusionsat-256" in capsys.readouterr().err
+    broken = tmp_path / "catalogue.json"
+    broken.write_text(json.dumps({"models": {"x": {"kind": "archive", "title": "x", "purpose": "x", "licence": "x",
+                                                   "size_bytes": 1, "url": "ftp://x"}}}))
+    with pytest.raises(ModelError, match="an archive needs an http"):
+        load_catalogue(broken)
+
+
+def test_only_the_pipeline_files_worth_downloading_are_selected():
+    files = [
+        "vae/config.json", "vae/diffusion_pytorch_model.bin", "vae/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_flax_model.msgpack",
+        "text_encoder/config.json", "text_encoder/pytorch_model.bin",  # only .bin here: taken
+        "tokenizer/merges.txt", "tokenizer/vocab.json", "scheduler/scheduler_config.json",
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "v2-1_768-ema-pruned.safetensors",
+        "text_encoder_2/model-00001-of-00002.safetensors", "text_encoder_2/model-00002-of-00002.safetensors",
+        "text_encoder_2/model.safetensors.index.json", "text_encoder_2/model.safetensors.index.fp16.json",
+        "text_encoder_2/pytorch_model.bin.index.json", "text_encoder_2/config.json",
+    ]
+    assert select_component_files(files, COMPONENTS) == [
+        "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/pytorch_model.bin",
+        "tokenizer/merges.txt", "tokenizer/vocab.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    ]
+    assert select_component_files(files, ["text_encoder_2"]) == [
+        "text_encoder_2/config.json", "text_encoder_2/model-00001-of-00002.safetensors",
+        "text_encoder_2/model-00002-of-00002.safetensors", "text_encoder_2/model.safetensors.index.json",
+    ]
