@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -45,6 +48,13 @@ def release(demo_dir, tmp_path_factory):
         shutil.copytree(demo_dir / "demo-satunet" / component, sd21 / component)
     (sd21 / "vae" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"a variant that is not copied")
     return data, sd21
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_for_loopback(monkeypatch):
+    """A proxy configured on the test machine must not catch the loopback server's traffic."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
 @pytest.fixture
@@ -280,3 +290,66 @@ def test_only_the_pipeline_files_worth_downloading_are_selected():
         "text_encoder_2/config.json", "text_encoder_2/model-00001-of-00002.safetensors",
         "text_encoder_2/model-00002-of-00002.safetensors", "text_encoder_2/model.safetensors.index.json",
     ]
+
+
+@contextmanager
+def engine_on_loopback(models_dir, work_dir):
+    """The engine's app served by uvicorn on 127.0.0.1 from a thread of this process (its torch and
+    models already imported: a new engine process takes long to start on a busy machine)."""
+    import uvicorn
+
+    from engine.server.app import create_app
+    from engine.server.launcher import free_port
+    from engine.server.settings import ServerSettings
+
+    settings = ServerSettings(models_dir=models_dir, work_dir=work_dir, sd21_dir=None, device="cpu")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive(), "the engine did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_models_fetch_runs_as_an_engine_job_with_progress_then_the_engine_generates_with_it(
+        server, release, tmp_path, monkeypatch):
+    from engine.client import EngineClient, EngineRefused
+
+    data, sd21 = release
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    server.drops[ZIP_PATH] = [len(data) // 3]
+    catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)
+    models_dir = tmp_path / "models"
+    monkeypatch.setenv("GFM4D_CATALOGUE", str(tmp_path / "catalogue.json"))
+    monkeypatch.setenv("GFM4D_SD21_SOURCE", str(sd21))
+    monkeypatch.delenv("GFM4D_SD21_DIR", raising=False)
+    with engine_on_loopback(models_dir, tmp_path / "work") as url:
+        client = EngineClient(url)
+        schema = next(t for t in client.tasks() if t["name"] == "models_fetch")["params_schema"]
+        assert "fetched-demo" in schema["properties"]["name"]["enum"]
+        with pytest.raises(EngineRefused, match="the catalogue has no model 'nope'"):
+            client.submit("models_fetch", {"name": "nope"})
+
+        seen = []
+        results = client.run("models_fetch", {"name": "fetched-demo"}, out_dir=tmp_path / "out",
+                             progress=seen.append, poll_interval=0.05)
+        report = json.loads(results["model"].read_text())["fetched"]
+        assert [(r["name"], r["installed"], r["ready"]) for r in report] == [
+            ("fetched-demo", True, True), ("sd21-components", True, None)]
+        final = seen[-1]
+        assert final["state"] == "succeeded" and final["done"] == final["total"] > 0  # progress in bytes
+        assert len(server.requests_for(ZIP_PATH)) == 2  # dropped once, resumed once
+        models = {m["name"]: m for m in client.models()}
+        assert models["fetched-demo"]["ready"]
+
+        image = client.run("generate", {"model": "fetched-demo", "prompt": "a fmow satellite image", "steps": 2,
+                                        "extent": [500000, 4000000, 500064, 4000064], "crs": "EPSG:32618",
+                                        "resolution_m": 1}, out_dir=tmp_path / "gen", poll_interval=0.05)["image"]
+        with rasterio.open(image) as src:
+            assert src.shape == (64, 64) and src.crs.to_epsg() == 32618
