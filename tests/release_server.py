@@ -17,10 +17,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
 class ReleaseServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.json: dict[str, object] = {}
+        self.hub: dict[str, dict[str, bytes]] = {}  # Hugging Face repo id -> path -> bytes
+        self.gated: set[str] = set()  # repo ids answered as a gated repository the caller has no access to
         self.drops: dict[str, list[int]] = {}  # path -> byte counts after which to drop, one per request
         self.log: list[tuple[str, str, str | None, str]] = []  # (method, path, Range header, host)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -47,6 +52,23 @@ class ReleaseServer:
             files.append({"key": Path(path).name, "size": len(data),
                           "checksum": checksum or f"md5:{hashlib.md5(data).hexdigest()}"})
 
+    def publish_hub_repo(self, repo_id: str, files: dict[str, bytes]) -> None:
+        """Serve a model repository the way the Hugging Face Hub's API does (point HF_ENDPOINT here):
+        `/api/models/<repo>` lists files with sizes and LFS sha256, `/<repo>/resolve/<rev>/<path>` serves them."""
+        self.hub[repo_id] = dict(files)
+        siblings = []
+        for name, data in files.items():
+            sibling = {"rfilename": name, "size": len(data), "blobId": hashlib.sha1(data).hexdigest()}
+            if not name.endswith((".json", ".txt")):
+                sibling["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            siblings.append(sibling)
+        info = {"id": repo_id, "modelId": repo_id, "sha": HUB_COMMIT, "private": False, "siblings": siblings}
+        self.json[f"/api/models/{repo_id}"] = info
+        self.json[f"/api/models/{repo_id}/revision/main"] = info
+        for name, data in files.items():
+            self.files[f"/{repo_id}/resolve/main/{name}"] = data
+            self.files[f"/{repo_id}/resolve/{HUB_COMMIT}/{name}"] = data
+
     def requests_for(self, path: str, method: str = "GET") -> list[str | None]:
         """The Range headers of the requests made for `path`."""
         return [rng for m, p, rng, _ in self.log if p == path and m == method]
@@ -68,6 +90,10 @@ class ReleaseServer:
                 parts = urlsplit(self.path)
                 path = parts.path
                 server.log.append((self.command, path, self.headers.get("Range"), parts.netloc or self.headers.get("Host", "")))
+                if any(path.startswith(f"/api/models/{repo}") or path.startswith(f"/{repo}/") for repo in server.gated):
+                    self._send(403, b'{"error": "Access to this model is restricted"}',
+                               {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to this model is restricted"}, body)
+                    return
                 if path in server.json:
                     data = json.dumps(server.json[path]).encode()
                     self._send(200, data, {"Content-Type": "application/json"}, body)
@@ -83,7 +109,8 @@ class ReleaseServer:
                     if start >= len(data):
                         self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"}, body)
                         return
-                headers = {"Content-Type": "application/zip", "Accept-Ranges": "bytes"}
+                headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes",
+                           "X-Repo-Commit": HUB_COMMIT, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
                 if start:
                     headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
                 drops = server.drops.get(path) if body else None

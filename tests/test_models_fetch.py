@@ -353,3 +353,92 @@ def test_models_fetch_runs_as_an_engine_job_with_progress_then_the_engine_genera
                                         "resolution_m": 1}, out_dir=tmp_path / "gen", poll_interval=0.05)["image"]
         with rasterio.open(image) as src:
             assert src.shape == (64, 64) and src.crs.to_epsg() == 32618
+
+
+def hub_files(folder, extra: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The files of a model folder as a Hub repository holds them, plus `extra`."""
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    return {**files, **(extra or {})}
+
+
+def test_sd21_components_come_from_a_hugging_face_repository_through_the_hub_api(server, release, demo_dir, tmp_path,
+                                                                                   monkeypatch):
+    data, _ = release
+    repo = load_catalogue()["sd21-components"].repo_id
+    server.publish_hub_repo(repo, hub_files(demo_dir / "demo-satunet", {
+        "vae/diffusion_pytorch_model.fp16.safetensors": b"variant", "v2-1_768-ema-pruned.ckpt": b"single file",
+    }))
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    catalogue = {**load_catalogue(), **catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)}
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.delenv("GFM4D_SD21_SOURCE", raising=False)
+    models_dir = tmp_path / "models"
+
+    done = Fetcher(models_dir, catalogue=catalogue, backoff_s=0.01).fetch("fetched-demo")
+
+    assert [d.name for d in done] == ["fetched-demo", "sd21-components"]
+    fetched = {p for m, p, _, _ in server.log if m == "GET" and "/resolve/" in p}
+    assert {p.split("/resolve/")[1].split("/", 1)[1] for p in fetched} == {
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors", "text_encoder/config.json",
+        "text_encoder/model.safetensors", "scheduler/scheduler_config.json", "tokenizer/merges.txt",
+        "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json",
+    }  # not the UNet, the variant or the single-file checkpoint
+    sd21 = models_dir / FETCHED_SD21_FOLDER
+    for name in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "tokenizer/vocab.json"):
+        assert (sd21 / name).read_bytes() == (demo_dir / "demo-satunet" / name).read_bytes()
+    assert ModelRegistry(models_dir).get("fetched-demo").ready
+    assert leftovers(models_dir) == []
+
+
+def test_a_hub_file_that_does_not_match_its_sha256_is_refused(server, demo_dir, tmp_path, monkeypatch):
+    repo = load_catalogue()["sd21-components"].repo_id
+    server.publish_hub_repo(repo, hub_files(demo_dir / "demo-satunet"))
+    served = f"/{repo}/resolve/main/vae/diffusion_pytorch_model.safetensors"
+    server.files[served] = server.files[served][:-1] + b"X"  # corrupted in transit, same size
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.delenv("GFM4D_SD21_SOURCE", raising=False)
+    models_dir = tmp_path / "models"
+
+    with pytest.raises(FetchError, match="vae/diffusion_pytorch_model.safetensors does not match its published sha256"):
+        Fetcher(models_dir, backoff_s=0.01).fetch("sd21-components")
+    assert not (models_dir / FETCHED_SD21_FOLDER).exists()
+    kept = models_dir / FETCH_FOLDER / "sd21-components.hub"  # files that did verify are kept for the next try
+    assert not (kept / "vae" / "diffusion_pytorch_model.safetensors").exists()
+    assert (kept / "vae" / "config.json").is_file()
+    assert leftovers(models_dir) == ["sd21-components.hub"]
+
+    del server.files[served]  # fixed at the source: the next fetch downloads only the refused file
+    server.publish_hub_repo(repo, hub_files(demo_dir / "demo-satunet"))
+    server.log.clear()
+    Fetcher(models_dir, backoff_s=0.01).fetch("sd21-components")
+    assert [p.split("/resolve/main/")[1] for m, p, _, _ in server.log if m == "GET" and "/resolve/" in p] == [
+        "vae/diffusion_pytorch_model.safetensors"]
+    assert ModelRegistry(models_dir).sd21_dir == models_dir / FETCHED_SD21_FOLDER and leftovers(models_dir) == []
+
+
+def test_a_diffusers_backbone_snapshot_takes_only_the_pipeline_folders(server, demo_dir, tmp_path, monkeypatch):
+    entry = {"kind": "snapshot", "title": "Tiny SD", "purpose": "tests", "licence": "MIT", "size_bytes": 1000,
+             "repo_id": "tests/tiny-sd"}
+    (tmp_path / "catalogue.json").write_text(json.dumps({"models": {"tiny-sd": entry, "gated-sd": {**entry, "repo_id": "tests/gated"}}}))
+    server.publish_hub_repo("tests/tiny-sd", hub_files(demo_dir / "demo-sd", {
+        "tiny-sd.safetensors": b"single-file checkpoint", "text_encoders/clip_g.safetensors": b"not a pipeline folder",
+        "unet/diffusion_pytorch_model.fp16.safetensors": b"variant",
+    }))
+    server.gated.add("tests/gated")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    catalogue = load_catalogue(tmp_path / "catalogue.json")
+    models_dir = tmp_path / "models"
+
+    [done] = Fetcher(models_dir, catalogue=catalogue, backoff_s=0.01).fetch("tiny-sd")
+
+    assert done.installed and not done.note
+    installed = sorted(p.relative_to(done.path).as_posix() for p in done.path.rglob("*") if p.is_file())
+    expected = sorted(p.relative_to(demo_dir / "demo-sd").as_posix() for p in (demo_dir / "demo-sd").rglob("*")
+                      if p.is_file() and p.name != "gfm4d.json")
+    assert installed == expected
+    info = ModelRegistry(models_dir).get("tiny-sd")
+    assert info.ready and info.kind == "sd-unet"
+
+    with pytest.raises(FetchError, match=r"tests/gated is gated: accept its licence at https://huggingface.co/tests/gated"):
+        Fetcher(models_dir, catalogue=catalogue, backoff_s=0.01).fetch("gated-sd")
+    assert not (models_dir / "gated-sd").exists()

@@ -396,20 +396,23 @@ class Fetcher:
         from huggingface_hub import HfApi
 
         try:
-            info = HfApi().model_info(repo_id, files_metadata=True)
+            info = HfApi(endpoint=_hub_endpoint()).model_info(repo_id, files_metadata=True)
         except Exception as exc:  # noqa: BLE001 - the Hub client raises many kinds; all mean "cannot list it"
             raise FetchError(self._hub_advice(entry, repo_id, exc)) from None
         return {s.rfilename: (int(s.size or 0), s.lfs.sha256 if s.lfs else None) for s in info.siblings or []}
 
     def _hub_download(self, entry: Entry, repo_id: str, files: dict[str, tuple[int, str | None]], staging: Path,
                       report: bool = True) -> None:
-        """Download `files` into `staging`, verifying LFS files' sha256; the Hub client resumes partial files."""
+        """Download `files` into `staging`, verifying LFS files' sha256.
+
+        Files collect in a stable folder under `.fetch/` and move into `staging` once all are there, so
+        a failed or cancelled fetch keeps what it verified (and the Hub client's partial file) for the next.
+        """
         from huggingface_hub import hf_hub_download
 
         total = sum(size for size, _ in files.values())
         if report:
             self._check_space(entry.name, total)
-        # Keep partial downloads across attempts in a stable folder, so a later fetch resumes them.
         cache = self._work_folder() / f"{entry.name}.hub"
         done = 0
         for name, (size, sha256) in sorted(files.items()):
@@ -417,7 +420,7 @@ class Fetcher:
             attempt = 0
             while True:
                 try:
-                    path = Path(hf_hub_download(repo_id, name, local_dir=cache))
+                    path = Path(hf_hub_download(repo_id, name, local_dir=cache, endpoint=_hub_endpoint()))
                     break
                 except Exception as exc:  # noqa: BLE001 - see _hub_listing
                     attempt += 1
@@ -427,12 +430,14 @@ class Fetcher:
             if sha256 and _sha256(path) != sha256:
                 path.unlink(missing_ok=True)
                 raise FetchError(f"{repo_id}/{name} does not match its published sha256; it was refused and nothing was installed")
-            destination = staging / name
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(path, destination)
             done += size
             if report:
                 self._report(done, total, f"downloading {entry.name}")
+        # Every file is there and verified: only now move them into the staged model.
+        for name in files:
+            destination = staging / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(cache / name, destination)
         shutil.rmtree(cache, ignore_errors=True)
 
     def _hub_advice(self, entry: Entry, repo_id: str, exc: Exception) -> str:
@@ -580,6 +585,11 @@ def _pipeline_folders(model_index: Path) -> list[str]:
         raise FetchError(f"cannot read {model_index.name} of the repository: {exc}") from None
     return sorted(key for key, value in index.items()
                   if not key.startswith("_") and isinstance(value, list) and len(value) == 2 and value[1])
+
+
+def _hub_endpoint() -> str | None:
+    """HF_ENDPOINT as it is now (huggingface_hub reads it once, when imported); None: the Hub's own."""
+    return os.environ.get("HF_ENDPOINT") or None
 
 
 def _sha256(path: Path) -> str:
