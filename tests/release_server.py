@@ -26,6 +26,7 @@ class ReleaseServer:
         self.json: dict[str, object] = {}
         self.hub: dict[str, dict[str, bytes]] = {}  # Hugging Face repo id -> path -> bytes
         self.gated: set[str] = set()  # repo ids answered as a gated repository the caller has no access to
+        self.ranges = True  # False: ignore Range headers, as some servers and proxies do
         self.drops: dict[str, list[int]] = {}  # path -> byte counts after which to drop, one per request
         self.log: list[tuple[str, str, str | None, str]] = []  # (method, path, Range header, host)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -104,7 +105,7 @@ class ReleaseServer:
                 data = server.files[path]
                 start = 0
                 header = self.headers.get("Range")
-                if header and header.startswith("bytes=") and header.endswith("-"):
+                if server.ranges and header and header.startswith("bytes=") and header.endswith("-"):
                     start = int(header[6:-1])
                     if start >= len(data):
                         self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"}, body)

@@ -442,3 +442,89 @@ def test_a_diffusers_backbone_snapshot_takes_only_the_pipeline_folders(server, d
     with pytest.raises(FetchError, match=r"tests/gated is gated: accept its licence at https://huggingface.co/tests/gated"):
         Fetcher(models_dir, catalogue=catalogue, backoff_s=0.01).fetch("gated-sd")
     assert not (models_dir / "gated-sd").exists()
+
+
+def test_the_cli_fetches_with_a_progress_bar_and_says_what_is_ready(server, release, tmp_path, monkeypatch, capsys):
+    data, sd21 = release
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)
+    monkeypatch.setenv("GFM4D_CATALOGUE", str(tmp_path / "catalogue.json"))
+    models_dir = tmp_path / "models"
+
+    assert main(["--models-dir", str(models_dir), "--sd21-dir", "", "models", "fetch", "fetched-demo",
+                 "--sd21-source", str(sd21)]) == 0
+    captured = capsys.readouterr()
+    assert f"installed: fetched-demo in {models_dir / 'fetched-demo'}" in captured.out
+    assert "fetched-demo: ready" in captured.out
+    assert "downloading fetched-demo" in captured.err and "verifying fetched-demo" in captured.err  # tqdm's bars
+
+    assert main(["--models-dir", str(models_dir), "models", "available", "--json"]) == 0
+    assert {e["name"]: e["installed"] for e in json.loads(capsys.readouterr().out)}["fetched-demo"] is True
+
+
+def test_a_cancelled_fetch_keeps_its_partial_download_and_the_next_resumes_it(server, release, tmp_path):
+    from engine.errors import Cancelled
+
+    data, sd21 = release
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    catalogue = catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)
+    models_dir = tmp_path / "models"
+    reports = []
+
+    with pytest.raises(Cancelled, match="the next fetch resumes it"):
+        fetcher(models_dir, catalogue, sd21, progress=lambda d, t, w: reports.append(d),
+                cancel=lambda: len(reports) >= 1).fetch("fetched-demo")
+    part = models_dir / FETCH_FOLDER / "fetched-demo.zip.part"
+    assert 0 < part.stat().st_size < len(data) and not (models_dir / "fetched-demo").exists()
+
+    fetcher(models_dir, catalogue, sd21).fetch("fetched-demo")
+    assert server.requests_for(ZIP_PATH) == [None, f"bytes={reports[0]}-"]
+    assert ModelRegistry(models_dir).get("fetched-demo").ready and leftovers(models_dir) == []
+
+
+def test_a_server_that_ignores_range_restarts_the_download_cleanly(server, release, tmp_path):
+    data, sd21 = release
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    server.ranges = False
+    server.drops[ZIP_PATH] = [len(data) // 2]
+    catalogue = catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)
+    models_dir = tmp_path / "models"
+
+    fetcher(models_dir, catalogue, sd21).fetch("fetched-demo", with_components=False)
+    assert len(server.requests_for(ZIP_PATH)) == 2  # asked to resume, got the whole file: checksum still matches
+    assert (models_dir / "fetched-demo" / "checkpoint-100" / "unet" / "diffusion_pytorch_model.bin").is_file()
+
+
+def test_one_fetch_of_a_model_at_a_time(server, release, tmp_path):
+    from filelock import FileLock
+
+    data, sd21 = release
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    catalogue = catalogue_file(tmp_path, server.url + ZIP_PATH, server.url + RECORD_PATH)
+    models_dir = tmp_path / "models"
+    (models_dir / FETCH_FOLDER).mkdir(parents=True)
+    with FileLock(str(models_dir / FETCH_FOLDER / "fetched-demo.lock")):
+        with pytest.raises(FetchError, match="another fetch of fetched-demo .* is running"):
+            fetcher(models_dir, catalogue, sd21).fetch("fetched-demo")
+    assert server.requests_for(ZIP_PATH) == []
+
+
+def test_sd21_components_from_a_url_of_a_zip(server, demo_dir, tmp_path):
+    import zipfile
+
+    archive = tmp_path / "sd21.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for component in COMPONENTS:
+            for path in (demo_dir / "demo-satunet" / component).iterdir():
+                zf.write(path, f"stable-diffusion-2-1/{component}/{path.name}")
+        zf.writestr("stable-diffusion-2-1/unet/config.json", "{}")
+    server.publish("/sd21.zip", archive.read_bytes())
+    models_dir = tmp_path / "models"
+
+    [done] = Fetcher(models_dir, sd21_source=server.url + "/sd21.zip", backoff_s=0.01).fetch("sd21-components")
+    assert sorted(p.name for p in done.path.iterdir()) == sorted(COMPONENTS)
+    assert (done.path / "tokenizer" / "vocab.json").read_bytes() == (demo_dir / "demo-satunet" / "tokenizer" / "vocab.json").read_bytes()
+    assert leftovers(models_dir) == []
+
+    with pytest.raises(FetchError, match="neither a folder, an http"):
+        Fetcher(tmp_path / "other", sd21_source="ftp://example.org/sd21").fetch("sd21-components")
