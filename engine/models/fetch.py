@@ -140,6 +140,8 @@ class Fetcher:
             return Fetched(entry.name, target, installed=False)
         work = self._work_folder()
         with self._lock(entry.name):
+            if target.exists():  # another fetch finished in between
+                return Fetched(entry.name, target, installed=False)
             if archive is not None:
                 zip_path = Path(archive)
                 if not zip_path.is_file():
@@ -150,6 +152,7 @@ class Fetcher:
                     log.warning("cannot read the published checksum (%s); checking the zip's own CRCs only", exc)
                     size, checksum = None, entry.checksum
                 self._verify(zip_path, size, checksum, entry)
+                self._check_space(entry.name, zip_path.stat().st_size)  # its unpacked copy
             else:
                 zip_path = work / f"{entry.name}.zip.part"
                 size, checksum = self._published(entry)
@@ -166,6 +169,7 @@ class Fetcher:
                 except FetchError:
                     zip_path.unlink(missing_ok=True)  # a corrupt file cannot be resumed
                     raise
+            size = zip_path.stat().st_size
             self._report(size, size, f"unpacking {entry.name}")
             try:
                 import_model(zip_path, self.models_dir, entry.name, settings=entry.settings or None)
@@ -301,6 +305,8 @@ class Fetcher:
         source = self.sd21_source or os.environ.get(SD21_SOURCE_ENV_VAR) or entry.repo_id
         components = entry.components or COMPONENTS
         with self._lock(entry.name):
+            if target.is_dir():
+                return Fetched(entry.name, target, installed=False)
             staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self._work_folder().parent))
             try:
                 if source.startswith(("http://", "https://")):
@@ -372,6 +378,8 @@ class Fetcher:
         if target.exists():
             return Fetched(entry.name, target, installed=False)
         with self._lock(entry.name):
+            if target.exists():
+                return Fetched(entry.name, target, installed=False)
             listing = self._hub_listing(entry, entry.repo_id)
             if "model_index.json" not in listing:
                 raise FetchError(f"{entry.repo_id} has no model_index.json: it is not a diffusers pipeline repository")
