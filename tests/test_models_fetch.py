@@ -528,3 +528,16 @@ def test_sd21_components_from_a_url_of_a_zip(server, demo_dir, tmp_path):
 
     with pytest.raises(FetchError, match="neither a folder, an http"):
         Fetcher(tmp_path / "other", sd21_source="ftp://example.org/sd21").fetch("sd21-components")
+
+
+def test_an_unreachable_hub_says_how_to_bring_the_components_by_hand(tmp_path, monkeypatch):
+    from engine.server.launcher import free_port
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.delenv("GFM4D_SD21_SOURCE", raising=False)
+    with pytest.raises(FetchError) as raised:
+        Fetcher(tmp_path / "models", backoff_s=0.01).fetch("sd21-components")
+    message = str(raised.value)
+    assert "cannot reach the Hugging Face Hub for stabilityai/stable-diffusion-2-1 (127.0.0.1 refused the connection)" in message
+    assert message.endswith("gfm4d models fetch sd21-components --sd21-source FOLDER")
+    assert not (tmp_path / "models" / FETCHED_SD21_FOLDER).exists()

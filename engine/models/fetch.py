@@ -107,6 +107,11 @@ class Fetcher:
         `archive` is a zip downloaded by hand: verified and installed as if it had been downloaded.
         """
         entry = get_entry(name, self.catalogue)
+        if archive is not None and entry.kind != "archive":
+            raise FetchError(
+                f"{name} is not fetched as one zip; for files downloaded by hand use "
+                + ("--sd21-source FOLDER" if entry.kind == "components" else f"gfm4d models import FOLDER --name {name}")
+            )
         done: list[Fetched] = []
         for required in entry.requires:
             if not (self.models_dir / required).is_dir():
@@ -615,20 +620,25 @@ def _is_transient(exc: Exception) -> bool:
 
 
 def _reason(exc: Exception) -> str:
-    """A short why: requests' connection errors nest three exceptions deep."""
+    """A short why. requests and httpx (the Hub client) nest the cause several exceptions deep."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    request = getattr(exc, "request", None)
-    host = requests.utils.urlparse(request.url).hostname if request is not None and request.url else "the server"
+    try:
+        url = str(exc.request.url)  # httpx raises RuntimeError when an error has no request
+    except (AttributeError, RuntimeError):
+        url = ""
+    host = requests.utils.urlparse(url).hostname if url else None
+    host = host or "the server"
     if isinstance(exc, requests.exceptions.ProxyError):
         return f"the proxy did not let the request through: {text[:120]}"
-    if isinstance(exc, requests.ConnectionError):
-        if "resolve" in text or "NameResolution" in text or "getaddrinfo" in text:
-            return f"cannot resolve {host}: offline, or DNS blocked"
-        if "refused" in text.lower():
-            return f"{host} refused the connection"
-        return f"no connection to {host}"
-    if isinstance(exc, requests.Timeout):
+    lowered = text.lower()
+    if any(s in lowered for s in ("resolve", "name or service not known", "getaddrinfo", "nodename nor servname")):
+        return f"cannot resolve {host}: offline, or DNS blocked"
+    if "refused" in lowered:
+        return f"{host} refused the connection"
+    if isinstance(exc, requests.Timeout) or "timed out" in lowered or "timeout" in type(exc).__name__.lower():
         return f"{host} did not answer in time"
+    if isinstance(exc, requests.ConnectionError) or "connect" in type(exc).__name__.lower():
+        return f"no connection to {host}"
     return text[:200]
 
 
