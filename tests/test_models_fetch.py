@@ -63,14 +63,19 @@ def server():
         yield running
 
 
-def catalogue_file(tmp_path, url: str, record_url: str | None, **extra) -> dict:
-    path = tmp_path / "catalogue.json"
-    entry = {
+def archive_entry(url: str, record_url: str | None, **extra) -> dict:
+    """A catalogue entry for a DiffusionSat run archive (settings as the released 256/512 entries have them)."""
+    return {
         "kind": "archive", "title": "Demo run", "purpose": "tests", "licence": "MIT", "size_bytes": 1000,
         "url": url, "needs_sd21": True, "settings": {"native_resolution": 128, "display_name": "Fetched demo"},
         **({"record_url": record_url} if record_url else {}), **extra,
     }
-    path.write_text(json.dumps({"models": {"fetched-demo": entry}}))
+
+
+def catalogue_file(tmp_path, url: str, record_url: str | None, **extra) -> dict:
+    """An operator's catalogue file (GFM4D_CATALOGUE) with one archive entry, `fetched-demo`; the catalogue it makes."""
+    path = tmp_path / "catalogue.json"
+    path.write_text(json.dumps({"models": {"fetched-demo": archive_entry(url, record_url, **extra)}}))
     return load_catalogue(path)
 
 
@@ -541,3 +546,32 @@ def test_an_unreachable_hub_says_how_to_bring_the_components_by_hand(tmp_path, m
     assert "cannot reach the Hugging Face Hub for stabilityai/stable-diffusion-2-1 (127.0.0.1 refused the connection)" in message
     assert message.endswith("gfm4d models fetch sd21-components --sd21-source FOLDER")
     assert not (tmp_path / "models" / FETCHED_SD21_FOLDER).exists()
+
+
+def test_a_controlnet_run_fetches_its_base_first_and_runs_on_its_unet(server, release, demo_dir, tmp_path):
+    import zipfile
+
+    data, sd21 = release
+    run = demo_dir / "demo-controlnet-3d"
+    archive = tmp_path / "controlnet3d.zip"
+    with zipfile.ZipFile(archive, "w") as zf:  # as released: the ControlNet only, no UNet, no root components
+        for path in (run / "controlnet").iterdir():
+            zf.write(path, f"controlnet3d_run/controlnet/{path.name}")
+    server.publish(ZIP_PATH, data, record=RECORD_PATH)
+    server.publish("/records/2/files/controlnet3d.zip", archive.read_bytes(), record="/api/records/2")
+    entries = {
+        "fetched-demo": archive_entry(server.url + ZIP_PATH, server.url + RECORD_PATH),
+        "fetched-3d": archive_entry(server.url + "/records/2/files/controlnet3d.zip", server.url + "/api/records/2",
+                                    requires=["fetched-demo"],
+                                    settings={"base_model": "fetched-demo", "num_frames": 3, "native_resolution": 128}),
+    }
+    (tmp_path / "catalogue.json").write_text(json.dumps({"models": entries}))
+    models_dir = tmp_path / "models"
+
+    done = fetcher(models_dir, load_catalogue(tmp_path / "catalogue.json"), sd21).fetch("fetched-3d")
+
+    assert [d.name for d in done] == ["fetched-demo", "fetched-3d", "sd21-components"]
+    info = ModelRegistry(models_dir).get("fetched-3d")
+    assert info.ready and info.kind == "controlnet-3d" and info.base_model == "fetched-demo" and info.tasks == ("predict",)
+    assert info.unet_path == models_dir / "fetched-demo" / "checkpoint-100" / "unet"
+    assert sorted(p.name for p in (models_dir / "fetched-3d").iterdir()) == ["controlnet", "gfm4d.json"]
