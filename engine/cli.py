@@ -333,6 +333,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
+    if args.models_command in ("available", "fetch"):
+        from engine.cli_models import run_models_command
+
+        return run_models_command(args)
+    from engine.cli_models import readiness
+
     registry = _registry(args)
     if args.models_command == "import":
         from engine.models.importing import describe_import
@@ -371,6 +377,7 @@ def _info_dict(info) -> dict:
 
 
 def build_parser() -> ArgumentParser:
+    from engine.cli_models import add_fetch_parsers
     from engine.server.cli_support import add_engine_arguments, add_serve_arguments, run_serve
 
     parser = ArgumentParser(prog="gfm4d", description="Diffusion models for satellite imagery, georeferenced.")
@@ -490,13 +497,14 @@ def build_parser() -> ArgumentParser:
 
     add_train_parser(sub)
 
-    models = sub.add_parser("models", help="list or import models")
+    models = sub.add_parser("models", help="list, import or fetch models")
     msub = models.add_subparsers(dest="models_command", required=True)
     mlist = msub.add_parser("list", help="list the models found in the models folder, with their readiness")
     mlist.add_argument("--json", action="store_true")
     mimport = msub.add_parser("import", help="import a model folder or a released zip")
     mimport.add_argument("path")
     mimport.add_argument("--name", help="model name (default: the folder's or zip's name)")
+    add_fetch_parsers(msub)
     models.set_defaults(func=cmd_models)
     return parser
 

@@ -12,6 +12,7 @@ from .generate import GenerateAlgorithm
 from .import_xbd import ImportXbdLabelsAlgorithm
 from .inpaint import InpaintAlgorithm
 from .model_catalog import CATALOG
+from .models_fetch import ModelsFetchAlgorithm
 from .predict import PredictAlgorithm
 from .superres import SuperresAlgorithm
 
@@ -47,6 +48,7 @@ class GFM4DProvider(QgsProcessingProvider):
             SuperresAlgorithm(),
             EngineStatusAlgorithm(),
             ImportXbdLabelsAlgorithm(),
+            ModelsFetchAlgorithm(),
         ]
 
     def refresh_models(self) -> None:

@@ -34,11 +34,14 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def import_model(source: Path, models_dir: Path, name: str | None = None, unet: str | None = None) -> Path:
+def import_model(source: Path, models_dir: Path, name: str | None = None, unet: str | None = None,
+                 settings: dict | None = None) -> Path:
     """Copy `source` (a model folder or a zip holding one) to `models_dir/<name>`; return that folder.
 
     `unet` picks the network subfolder explicitly (e.g. "checkpoint-150000/unet_ema") and is
-    recorded in the copy's gfm4d.json.
+    recorded in the copy's gfm4d.json. `settings` (gfm4d.json entries, e.g. a catalogue's
+    native_resolution or base_model) are merged into the copy's gfm4d.json, and into what the
+    zip's folder is recognised as, so a `base_model` there decides which UNet is copied.
     """
     source = Path(source)
     models_dir = Path(models_dir)
@@ -64,6 +67,8 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, unet: 
         ) from None
     try:
         root = _extract_zip(source, staging / "zip") if is_zip else source
+        if settings and is_zip:
+            _merge_settings(root, settings)  # our own extraction: recognise it as it will be installed
         # Refuse anything unrecognisable before copying; a base_model must be in the destination.
         try:
             info = inspect_model_folder(root, unet=unet, models_dir=models_dir)
@@ -76,6 +81,8 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, unet: 
                 _copy(root / relative, staged / relative, move=is_zip)
             if unet:
                 _record_unet_choice(staged, unet)
+            if settings:
+                _merge_settings(staged, settings)
         except OSError as exc:
             raise ModelError(f"cannot copy {source} into {models_dir}: {exc.strerror} (disk full?)") from None
         try:
@@ -169,3 +176,10 @@ def describe_import(info, sd21_dir: Path | None, source: Path | None = None) -> 
     else:
         lines.append("  ready")
     return lines
+
+
+def _merge_settings(folder: Path, settings: dict) -> None:
+    path = folder / SETTINGS_FILE
+    merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    merged.update(settings)
+    path.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")

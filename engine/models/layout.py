@@ -62,6 +62,9 @@ TASKS = ("generate", "inpaint", "predict", "superres")
 DEFAULT_GUIDANCE = 7.5  # DiffusionSat's and Stable Diffusion's
 SETTINGS_FILE = "gfm4d.json"
 SD21_ENV_VAR = "GFM4D_SD21_DIR"
+# Where `gfm4d models fetch` puts Stable Diffusion 2.1's components inside a models directory; the
+# leading "_" keeps it out of the model list, and a registry uses it when no SD-2.1 folder is set.
+FETCHED_SD21_FOLDER = "_sd21"
 # The released 3D ControlNet ("Texas housing") was trained on 3 conditioning frames.
 DEFAULT_CONTROLNET_FRAMES = 3
 

@@ -213,9 +213,9 @@ def _check_loadable(info: ModelInfo, sd21_dir: Path | None) -> None:
         if sd21_dir is None:
             where = (
                 "and no SD-2.1 folder is configured to take them from. DiffusionSat reuses SD-2.1's frozen "
-                "VAE, text encoder, tokenizer and scheduler: put stabilityai/stable-diffusion-2-1 in diffusers "
-                f"layout on disk and set {SD21_ENV_VAR}=/path/to/stable-diffusion-2-1 "
-                "(or pass sd21_dir to ModelRegistry)."
+                "VAE, text encoder, tokenizer and scheduler: run `gfm4d models fetch sd21-components`, or put "
+                "stabilityai/stable-diffusion-2-1 in diffusers layout on disk and set "
+                f"{SD21_ENV_VAR}=/path/to/stable-diffusion-2-1 (or pass sd21_dir to ModelRegistry)."
             )
         else:
             where = (

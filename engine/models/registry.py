@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from engine.errors import ModelError
 
 from .importing import check_model_name, import_model
-from .layout import SD21_ENV_VAR, ModelInfo, inspect_model_folder
+from .layout import FETCHED_SD21_FOLDER, SD21_ENV_VAR, ModelInfo, inspect_model_folder
 
 if TYPE_CHECKING:  # loading needs torch; listing, checking and importing models do not
     import torch
@@ -53,8 +53,9 @@ class Scan:
 class ModelRegistry:
     """Local models in diffusers layout under `models_dir`.
 
-    `sd21_dir` (default: the GFM4D_SD21_DIR environment variable) is an SD-2.1 folder in diffusers
-    layout that supplies the VAE, text encoder, tokenizer or scheduler a model folder lacks.
+    `sd21_dir` (default: the GFM4D_SD21_DIR environment variable, else the `_sd21` folder that
+    `gfm4d models fetch` fills, when there is one) is an SD-2.1 folder in diffusers layout that
+    supplies the VAE, text encoder, tokenizer or scheduler a model folder lacks.
     `backend` ("torch" or "onnx") runs every model on that backend, whatever GFM4D_BACKEND and the
     models' gfm4d.json say (engine.runtime.device).
     """
@@ -62,7 +63,7 @@ class ModelRegistry:
     def __init__(self, models_dir: Path, sd21_dir: Path | None = None, backend: str | None = None):
         self.models_dir = Path(models_dir)
         env_sd21 = os.environ.get(SD21_ENV_VAR)
-        self.sd21_dir = Path(sd21_dir) if sd21_dir else (Path(env_sd21) if env_sd21 else None)
+        self._sd21_dir = Path(sd21_dir) if sd21_dir else (Path(env_sd21) if env_sd21 else None)
         self.backend = backend
         self._loaded: dict[tuple[str, str, torch.dtype, str | None], DiffusionModel] = {}
         self._lock = threading.Lock()
@@ -79,6 +80,18 @@ class ModelRegistry:
             if (root / name).is_dir():
                 return root / name
         return None
+
+    @property
+    def sd21_dir(self) -> Path | None:
+        """The configured SD-2.1 folder, else the fetched one (looked up each time: a fetch may add it)."""
+        if self._sd21_dir is not None:
+            return self._sd21_dir
+        fetched = self.models_dir / FETCHED_SD21_FOLDER
+        return fetched if fetched.is_dir() else None
+
+    @sd21_dir.setter
+    def sd21_dir(self, value: Path | None) -> None:
+        self._sd21_dir = Path(value) if value else None
 
     def scan(self) -> Scan:
         """Recognise every model folder; hidden folders (staged imports) are not looked at."""

@@ -56,6 +56,7 @@ class Engine:
     models_dir: Path
     process: subprocess.Popen
     log: Path
+    catalogue: Path | None = None  # the engine's GFM4D_CATALOGUE: entries written there are fetchable
 
     def job(self, job_id: str) -> dict:
         return http_json(f"{self.url}/v1/jobs/{job_id}")
@@ -109,6 +110,8 @@ def engine(tmp_path_factory) -> Engine:
         pytest.skip(f"the engine's Python {ENGINE_PYTHON} is missing: run `make setup` (or set GFM4D_ENGINE_PYTHON)")
     root = tmp_path_factory.mktemp("engine")
     models, work, log = root / "models", root / "work", root / "engine.log"
+    catalogue = root / "catalogue.json"
+    catalogue.write_text('{"models": {}}')
     subprocess.run(
         [str(ENGINE_PYTHON), "-c", "import sys; from engine.models.demo import build_demo_models; build_demo_models(sys.argv[1])", str(models)],
         cwd=REPO, check=True, capture_output=True,
@@ -119,6 +122,7 @@ def engine(tmp_path_factory) -> Engine:
             [str(ENGINE_PYTHON), "-m", "engine.server", "--host", "127.0.0.1", "--port", str(port),
              "--models-dir", str(models), "--work-dir", str(work), "--log-level", "warning"],
             cwd=REPO, stdout=handle, stderr=subprocess.STDOUT,
+            env={**os.environ, "GFM4D_CATALOGUE": str(catalogue), "NO_PROXY": "127.0.0.1,localhost"},
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + ENGINE_START_S
@@ -133,7 +137,7 @@ def engine(tmp_path_factory) -> Engine:
                 process.kill()
                 pytest.fail(f"the engine did not answer within {ENGINE_START_S} s")
             time.sleep(0.3)
-    yield Engine(url, work, models, process, log)
+    yield Engine(url, work, models, process, log, catalogue)
     process.terminate()
     try:
         process.wait(30)
