@@ -26,6 +26,7 @@ TINY = {
     "chip_size": 32, "scales": [1, 2], "sample_every": 1000,
     "vae": {"block_out_channels": [8, 8, 8, 8], "norm_num_groups": 4, "steps": 3, "batch": 2, "crop": 32,
             "checkpoint_every": 3, "eval_every": 3},
+    "quality_chips": 2, "default_steps": 2,
     "unet": {"block_out_channels": [16, 32], "attention_levels": [False, True], "attention_head_dim": [2, 2],
              "layers_per_block": 1, "norm_num_groups": 8, "steps": 6, "batch": 4, "checkpoint_every": 3,
              "warmup": 2},
@@ -108,6 +109,7 @@ def test_a_few_steps_reduce_the_loss_and_write_a_model_that_generates(tmp_path):
     assert result.steps == 40 and (tmp_path / "models" / "tiny" / "README.md").is_file()
     card = (tmp_path / "models" / "tiny" / "README.md").read_text()
     assert "OSBS_029.tif" in card and "CC BY 4.0" in card and "PSNR" in card
+    assert "random UNet weights" in card and "| this model |" in card
 
     from engine.geo.grid import grid_from_extent
     from engine.models.registry import ModelRegistry

@@ -79,3 +79,26 @@ def distances(generated: np.ndarray, real: np.ndarray, seed: int = 0) -> dict:
     a, b = a / scale, b / scale
     kid = kernel_inception_distance(a, b, subsets=50, subset_size=min(len(a), len(b)), seed=seed)
     return {"fd_texture": frechet_distance(a, b), "kd_texture": kid.mean, "kd_texture_std": kid.std, "images": len(a)}
+
+
+def heldout_quality(model_folder: Path, bank: ChipBank, recipe, count: int, steps: int) -> dict:
+    """FD/KD on texture features of the model's samples and of a random-weight twin, vs held-out chips.
+
+    The twin has the trained VAE and text encoder but a freshly initialised UNet (the recipe's
+    architecture and seed): what the same pipeline paints before any diffusion training.
+    """
+    from engine.models.registry import ModelRegistry
+
+    from .diffusion import build_unet
+
+    heldout = bank.indices("heldout")
+    chosen = heldout[np.linspace(0, len(heldout) - 1, min(count, len(heldout))).round().astype(int)]
+    real = np.asarray(bank.images[chosen])
+    model_folder = Path(model_folder)
+    model = ModelRegistry(model_folder.parent).load(model_folder.name)
+    trained = samples_for_chips(model, bank, chosen, steps)
+    twin = build_unet(recipe.unet, model.text_encoder.config.hidden_size).eval().requires_grad_(False)
+    model.unet.load_state_dict(twin.state_dict())
+    untrained = samples_for_chips(model, bank, chosen, steps)
+    return {"trained": distances(trained, real), "random_weights": distances(untrained, real),
+            "steps": steps, "guidance": model.info.default_guidance}
