@@ -437,7 +437,7 @@ def test_listening_beyond_loopback_needs_a_token():
             check_bind(host, None)
         with pytest.raises(InsecureBind):
             check_bind(host, "   ")
-        check_bind(host, "a-token")
+        check_bind(host, "a-long-enough-token-1234")
     with pytest.raises(InsecureBind):
         serve(host="0.0.0.0", port=1, token=None)  # refused before anything binds
 
