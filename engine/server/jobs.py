@@ -279,6 +279,7 @@ class JobManager:
             message="queued",
             created_at=utc_now(),
         )
+        staged = sum(upload.path.stat().st_size for upload in uploaded)
         try:
             (staging / "results").mkdir(exist_ok=True)
             write_json_atomic(staging / JOB_FILE, record.model_dump_json(indent=2))
@@ -289,6 +290,8 @@ class JobManager:
             self._jobs[job_id] = record
             self._cancel[job_id] = threading.Event()
             self._enqueue(job_id)
+            if self._usage is not None:  # counted until the next measurement
+                self._usage = (self._usage[0], self._usage[1] + staged)
         return record.model_copy(deep=True)
 
     def _uploaded_inputs(self, spec: TaskSpec, uploaded: list[UploadedFile]) -> dict[str, UploadedFile]:
@@ -511,7 +514,9 @@ class JobManager:
             produced = spec.run(self.registry, params, inputs, results_dir, self._progress_callback(job_id), cancel_event.is_set)
             outcome = {"state": JobState.succeeded, "results": self._collect(produced, results_dir), "message": "done"}
         except Cancelled:
-            if self._stopping.is_set() and not record.cancel_requested:
+            if not (folder / JOB_FILE).is_file():
+                outcome = {"state": JobState.failed, "error": FOLDER_GONE}
+            elif self._stopping.is_set() and not record.cancel_requested:
                 outcome = {"state": JobState.failed, "error": "the engine was stopped while this job was running; submit it again"}
             else:
                 outcome = {"state": JobState.cancelled, "message": "cancelled; nothing was written"}
@@ -527,8 +532,12 @@ class JobManager:
                 outcome = {"state": JobState.failed, "error": storage_failure(exc)}
                 log.warning("job %s (%s) failed writing its files: %s", job_id, record.task, exc)
         except Exception as exc:
-            outcome = {"state": JobState.failed, "error": _unexpected_error_message(exc)}
-            if not _is_out_of_memory(exc):
+            if _storage_errno(exc) is not None:  # GDAL and others wrap a full disk in their own errors
+                outcome = {"state": JobState.failed, "error": storage_failure(exc)}
+                log.warning("job %s (%s) failed writing its files: %s", job_id, record.task, exc)
+            else:
+                outcome = {"state": JobState.failed, "error": _unexpected_error_message(exc)}
+            if not _is_out_of_memory(exc) and _storage_errno(exc) is None:
                 log.exception("job %s (%s) failed", job_id, record.task)
         finally:
             _release_device_memory(self.registry)
@@ -566,7 +575,9 @@ class JobManager:
         return results
 
     def _progress_callback(self, job_id: str):
+        """Records progress (on disk at most every PROGRESS_SAVE_INTERVAL_S); stops a job whose folder vanished."""
         last_save = [0.0]
+        folder = self.work_dir / job_id
 
         def report(progress: Progress) -> None:
             with self._lock:
@@ -577,6 +588,9 @@ class JobManager:
                 now = time.monotonic()
                 if now - last_save[0] >= PROGRESS_SAVE_INTERVAL_S:
                     last_save[0] = now
+                    if not (folder / JOB_FILE).is_file():
+                        self._cancel[job_id].set()  # nothing it makes could be kept: stop at the next batch
+                        return
                     try:
                         self._save(record, durable=False)
                     except OSError:  # progress on disk is a courtesy; the job decides whether its disk works
@@ -668,12 +682,30 @@ def scrub_paths(message: str, labels: dict[str, str]) -> str:
     """Replace each folder in `labels` (and anything under it) by its label, longest folder first."""
     for folder in sorted(labels, key=len, reverse=True):
         if len(folder) > 1 and folder in message:
-            message = re.sub(re.escape(folder) + r"(/[^\s'\",;:)]*)?", labels[folder], message)
+            message = re.sub(re.escape(folder) + r"(?=$|[/\s'\",;:)])(/[^\s'\",;:)]*)?", labels[folder], message)
     return message
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+_STORAGE_WORDS = {"no space left": errno.ENOSPC, "file too large": errno.EFBIG, "disk quota exceeded": errno.EDQUOT,
+                  "read-only file system": errno.EROFS}
+
+
+def _storage_errno(exc: BaseException) -> int | None:
+    """The errno of a full or read-only disk behind `exc` (its own, a wrapped one, or named in its message)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (*_FULL, *_NOT_WRITABLE):
+            return exc.errno
+        text = str(exc).lower()
+        for words, number in _STORAGE_WORDS.items():
+            if words in text:
+                return number
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def storage_refusal(exc: OSError) -> RequestRefused:
@@ -688,15 +720,16 @@ def storage_refusal(exc: OSError) -> RequestRefused:
                               "try again, and if it persists ask the operator to check the engine's work folder")
 
 
-def storage_failure(exc: OSError) -> str:
+def storage_failure(exc: BaseException) -> str:
     """A job's error when writing its files failed: what happened and what to do."""
-    if exc.errno in _FULL:
+    number = _storage_errno(exc)
+    if number in _FULL:
         return ("the engine's disk filled up while the job wrote its results; free space on the engine (delete "
                 "finished jobs you no longer need) and submit the job again")
-    if exc.errno in _NOT_WRITABLE:
+    if number in _NOT_WRITABLE:
         return ("the engine could not write the job's results (its work folder became read-only or not its own); "
                 "the operator must make the work folder writable, then submit the job again")
-    return (f"the engine could not read or write the job's files ({exc.strerror or type(exc).__name__}); "
+    return (f"the engine could not read or write the job's files ({getattr(exc, 'strerror', None) or type(exc).__name__}); "
             "submit the job again, and if it fails again ask the operator to check the engine's work folder")
 
 

@@ -98,15 +98,15 @@ class PathPolicy:
 
     def resolve(self, value: object) -> Path:
         """The real path of an allowed file; Forbidden outside the allowed folders, InputError if unusable."""
+        if not isinstance(value, str) or not value.strip() or "\x00" in value:
+            raise InputError(f"a server path must be a non-empty string, not {value!r:.100}")
+        if len(value) > MAX_PATH_LENGTH:
+            raise InputError(f"a server path is at most {MAX_PATH_LENGTH} characters long, this one has {len(value)}")
         if not self.roots:
             raise Forbidden(
                 "this engine does not read files on its own machine; upload the file instead, "
                 "or start the engine with --allow-dir FOLDER to allow paths inside FOLDER"
             )
-        if not isinstance(value, str) or not value.strip() or "\x00" in value:
-            raise InputError(f"a server path must be a non-empty string, not {value!r:.100}")
-        if len(value) > MAX_PATH_LENGTH:
-            raise InputError(f"a server path is at most {MAX_PATH_LENGTH} characters long, this one has {len(value)}")
         path = Path(value)
         if not path.is_absolute():
             raise InputError(f"server path {value!r} is relative; give the absolute path on the engine's machine")
