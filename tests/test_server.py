@@ -499,5 +499,5 @@ def test_cleanup_deletes_finished_jobs_after_their_lifetime(models_dir, tmp_path
     manager.recover()
     assert manager.cleanup(now) == ["old"]
     assert not (tmp_path / "old").exists() and (tmp_path / "recent").is_dir()
-    assert [r.id for r in manager.list()] == ["recent"]
+    assert [r.id for r in manager.list()[0]] == ["recent"]
     assert manager.cleanup(now + timedelta(minutes=51)) == ["recent"]

@@ -100,13 +100,12 @@ BAD = [
     (params(window=4), "latent cell"),
     (params(window=12), "latent cell"),
     (params(window=64, overlap=64), "smaller than the window"),
-    (params(window=64, overlap=100), "smaller than the window"),
+    (params(window=64, overlap=96), "smaller than the window"),
     (params(overlap=4), "latent cell"),
-    (params(extent=[0, 0, 1e300, 1e300]), "px"),
-    (params(extent=[-1e308, -1e308, 1e308, 1e308]), "px"),
-    (params(resolution_m=1e-300), "px"),
-    (params(resolution_m=None, pixel_size=1e-300), "px"),
-    (params(resolution_m=1e300), ""),
+    (params(extent=[0, 0, 1e300, 1e300]), "resolution_m / pixel_size"),
+    (params(extent=[-1e308, -1e308, 1e308, 1e308]), "resolution_m / pixel_size"),
+    (params(resolution_m=1e-300), "resolution_m / pixel_size"),
+    (params(resolution_m=None, pixel_size=1e-300), "resolution_m / pixel_size"),
     (params(extent=extent(256)), "--max-output-mpx"),
     (params(paths={"like": "/" + "a" * 100_000}), "at most 4096 characters"),
     (params(paths={"like": "/" + "a/" * 3000 + "x.tif"}), "at most 4096 characters"),
@@ -123,7 +122,7 @@ def test_a_job_that_cannot_run_is_refused_with_one_line(engine, job, words):
 
 
 def test_deeply_nested_json_is_refused(engine):
-    for depth in (100, 5000, 200_000):
+    for depth in (100, 5000, 100_000):
         body = "[" * depth + "]" * depth
         response = requests.post(f"{engine.url}/v1/jobs", data=body, headers={"Content-Type": "application/json"}, timeout=30)
         assert response.status_code == 422, (depth, response.text)
@@ -261,7 +260,9 @@ def test_a_full_disk_fails_the_job_with_what_to_do_and_a_quota_refuses_with_507(
         job_id = requests.post(f"{engine.url}/v1/jobs", json=params(extent=extent(192), steps=1), timeout=10).json()["id"]
         job = wait(engine.url, job_id)
         assert job["state"] == "failed", job
-        assert "disk filled up" in job["error"] and "submit the job again" in job["error"], job["error"]
+        error = job["error"]
+        assert "could not write the job's files" in error and "disk" in error and "submit the job again" in error, error
+        assert "bug" not in error and str(work) not in error
         assert job["results"] == [] and not any((work / job_id / "results").iterdir())
 
         upload = write_raster(tmp_path / "like.tif", size=160)  # 77 kB, over what the quota has left
@@ -313,3 +314,36 @@ def test_thousands_of_stored_jobs_start_and_list_a_page_at_a_time(models_dir, tm
         last = requests.get(f"{engine.url}/v1/jobs", params={"offset": count - 5, "limit": 1000}, timeout=30).json()
         assert len(last["jobs"]) == 5 and last["next_offset"] is None
         assert requests.get(f"{engine.url}/v1/jobs", params={"limit": 5000}, timeout=30).status_code == 422
+
+
+# --- cancel granularity --------------------------------------------------------------------------------
+
+
+def test_cancel_takes_effect_within_a_batch_of_windows_not_a_whole_step(models_dir, tmp_path):
+    from engine.errors import Cancelled
+    from engine.geo.grid import grid_from_extent
+    from engine.models.registry import ModelRegistry
+    from engine.pipelines.generate import GenerateRequest, generate
+
+    model = ModelRegistry(models_dir).load("demo-satunet")
+    calls = []
+    unet_forward = model.unet.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return unet_forward(*args, **kwargs)
+
+    model.unet.forward = counting_forward
+    grid = grid_from_extent(tuple(extent(64)), UTM, resolution_m=2.0)
+    # 64 px in 16 px windows without overlap: 16 windows, one UNet call each, per denoising step.
+    request = GenerateRequest(grid=grid, prompt=PROMPT, steps=3, guidance_scale=3.0, window=16, overlap=0, batch_size=1)
+    checks = []
+
+    def cancel_on_the_fifth_check() -> bool:
+        checks.append(1)
+        return len(checks) >= 5
+
+    with pytest.raises(Cancelled):
+        generate(model, request, tmp_path / "out.tif", cancel=cancel_on_the_fifth_check)
+    assert len(calls) < 16, f"{len(calls)} UNet calls: the job ran on past a batch after it was cancelled"
+    assert not (tmp_path / "out.tif").exists()

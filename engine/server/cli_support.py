@@ -14,16 +14,8 @@ from typing import Callable
 
 from engine.errors import InputError
 
-from .settings import (
-    DEFAULT_HOST,
-    DEFAULT_MAX_OUTPUT_MPX,
-    DEFAULT_MAX_QUEUED,
-    DEFAULT_MAX_UPLOAD_MB,
-    DEFAULT_PORT,
-    DEFAULT_RESULT_TTL_HOURS,
-    DEFAULT_WORK_QUOTA_GB,
-    default_token,
-)
+from .settings import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_RESULT_TTL_HOURS, default_token
+from .settings import DEFAULT_MAX_OUTPUT_MPX, DEFAULT_MAX_QUEUED, DEFAULT_WORK_QUOTA_GB
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:

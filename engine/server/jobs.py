@@ -529,15 +529,15 @@ class JobManager:
             if not (folder / JOB_FILE).is_file():
                 outcome = {"state": JobState.failed, "error": FOLDER_GONE}
             else:
-                outcome = {"state": JobState.failed, "error": storage_failure(exc)}
+                outcome = {"state": JobState.failed, "error": storage_failure(exc, self.work_dir)}
                 log.warning("job %s (%s) failed writing its files: %s", job_id, record.task, exc)
         except Exception as exc:
-            if _storage_errno(exc) is not None:  # GDAL and others wrap a full disk in their own errors
-                outcome = {"state": JobState.failed, "error": storage_failure(exc)}
+            if _is_write_failure(exc):  # GDAL and others wrap a full disk in their own errors
+                outcome = {"state": JobState.failed, "error": storage_failure(exc, self.work_dir)}
                 log.warning("job %s (%s) failed writing its files: %s", job_id, record.task, exc)
             else:
                 outcome = {"state": JobState.failed, "error": _unexpected_error_message(exc)}
-            if not _is_out_of_memory(exc) and _storage_errno(exc) is None:
+            if not _is_out_of_memory(exc) and not _is_write_failure(exc):
                 log.exception("job %s (%s) failed", job_id, record.task)
         finally:
             _release_device_memory(self.registry)
@@ -720,17 +720,39 @@ def storage_refusal(exc: OSError) -> RequestRefused:
                               "try again, and if it persists ask the operator to check the engine's work folder")
 
 
-def storage_failure(exc: BaseException) -> str:
-    """A job's error when writing its files failed: what happened and what to do."""
+_WRITE_WORDS = ("write error", "write failed", "could not write", "failed to write")
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) is a failed write: GDAL says only "Write error" for a full disk."""
+    if _storage_errno(exc) is not None:
+        return True
+    seen = 0
+    while exc is not None and seen < 10:
+        if any(words in str(exc).lower() for words in _WRITE_WORDS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def storage_failure(exc: BaseException, work_dir: Path | None = None) -> str:
+    """A job's error when reading or writing its files failed: what happened and what to do."""
     number = _storage_errno(exc)
+    if number is None and work_dir is not None:
+        try:
+            if shutil.disk_usage(work_dir).free < MIN_FREE_DISK_BYTES:
+                number = errno.ENOSPC
+        except OSError:
+            pass
     if number in _FULL:
         return ("the engine's disk filled up while the job wrote its results; free space on the engine (delete "
                 "finished jobs you no longer need) and submit the job again")
     if number in _NOT_WRITABLE:
         return ("the engine could not write the job's results (its work folder became read-only or not its own); "
                 "the operator must make the work folder writable, then submit the job again")
-    return (f"the engine could not read or write the job's files ({getattr(exc, 'strerror', None) or type(exc).__name__}); "
-            "submit the job again, and if it fails again ask the operator to check the engine's work folder")
+    return (f"the engine could not write the job's files ({getattr(exc, 'strerror', None) or type(exc).__name__}): its disk "
+            "may be full or failing, or a file size limit was reached; free space on the engine's disk (delete finished "
+            "jobs you no longer need) or ask the operator to check it, then submit the job again")
 
 
 def _with_message(exc: GFM4DError, message: str) -> GFM4DError:
