@@ -121,7 +121,12 @@ def test_a_job_that_cannot_run_is_refused_with_one_line(engine, job, words):
     assert words in detail and "\n" not in detail, detail
 
 
-def test_deeply_nested_json_is_refused(engine):
+def test_deeply_nested_json_is_refused(engine, tmp_path):
+    image = write_raster(tmp_path / "image.tif").read_bytes()
+    polygons = b'{"features": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    response = requests.post(f"{engine.url}/v1/jobs", data={"params": json.dumps({"task": "inpaint"})},
+                             files={"image": ("image.tif", image), "polygons": ("labels.json", polygons)}, timeout=30)
+    assert response.status_code == 422 and "nested too deeply" in response.json()["detail"], response.text
     for depth in (100, 5000, 100_000):
         body = "[" * depth + "]" * depth
         response = requests.post(f"{engine.url}/v1/jobs", data=body, headers={"Content-Type": "application/json"}, timeout=30)

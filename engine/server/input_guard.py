@@ -131,8 +131,11 @@ def _check_raster(path: Path, folder: Path) -> None:
 def _check_vector(path: Path, folder: Path) -> None:
     from engine.geo.vectors import _is_xbd_labels, _ogr_path
 
-    if _is_xbd_labels(path):
-        return  # read as plain JSON, not through OGR
+    try:
+        if _is_xbd_labels(path):
+            return  # read as plain JSON, not through OGR
+    except RecursionError:
+        raise InputError(f"{path} is JSON nested too deeply to be polygons; send GeoJSON or an xBD label file") from None
     import pyogrio
 
     try:
