@@ -601,9 +601,13 @@ class JobManager:
     # --- storage and expiry ------------------------------------------------------------------------
 
     def _save(self, record: JobRecord, durable: bool = True) -> None:
+        """Write job.json; the record in memory stays the truth when the disk fails (logged, not raised)."""
         folder = self.work_dir / record.id
         if folder.is_dir():
-            write_json_atomic(folder / JOB_FILE, record.model_dump_json(indent=2), durable=durable)
+            try:
+                write_json_atomic(folder / JOB_FILE, record.model_dump_json(indent=2), durable=durable)
+            except OSError as exc:
+                log.warning("job %s: its %s could not be written (%s)", record.id, JOB_FILE, exc)
 
     def _clear_results(self, record: JobRecord) -> None:
         folder = self.work_dir / record.id
