@@ -57,6 +57,10 @@ class AuthenticationFailed(EngineRefused):
     """401: the engine needs a token, or not this one."""
 
 
+class JobLost(EngineError):
+    """The engine no longer knows a job (it was deleted, expired, or the engine lost its work folder)."""
+
+
 class JobFailed(EngineError):
     """The job ended in state `failed`; the message is the engine's reason."""
 
@@ -159,14 +163,26 @@ class EngineClient:
     def tasks(self) -> list[dict]:
         return self._request("GET", "/v1/tasks").json()["tasks"]
 
-    def jobs(self, state: str | None = None) -> list[dict]:
-        return self._request("GET", "/v1/jobs", params={"state": state} if state else None).json()["jobs"]
+    def jobs(self, state: str | None = None, page_size: int = 500) -> list[dict]:
+        """Every job on the engine (oldest first), fetched a page at a time."""
+        jobs: list[dict] = []
+        offset: int | None = 0
+        while offset is not None:
+            params = {"offset": offset, "limit": page_size, **({"state": state} if state else {})}
+            page = self._request("GET", "/v1/jobs", params=params).json()
+            jobs += page["jobs"]
+            offset = page.get("next_offset")
+        return jobs
 
     def status(self, job_id: str) -> dict:
         return self._request("GET", f"/v1/jobs/{job_id}").json()
 
     def cancel(self, job_id: str) -> dict:
-        """Cancel a queued or running job (or delete a finished one); the job as the engine then reports it."""
+        """Cancel a queued or running job; a finished job keeps its results. The job as the engine then reports it."""
+        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+
+    def delete(self, job_id: str) -> dict:
+        """Delete a finished job and its files on the engine (a queued or running one is cancelled instead)."""
         return self._request("DELETE", f"/v1/jobs/{job_id}").json()
 
     # --- jobs --------------------------------------------------------------------------------
@@ -206,16 +222,25 @@ class EngineClient:
 
     def wait(self, job_id: str, progress: Callable[[dict], None] | None = None, poll_interval: float = 0.5,
              timeout: float | None = None, cancel_on_interrupt: bool = True) -> dict:
-        """Poll until the job has finished; the finished job. JobFailed / Cancelled otherwise.
+        """Poll until the job has finished; the finished job. JobFailed / Cancelled / JobLost otherwise.
 
         `progress` gets the job dict whenever its progress or state changed. Ctrl-C cancels the job
-        on the engine (unless `cancel_on_interrupt` is off) before it is raised again.
+        on the engine (unless `cancel_on_interrupt` is off) before it is raised again. A job the
+        engine no longer knows ends the wait at once (JobLost), so nothing waits forever.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         last = None
         try:
             while True:
-                job = self.status(job_id)
+                try:
+                    job = self.status(job_id)
+                except EngineRefused as exc:
+                    if exc.status != 404:
+                        raise
+                    raise JobLost(
+                        f"the engine at {self.url} no longer knows job {job_id} ({exc.detail}); it was deleted, or the "
+                        "engine was restarted with another work folder: submit the job again"
+                    ) from None
                 seen = (job["state"], job["done"], job["total"], job["message"])
                 if progress is not None and seen != last:
                     progress(job)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import rasterio
 from rasterio.features import geometry_mask
 
-from engine.client import EngineClient, EngineRefused, EngineUnreachable, JobFailed, _MultipartBody
+from engine.client import EngineClient, EngineRefused, EngineUnreachable, JobFailed, JobLost, _MultipartBody
 from engine.errors import Cancelled
 from engine.server.launcher import free_port, start_engine
 
@@ -37,8 +38,9 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(models_dir, tmp_path_factory):
-    process = start_engine(models_dir, tmp_path_factory.mktemp("work"), extra_args=["--max-upload-mb", "1"],
-                           env={"GFM4D_DEVICE": "cpu"})
+    work = tmp_path_factory.mktemp("work")
+    process = start_engine(models_dir, work, extra_args=["--max-upload-mb", "1"], env={"GFM4D_DEVICE": "cpu"})
+    process.work = work
     yield process
     process.stop()
 
@@ -90,11 +92,61 @@ def test_a_refused_request_carries_the_engines_message(client):
         client.submit("paint", {})
 
 
-def test_a_failed_job_raises_job_failed_with_the_reason(client):
-    job_id = client.submit("generate", tiny(window=100))  # not a multiple of the VAE's 8 px: found when it runs
-    with pytest.raises(JobFailed, match="multiples of 8") as failed:
+def test_a_failed_job_raises_job_failed_with_the_reason(client, engine):
+    import shutil
+
+    with pytest.raises(EngineRefused, match="multiple of the model's latent cell") as refused:
+        client.submit("generate", tiny(window=100))  # not a multiple of the VAE's 8 px: refused before it queues
+    assert refused.value.status == 422
+    job_id = client.submit("generate", tiny(steps=500, seed=17))
+    while client.status(job_id)["state"] == "queued":
+        time.sleep(0.05)
+    shutil.rmtree(engine.work / job_id)  # its folder vanishes while it runs
+    with pytest.raises(JobFailed, match="folder was removed") as failed:
         client.wait(job_id, poll_interval=0.05)
     assert failed.value.job["state"] == "failed" and failed.value.job["results"] == []
+
+
+def test_waiting_for_a_job_the_engine_does_not_know_ends_at_once(client):
+    with pytest.raises(JobLost, match="no longer knows job 0123"):
+        client.wait("0123" * 8, poll_interval=0.05, timeout=30)
+
+
+def test_ctrl_c_after_the_job_finished_keeps_its_results(client, tmp_path):
+    job_id = client.submit("generate", tiny(seed=19))
+    client.wait(job_id, poll_interval=0.05)
+
+    def interrupt(job: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C arriving just as the job has finished
+        client.wait(job_id, progress=interrupt, poll_interval=0.05)
+    assert client.status(job_id)["state"] == "succeeded"
+    assert client.download(job_id, "image", tmp_path / "image.tif").stat().st_size > 0
+
+
+def test_the_client_and_the_cli_engine_path_run_without_torch(engine, tmp_path):
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch was imported")
+sys.meta_path.insert(0, NoTorch())
+from engine.server.cli_support import run_on_engine
+params = {tiny(seed=23)!r}
+written = run_on_engine({engine.url!r}, None, "generate", params, {{}}, {{"image": {str(tmp_path / "remote.tif")!r}}})
+print(sorted(written), "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['image'] False"
+    with rasterio.open(tmp_path / "remote.tif") as src:
+        assert src.shape == (64, 64)
 
 
 def test_ctrl_c_while_waiting_cancels_the_job_on_the_engine(client):

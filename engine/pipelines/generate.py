@@ -134,6 +134,7 @@ def generate(
         if progress is not None:
             progress(Progress(done, total, message))
 
+    report("starting")  # the job's size is known before its first step
     text = encode_prompt(model, request.prompt, request.negative_prompt, request.guidance(model))
     store = LatentStore(canvas, scratch_dir=output.parent)
     try:

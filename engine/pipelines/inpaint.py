@@ -206,6 +206,7 @@ def inpaint(
             if progress is not None:
                 progress(Progress(done, total, message))
 
+        report("starting")  # the job's size is known before its first step
         planned = time.perf_counter()
         text = encode_prompt(model, plan.prompts, request.negative_prompt, request.guidance(model))
         results: list[tuple[Window, np.ndarray, np.ndarray]] = []

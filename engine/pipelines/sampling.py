@@ -27,20 +27,8 @@ import torch
 
 from engine.errors import Cancelled, InputError
 from engine.geo.tiling import Span, blend_weights
+from engine.progress import Progress
 from engine.runtime.device import BatchSize, batch_size_for
-
-
-@dataclass
-class Progress:
-    """Where a job is: `done` of `total` work units (denoising steps and decoded blocks)."""
-
-    done: int
-    total: int
-    message: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -170,14 +158,16 @@ def predict_canvas(
     guidance_scale: float,
     batch_size: int | BatchSize,
     weights: Sequence[torch.Tensor],
+    cancel: CancelCheck | None = None,
 ) -> torch.Tensor:
-    """The blended, guided model prediction for the whole canvas at one timestep."""
+    """The blended, guided model prediction for the whole canvas at one timestep (cancellable between batches)."""
     size = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
     prediction = torch.zeros_like(latents)
     weight_sum = torch.zeros_like(latents[:, :1])
     unet_input = latents if job.extra_channels is None else torch.cat([latents, job.extra_channels], dim=1)
     start = 0
     while start < len(job.windows):
+        check_cancel(cancel)
         batch = list(range(start, min(start + size.value, len(job.windows))))
         try:
             out = _guided_prediction(model, unet_input, timestep, job, text, guidance_scale, batch)
@@ -286,7 +276,7 @@ def denoise_canvas(
     for i, t in enumerate(timesteps):
         check_cancel(cancel)
         model_input = scheduler.scale_model_input(latents, t)
-        prediction = predict_canvas(model, model_input, t, job, text, guidance_scale, size, weights)
+        prediction = predict_canvas(model, model_input, t, job, text, guidance_scale, size, weights, cancel)
         latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
         if known is not None:
             if i + 1 < len(timesteps):

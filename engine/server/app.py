@@ -15,7 +15,7 @@ import torch
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -24,7 +24,7 @@ from engine.errors import GFM4DError, InputError
 from engine.tasks import DeviceRegistry, all_tasks
 
 from .errors import UnsupportedMediaType, status_for
-from .jobs import JobManager, media_type_of
+from .jobs import JobManager, media_type_of, storage_refusal
 from .schemas import (
     ErrorBody,
     Health,
@@ -38,13 +38,15 @@ from .schemas import (
     job_params_schemas,
     task_entry,
 )
-from .security import BearerTokenMiddleware, PathPolicy
+from .docs_page import docs_html
+from .security import BearerTokenMiddleware, BrowserGuardMiddleware, PathPolicy, is_loopback
 from .settings import ServerSettings
 from .uploads import check_declared_length, receive_json_text, receive_multipart
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)}
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503, 507)}
+MAX_PAGE = 1000
 
 _SUBMIT_BODY = {
     "requestBody": {
@@ -81,13 +83,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         finally:
             await run_in_threadpool(manager.stop)
 
-    app = FastAPI(title="GFM4D engine", version=__version__, lifespan=lifespan,
+    # The interactive docs of FastAPI load scripts from a CDN; the engine serves its own page instead.
+    app = FastAPI(title="GFM4D engine", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   summary="Diffusion models for satellite imagery, georeferenced in and out")
     app.state.manager = manager
     app.state.settings = settings
     if settings.token:
         app.add_middleware(BearerTokenMiddleware, token=settings.token)
-    _add_error_handlers(app)
+    app.add_middleware(BrowserGuardMiddleware, loopback_only=is_loopback(settings.host))  # outermost: runs first
+    _add_error_handlers(app, manager)
 
     @app.get("/v1/health", response_model=Health, responses=_ERRORS)
     def health() -> Health:
@@ -108,6 +112,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             max_upload_bytes=settings.max_upload_bytes,
             result_ttl_s=settings.result_ttl_s,
             server_paths=manager.paths.enabled,
+            max_output_pixels=settings.max_output_pixels,
+            max_queued_jobs=settings.max_queued_jobs,
+            work_dir_quota_bytes=settings.work_dir_quota_bytes,
+            work_dir_used_bytes=manager.work_dir_bytes(),
         )
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
@@ -133,6 +141,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             raise UnsupportedMediaType(
                 f"send the job as multipart/form-data (a `params` JSON field plus files) or as application/json, not {media or 'no content type'}"
             )
+        declared = request.headers.get("content-length", "")
+        await run_in_threadpool(manager.check_capacity, int(declared) if declared.isdigit() else 0)
         staging = await run_in_threadpool(manager.new_staging_dir)
         try:
             if media == "multipart/form-data":
@@ -146,6 +156,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             else:
                 params_text, uploaded = await receive_json_text(request), []
             record = await run_in_threadpool(manager.submit, params_text, uploaded, staging)
+        except OSError as exc:  # the work folder filled up or became read-only while the upload arrived
+            await run_in_threadpool(shutil.rmtree, staging, True)
+            raise storage_refusal(exc) from None
         except BaseException:
             await run_in_threadpool(shutil.rmtree, staging, True)
             raise
@@ -153,8 +166,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         return manager.info(record)
 
     @app.get("/v1/jobs", response_model=JobList, responses=_ERRORS)
-    def list_jobs(state: JobState | None = Query(None, description="only jobs in this state")) -> JobList:
-        return JobList(jobs=[manager.info(record) for record in manager.list(state)])
+    def list_jobs(
+        state: JobState | None = Query(None, description="only jobs in this state"),
+        offset: int = Query(0, ge=0, le=2**31, description="skip this many jobs (oldest first)"),
+        limit: int = Query(100, ge=1, le=MAX_PAGE, description="at most this many jobs"),
+    ) -> JobList:
+        records, total = manager.list(state, offset, limit)
+        following = offset + len(records)
+        return JobList(jobs=[manager.info(record) for record in records], total=total, offset=offset,
+                       next_offset=following if following < total else None)
 
     @app.get("/v1/jobs/{job_id}", response_model=JobInfo, responses=_ERRORS)
     def job_status(job_id: str) -> JobInfo:
@@ -165,11 +185,21 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         path = manager.result_path(job_id, name)
         return FileResponse(path, media_type=media_type_of(path), filename=path.name)
 
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobInfo, responses=_ERRORS)
+    def cancel_job(job_id: str) -> JobInfo:
+        """Cancel a queued or running job. A job that has already finished keeps its state and results."""
+        return manager.info(manager.cancel(job_id))
+
     @app.delete("/v1/jobs/{job_id}", response_model=JobInfo, responses=_ERRORS)
     def cancel_or_delete_job(job_id: str) -> JobInfo:
-        """Cancel a queued or running job; delete a finished one and its files."""
+        """Delete a finished job and its files. A queued or running job is cancelled instead (prefer
+        POST .../cancel for that: a DELETE that arrives after the job finished deletes its results)."""
         record, deleted = manager.cancel_or_delete(job_id)
         return manager.info(record, deleted=deleted)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(docs_html(app.openapi()), headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -185,12 +215,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, manager: JobManager) -> None:
     @app.exception_handler(GFM4DError)
     async def user_error(request: Request, exc: GFM4DError) -> JSONResponse:
         errors = getattr(exc, "errors", None)
-        body = ErrorBody(detail=str(exc), errors=errors)
-        return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status_for(exc))
+        body = ErrorBody(detail=manager.public(str(exc)), errors=errors)
+        status = status_for(exc)
+        headers = {"Retry-After": "60"} if status == 503 else None
+        return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,6 +16,7 @@ from engine.cli_args import engine_url, port
 from engine.errors import InputError
 
 from .settings import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_RESULT_TTL_HOURS, default_token
+from .settings import DEFAULT_MAX_OUTPUT_MPX, DEFAULT_MAX_QUEUED, DEFAULT_WORK_QUOTA_GB
 
 
 class EngineProgress(NamedTuple):
@@ -37,6 +38,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let jobs name files inside FOLDER on this machine instead of uploading them (repeatable)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest request body accepted")
     parser.add_argument("--result-ttl-hours", type=float, default=DEFAULT_RESULT_TTL_HOURS, help="delete finished jobs this long after they end")
+    parser.add_argument("--max-output-mpx", type=float, default=DEFAULT_MAX_OUTPUT_MPX,
+                        help=f"largest output of one job in megapixels (default {DEFAULT_MAX_OUTPUT_MPX})")
+    parser.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED,
+                        help=f"jobs the queue holds; more are refused with 503 (default {DEFAULT_MAX_QUEUED})")
+    parser.add_argument("--work-quota-gb", type=float, default=DEFAULT_WORK_QUOTA_GB,
+                        help=f"disk space all job folders together may use, 0 for no quota (default {DEFAULT_WORK_QUOTA_GB:g})")
     parser.add_argument("--no-requeue", action="store_true", help="on start, fail jobs left queued by a previous run instead of running them")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -60,6 +67,9 @@ def run_serve(args: argparse.Namespace) -> int:
             result_ttl_hours=args.result_ttl_hours,
             requeue_on_restart=not args.no_requeue,
             log_level=args.log_level,
+            max_output_mpx=args.max_output_mpx,
+            max_queued=args.max_queued,
+            work_quota_gb=args.work_quota_gb,
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass

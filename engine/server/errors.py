@@ -35,6 +35,18 @@ class UnsupportedMediaType(RequestRefused):
     status_code = 415
 
 
+class ServiceUnavailable(RequestRefused):
+    """The engine cannot take the job now (queue full, work folder not writable); try again later."""
+
+    status_code = 503
+
+
+class InsufficientStorage(RequestRefused):
+    """The work folder's disk or quota has no room for the job."""
+
+    status_code = 507
+
+
 def status_for(exc: GFM4DError) -> int:
     """The HTTP status of a user-caused error: its own for refusals, 422 for unusable input."""
     if isinstance(exc, RequestRefused):

@@ -21,11 +21,13 @@ in their original order (their inputs are on disk and were validated), unless
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import mimetypes
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -39,13 +41,14 @@ from pydantic import BaseModel, Field, ValidationError
 
 from engine import __version__
 from engine.errors import Cancelled, GFM4DError, InputError, ModelError
-from engine.pipelines.sampling import Progress
-from engine.tasks import DeviceRegistry, TaskSpec, check_inputs, get_task
+from engine.progress import Progress
+from engine.tasks import DeviceRegistry, TaskSpec, check_inputs, check_required, check_window, get_task
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, InsufficientStorage, NotFound, RequestRefused, ServiceUnavailable
+from .input_guard import check_self_contained
 from .schemas import FINISHED_STATES, JobInfo, JobState, ResultFile, parse_job_params
 from .security import PathPolicy
-from .settings import ServerSettings
+from .settings import MIN_FREE_DISK_BYTES, ServerSettings
 from .uploads import UploadedFile
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ JOB_FILE = "job.json"
 INCOMING = ".incoming"
 PROGRESS_SAVE_INTERVAL_S = 1.0
 STALE_UPLOAD_S = 24 * 3600
+USAGE_CACHE_S = 10.0
 _RESULT_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _EXTRA_MEDIA_TYPES = {".tif": "image/tiff", ".tiff": "image/tiff", ".gpkg": "application/geopackage+sqlite3",
                       ".geojson": "application/geo+json"}
@@ -120,6 +124,7 @@ class JobManager:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stopping = threading.Event()
         self._running: str | None = None
+        self._usage: tuple[float, int] | None = None  # (when measured, bytes used by the work folder)
         self._worker = threading.Thread(target=self._work, name="gfm4d-worker", daemon=True)
         self._janitor = threading.Thread(target=self._clean_periodically, name="gfm4d-cleanup", daemon=True)
 
@@ -177,8 +182,54 @@ class JobManager:
 
     def new_staging_dir(self) -> Path:
         folder = self.work_dir / INCOMING / uuid.uuid4().hex
-        folder.mkdir(parents=True)
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:
+            raise storage_refusal(exc) from None
         return folder
+
+    def check_capacity(self, incoming_bytes: int = 0) -> None:
+        """Refuse a new job when the queue is full (503) or the disk or quota has no room for it (507)."""
+        queued, _ = self.counts()
+        if queued >= self.settings.max_queued_jobs:
+            raise ServiceUnavailable(
+                f"the engine has {queued} jobs waiting, as many as it queues; submit again when some have finished "
+                "(the operator can raise the limit with --max-queued)"
+            )
+        try:
+            free = shutil.disk_usage(self.work_dir).free
+        except OSError as exc:
+            raise storage_refusal(exc) from None
+        if free < incoming_bytes + MIN_FREE_DISK_BYTES:
+            raise InsufficientStorage(
+                f"the engine's disk has {free / 2**20:.0f} MiB free, too little for this job; delete finished jobs "
+                "you no longer need (DELETE /v1/jobs/ID) and try again, or ask the operator to free space"
+            )
+        quota = self.settings.work_dir_quota_bytes
+        used = self.work_dir_bytes()
+        if quota and used + incoming_bytes > quota:
+            raise InsufficientStorage(
+                f"the engine's job folders hold {used / 1e9:.3g} GB of its {quota / 1e9:.3g} GB quota, and this job would "
+                "exceed it; delete finished jobs you no longer need (DELETE /v1/jobs/ID) and try again, or ask the "
+                "operator to raise --work-quota-gb"
+            )
+
+    def work_dir_bytes(self) -> int:
+        """Bytes held under the work folder (measured at most every USAGE_CACHE_S seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._usage is not None and now - self._usage[0] < USAGE_CACHE_S:
+                return self._usage[1]
+        total = 0
+        for root, _, names in os.walk(self.work_dir):
+            for name in names:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_size
+                except OSError:
+                    pass
+        with self._lock:
+            self._usage = (now, total)
+        return total
 
     def submit(self, params_text: str, uploaded: list[UploadedFile], staging: Path) -> JobRecord:
         """Validate a job completely (params, model, inputs) and queue it; GFM4DError otherwise.
@@ -188,16 +239,32 @@ class JobManager:
         request = parse_job_params(params_text)
         spec = request.spec
         inputs = self._uploaded_inputs(spec, uploaded)
-        server_inputs = self._server_inputs(spec, request.paths, uploaded)
-        self._check_model(spec, request.params)
+        server_inputs, given_paths = self._server_inputs(spec, request.paths, uploaded)
         every_input = {**{name: upload.path for name, upload in inputs.items()}, **server_inputs}
+        check_required(spec, every_input)
+        info = self._check_model(spec, request.params)
+        if info is not None:
+            check_window(request.params, info)
         filenames = {name: upload.filename for name, upload in inputs.items()}
         try:
+            for name, upload in inputs.items():
+                check_self_contained(upload.path, spec.inputs[name.partition(".")[0]].kind, upload.path.parent)
+            for name, path in server_inputs.items():
+                check_self_contained(path, spec.inputs[name.partition(".")[0]].kind, path.parent)
             check_inputs(spec, every_input)
             if spec.check is not None:
                 spec.check(request.params, every_input)
+            self._check_size(spec, request.params, every_input)
         except GFM4DError as exc:
-            raise _with_message(exc, describe_uploads(str(exc), {n: u.path for n, u in inputs.items()}, filenames)) from None
+            message = describe_uploads(str(exc), {n: u.path for n, u in inputs.items()}, filenames)
+            for real, given in given_paths.items():
+                message = message.replace(real, given)
+            raise _with_message(exc, message) from None
+        except (ArithmeticError, ValueError) as exc:  # OverflowError, ZeroDivisionError, ...: absurd numbers
+            raise InputError(
+                f"the {spec.name} job's numbers cannot be computed with ({type(exc).__name__}); check extent, "
+                "resolution_m / pixel_size and window: are they in the units of the CRS and of a sensible size?"
+            ) from None
 
         job_id = uuid.uuid4().hex
         record = JobRecord(
@@ -208,15 +275,23 @@ class JobManager:
             inputs={name: upload.path.relative_to(staging).as_posix() for name, upload in inputs.items()},
             server_inputs={name: str(path) for name, path in server_inputs.items()},
             input_filenames=filenames,
+            total=getattr(request.params, "steps", 0) + 1,  # an estimate (one region); the task sets the real total
+            message="queued",
             created_at=utc_now(),
         )
-        (staging / "results").mkdir(exist_ok=True)
-        write_json_atomic(staging / JOB_FILE, record.model_dump_json(indent=2))
-        os.replace(staging, self.work_dir / job_id)
+        staged = sum(upload.path.stat().st_size for upload in uploaded)
+        try:
+            (staging / "results").mkdir(exist_ok=True)
+            write_json_atomic(staging / JOB_FILE, record.model_dump_json(indent=2))
+            os.replace(staging, self.work_dir / job_id)
+        except OSError as exc:
+            raise storage_refusal(exc) from None
         with self._lock:
             self._jobs[job_id] = record
             self._cancel[job_id] = threading.Event()
             self._enqueue(job_id)
+            if self._usage is not None:  # counted until the next measurement
+                self._usage = (self._usage[0], self._usage[1] + staged)
         return record.model_copy(deep=True)
 
     def _uploaded_inputs(self, spec: TaskSpec, uploaded: list[UploadedFile]) -> dict[str, UploadedFile]:
@@ -237,9 +312,10 @@ class JobManager:
             seen[field] += 1
         return inputs
 
-    def _server_inputs(self, spec: TaskSpec, paths: dict, uploaded: list[UploadedFile]) -> dict[str, Path]:
+    def _server_inputs(self, spec: TaskSpec, paths: dict, uploaded: list[UploadedFile]) -> tuple[dict[str, Path], dict[str, str]]:
+        """Input name -> real path, and real path -> the path as given (messages name what the client sent)."""
         uploaded_fields = {upload.field for upload in uploaded}
-        resolved = {}
+        resolved, given = {}, {}
         for name, value in paths.items():
             slot = spec.inputs.get(name)
             if slot is None:
@@ -250,13 +326,28 @@ class JobManager:
             if not slot.many and len(values) != 1:
                 raise InputError(f"{name!r} takes one file, but paths names {len(values)}")
             for index, item in enumerate(values):
-                resolved[f"{name}.{index}" if slot.many else name] = self.paths.resolve(item)
-        return resolved
+                real = self.paths.resolve(item)
+                resolved[f"{name}.{index}" if slot.many else name] = real
+                given[str(real)] = item
+        return resolved, given
 
-    def _check_model(self, spec: TaskSpec, params) -> None:
+    def _check_size(self, spec: TaskSpec, params, inputs: dict[str, Path]) -> None:
+        if spec.size is None:
+            return
+        width, height = spec.size(params, inputs)
+        limit = self.settings.max_output_pixels
+        if width * height > limit:
+            raise InputError(
+                f"the output would be {width} x {height} px ({width * height / 1e6:.4g} Mpx), more than this engine makes "
+                f"in one job ({limit / 1e6:.4g} Mpx): use a coarser resolution or a smaller extent, or split the area "
+                "(the operator can raise --max-output-mpx)"
+            )
+
+    def _check_model(self, spec: TaskSpec, params):
+        """The model's info after checking that it does the task and can be loaded (None: the task takes no model)."""
         name = getattr(params, "model", None)
         if name is None:
-            return
+            return None
         info = self.registry.get(name)
         if spec.name not in info.tasks:
             able = [m.name for m in self.registry.list() if spec.name in m.tasks]
@@ -268,6 +359,7 @@ class JobManager:
             from engine.models.loading import _check_loadable
 
             _check_loadable(info, self.registry.sd21_dir)
+        return info
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -279,10 +371,12 @@ class JobManager:
                 raise NotFound(f"no job {job_id!r} on this engine (finished jobs are deleted {hours:g} h after they end)")
             return record.model_copy(deep=True)
 
-    def list(self, state: JobState | None = None) -> list[JobRecord]:
+    def list(self, state: JobState | None = None, offset: int = 0, limit: int | None = None) -> tuple[list[JobRecord], int]:
+        """One page of jobs, oldest first, and how many there are in all."""
         with self._lock:
-            records = [r.model_copy(deep=True) for r in self._jobs.values() if state is None or r.state == state]
-        return sorted(records, key=lambda r: r.created_at)
+            chosen = sorted((r for r in self._jobs.values() if state is None or r.state == state), key=lambda r: r.created_at)
+            page = chosen[offset:None if limit is None else offset + limit]
+            return [r.model_copy(deep=True) for r in page], len(chosen)
 
     def queue_position(self, job_id: str) -> int | None:
         with self._lock:
@@ -341,6 +435,16 @@ class JobManager:
 
     # --- cancelling and deleting -----------------------------------------------------------------
 
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued or running job; a finished job is left as it is, results included."""
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None:
+                self.get(job_id)  # raises NotFound
+            if record.state in FINISHED_STATES:
+                return record.model_copy(deep=True)
+            return self.cancel_or_delete(job_id)[0]
+
     def cancel_or_delete(self, job_id: str) -> tuple[JobRecord, bool]:
         """Cancel a queued or running job, or delete a finished one with its files; (record, deleted)."""
         with self._lock:
@@ -376,8 +480,12 @@ class JobManager:
                 break
             try:
                 self._run(job_id)
-            except Exception:  # a bug in the bookkeeping must not stop the worker
+            except Exception as exc:  # a bug in the bookkeeping must not stop the worker, nor leave the job running
                 log.exception("job %s: unexpected error outside its task", job_id)
+                with self._lock:
+                    unfinished = job_id in self._jobs and self._jobs[job_id].state not in FINISHED_STATES
+                if unfinished:
+                    self._finish(job_id, JobState.failed, error=self.public(_unexpected_error_message(exc)))
 
     def _run(self, job_id: str) -> None:
         with self._lock:
@@ -393,28 +501,48 @@ class JobManager:
         results_dir = folder / "results"
         outcome: dict[str, Any]
         try:
+            if not (folder / JOB_FILE).is_file():
+                raise JobFolderGone()
             spec = get_task(record.task)
             params = spec.params.model_validate(record.params)
             inputs = {name: folder / rel for name, rel in record.inputs.items()}
-            inputs.update({name: self.paths.resolve(path) for name, path in record.server_inputs.items()})
+            for name, path in record.server_inputs.items():  # the files may have changed since the job was queued
+                inputs[name] = self.paths.resolve(path)
+                check_self_contained(inputs[name], spec.inputs[name.partition(".")[0]].kind, inputs[name].parent)
             shutil.rmtree(results_dir, ignore_errors=True)
             results_dir.mkdir()
             produced = spec.run(self.registry, params, inputs, results_dir, self._progress_callback(job_id), cancel_event.is_set)
             outcome = {"state": JobState.succeeded, "results": self._collect(produced, results_dir), "message": "done"}
         except Cancelled:
-            if self._stopping.is_set() and not record.cancel_requested:
+            if not (folder / JOB_FILE).is_file():
+                outcome = {"state": JobState.failed, "error": FOLDER_GONE}
+            elif self._stopping.is_set() and not record.cancel_requested:
                 outcome = {"state": JobState.failed, "error": "the engine was stopped while this job was running; submit it again"}
             else:
                 outcome = {"state": JobState.cancelled, "message": "cancelled; nothing was written"}
         except GFM4DError as exc:
             uploads = {name: folder / rel for name, rel in record.inputs.items()}
             outcome = {"state": JobState.failed, "error": describe_uploads(str(exc), uploads, record.input_filenames)}
+        except JobFolderGone:
+            outcome = {"state": JobState.failed, "error": FOLDER_GONE}
+        except OSError as exc:
+            if not (folder / JOB_FILE).is_file():
+                outcome = {"state": JobState.failed, "error": FOLDER_GONE}
+            else:
+                outcome = {"state": JobState.failed, "error": storage_failure(exc, self.work_dir)}
+                log.warning("job %s (%s) failed writing its files: %s", job_id, record.task, exc)
         except Exception as exc:
-            outcome = {"state": JobState.failed, "error": _unexpected_error_message(exc)}
-            if not _is_out_of_memory(exc):
+            if _is_write_failure(exc):  # GDAL and others wrap a full disk in their own errors
+                outcome = {"state": JobState.failed, "error": storage_failure(exc, self.work_dir)}
+                log.warning("job %s (%s) failed writing its files: %s", job_id, record.task, exc)
+            else:
+                outcome = {"state": JobState.failed, "error": _unexpected_error_message(exc)}
+            if not _is_out_of_memory(exc) and not _is_write_failure(exc):
                 log.exception("job %s (%s) failed", job_id, record.task)
         finally:
             _release_device_memory(self.registry)
+        if outcome.get("error"):
+            outcome["error"] = self.public(outcome["error"])
         self._finish(job_id, **outcome)
 
     def _finish(self, job_id: str, state: JobState, results: dict[str, str] | None = None,
@@ -428,7 +556,11 @@ class JobManager:
             if state == JobState.succeeded:
                 record.done = record.total
             self._running = None
-            self._save(record)
+            self._usage = None
+            try:
+                self._save(record)
+            except OSError as exc:  # the job's state is kept in memory; its file says what it was
+                log.warning("job %s: could not record its end on disk (%s)", job_id, exc)
 
     def _collect(self, produced: dict[str, Path], results_dir: Path) -> dict[str, str]:
         """Result names -> file names, checking that a task kept its results in its folder."""
@@ -443,7 +575,9 @@ class JobManager:
         return results
 
     def _progress_callback(self, job_id: str):
+        """Records progress (on disk at most every PROGRESS_SAVE_INTERVAL_S); stops a job whose folder vanished."""
         last_save = [0.0]
+        folder = self.work_dir / job_id
 
         def report(progress: Progress) -> None:
             with self._lock:
@@ -454,21 +588,53 @@ class JobManager:
                 now = time.monotonic()
                 if now - last_save[0] >= PROGRESS_SAVE_INTERVAL_S:
                     last_save[0] = now
-                    self._save(record, durable=False)
+                    if not (folder / JOB_FILE).is_file():
+                        self._cancel[job_id].set()  # nothing it makes could be kept: stop at the next batch
+                        return
+                    try:
+                        self._save(record, durable=False)
+                    except OSError:  # progress on disk is a courtesy; the job decides whether its disk works
+                        pass
 
         return report
 
     # --- storage and expiry ------------------------------------------------------------------------
 
     def _save(self, record: JobRecord, durable: bool = True) -> None:
+        """Write job.json; the record in memory stays the truth when the disk fails (logged, not raised)."""
         folder = self.work_dir / record.id
         if folder.is_dir():
-            write_json_atomic(folder / JOB_FILE, record.model_dump_json(indent=2), durable=durable)
+            try:
+                write_json_atomic(folder / JOB_FILE, record.model_dump_json(indent=2), durable=durable)
+            except OSError as exc:
+                log.warning("job %s: its %s could not be written (%s)", record.id, JOB_FILE, exc)
 
     def _clear_results(self, record: JobRecord) -> None:
-        results_dir = self.work_dir / record.id / "results"
-        shutil.rmtree(results_dir, ignore_errors=True)
-        results_dir.mkdir(exist_ok=True)
+        folder = self.work_dir / record.id
+        shutil.rmtree(folder / "results", ignore_errors=True)
+        if folder.is_dir():
+            try:
+                (folder / "results").mkdir(exist_ok=True)
+            except OSError:
+                pass
+
+    def public(self, message: str) -> str:
+        """`message` without the engine's own folders (work, models, SD-2.1, code): they are nobody else's business."""
+        return scrub_paths(message, self._private_folders())
+
+    def _private_folders(self) -> dict[str, str]:
+        folders = {
+            self.work_dir: "the engine's work folder",
+            self.settings.models_dir: "the engine's models folder",
+            Path(__file__).resolve().parents[2]: "the engine's installation",
+        }
+        if self.settings.sd21_dir:
+            folders[self.settings.sd21_dir] = "the engine's SD-2.1 folder"
+        labels = {}
+        for folder, label in folders.items():
+            for form in {str(folder), os.path.realpath(folder), os.path.abspath(folder)}:
+                labels[form] = label
+        return labels
 
     def cleanup(self, now: datetime | None = None) -> list[str]:
         """Delete finished jobs older than the results' lifetime and stale uploads; the ids deleted."""
@@ -507,6 +673,90 @@ def describe_uploads(message: str, paths: dict[str, Path], filenames: dict[str, 
         label = f"the uploaded {name} file" + (f" {filenames[name]!r}" if filenames.get(name) else "")
         message = message.replace(str(path), label)
     return message
+
+
+FOLDER_GONE = "the job's folder was removed from the engine's work folder while the job waited or ran; submit the job again"
+
+
+class JobFolderGone(Exception):
+    """The job's folder is no longer in the work folder (deleted by hand, or the disk was swapped)."""
+
+
+def scrub_paths(message: str, labels: dict[str, str]) -> str:
+    """Replace each folder in `labels` (and anything under it) by its label, longest folder first."""
+    for folder in sorted(labels, key=len, reverse=True):
+        if len(folder) > 1 and folder in message:
+            message = re.sub(re.escape(folder) + r"(?=$|[/\s'\",;:)])(/[^\s'\",;:)]*)?", labels[folder], message)
+    return message
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+_STORAGE_WORDS = {"no space left": errno.ENOSPC, "file too large": errno.EFBIG, "disk quota exceeded": errno.EDQUOT,
+                  "read-only file system": errno.EROFS}
+
+
+def _storage_errno(exc: BaseException) -> int | None:
+    """The errno of a full or read-only disk behind `exc` (its own, a wrapped one, or named in its message)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (*_FULL, *_NOT_WRITABLE):
+            return exc.errno
+        text = str(exc).lower()
+        for words, number in _STORAGE_WORDS.items():
+            if words in text:
+                return number
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def storage_refusal(exc: OSError) -> RequestRefused:
+    """The answer to a job the work folder cannot take: 507 when it is full, 503 when it cannot be written."""
+    if exc.errno in _FULL:
+        return InsufficientStorage("the engine's disk is full; delete finished jobs you no longer need "
+                                   "(DELETE /v1/jobs/ID) and try again, or ask the operator to free space")
+    if exc.errno in _NOT_WRITABLE:
+        return ServiceUnavailable("the engine cannot write its work folder (it is read-only or not its own); "
+                                  "the operator must make it writable or start the engine with another --work-dir")
+    return ServiceUnavailable(f"the engine cannot store the job ({exc.strerror or type(exc).__name__}); "
+                              "try again, and if it persists ask the operator to check the engine's work folder")
+
+
+_WRITE_WORDS = ("write error", "write failed", "could not write", "failed to write")
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) is a failed write: GDAL says only "Write error" for a full disk."""
+    if _storage_errno(exc) is not None:
+        return True
+    seen = 0
+    while exc is not None and seen < 10:
+        if any(words in str(exc).lower() for words in _WRITE_WORDS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def storage_failure(exc: BaseException, work_dir: Path | None = None) -> str:
+    """A job's error when reading or writing its files failed: what happened and what to do."""
+    number = _storage_errno(exc)
+    if number is None and work_dir is not None:
+        try:
+            if shutil.disk_usage(work_dir).free < MIN_FREE_DISK_BYTES:
+                number = errno.ENOSPC
+        except OSError:
+            pass
+    if number in _FULL:
+        return ("the engine's disk filled up while the job wrote its results; free space on the engine (delete "
+                "finished jobs you no longer need) and submit the job again")
+    if number in _NOT_WRITABLE:
+        return ("the engine could not write the job's results (its work folder became read-only or not its own); "
+                "the operator must make the work folder writable, then submit the job again")
+    return (f"the engine could not write the job's files ({getattr(exc, 'strerror', None) or type(exc).__name__}): its disk "
+            "may be full or failing, or a file size limit was reached; free space on the engine's disk (delete finished "
+            "jobs you no longer need) or ask the operator to check it, then submit the job again")
 
 
 def _with_message(exc: GFM4DError, message: str) -> GFM4DError:

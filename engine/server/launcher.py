@@ -73,7 +73,7 @@ def start_engine(
     extra_args: Iterable[str] = (),
     env: dict[str, str] | None = None,
     log_path: str | os.PathLike | None = None,
-    startup_timeout: float = 120.0,
+    startup_timeout: float = 600.0,
     python: str = sys.executable,
 ) -> EngineProcess:
     """An engine process listening on 127.0.0.1, answering /v1/health (GFM4DError if it does not start)."""

@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Iterable
 
 from .security import check_bind
-from .settings import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_RESULT_TTL_HOURS, ServerSettings
+from .settings import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_OUTPUT_MPX,
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_PORT,
+    DEFAULT_RESULT_TTL_HOURS,
+    DEFAULT_WORK_QUOTA_GB,
+    ServerSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +38,9 @@ def serve(
     requeue_on_restart: bool = True,
     log_level: str = "info",
     access_log: bool = True,
+    max_output_mpx: float = DEFAULT_MAX_OUTPUT_MPX,
+    max_queued: int = DEFAULT_MAX_QUEUED,
+    work_quota_gb: float = DEFAULT_WORK_QUOTA_GB,
 ) -> None:
     """Serve API v1 until interrupted. Refuses (InsecureBind) to listen beyond loopback without a token.
 
@@ -52,6 +64,10 @@ def serve(
         result_ttl_s=result_ttl_hours * 3600,
         cleanup_interval_s=cleanup_interval_s,
         requeue_on_restart=requeue_on_restart,
+        host=host,
+        max_output_pixels=int(max_output_mpx * 1_000_000),
+        max_queued_jobs=max_queued,
+        work_dir_quota_bytes=int(work_quota_gb * 1e9),
     )
     if models_dir is not None:
         settings.models_dir = Path(models_dir)

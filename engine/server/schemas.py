@@ -45,7 +45,7 @@ class JobInfo(BaseModel):
     state: JobState
     progress: float = Field(ge=0, le=1, description="fraction of the job's work units done")
     done: int = Field(description="work units done (denoising steps and decoded blocks)")
-    total: int = Field(description="work units in the job; 0 until it starts")
+    total: int = Field(description="work units in the job; an estimate until the job starts")
     message: str = ""
     error: str | None = Field(None, description="why the job failed, and what to do")
     cancel_requested: bool = False
@@ -61,7 +61,10 @@ class JobInfo(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[JobInfo]
+    jobs: list[JobInfo] = Field(description="one page of jobs, oldest first")
+    total: int = Field(0, description="jobs in all (in the state asked for)")
+    offset: int = Field(0, description="index of the page's first job")
+    next_offset: int | None = Field(None, description="offset of the next page; null on the last page")
 
 
 class ModelEntry(BaseModel):
@@ -111,6 +114,10 @@ class Health(BaseModel):
     max_upload_bytes: int
     result_ttl_s: float
     server_paths: bool = Field(description="whether params may name files on the engine's machine")
+    max_output_pixels: int = Field(0, description="largest output of one job, in pixels")
+    max_queued_jobs: int = Field(0, description="jobs the queue holds; more are refused with 503")
+    work_dir_quota_bytes: int = Field(0, description="disk space all jobs together may use (0: no quota)")
+    work_dir_used_bytes: int = Field(0, description="disk space the jobs use now")
 
 
 class FieldError(BaseModel):
@@ -175,6 +182,9 @@ def parse_job_params(payload: str | bytes | dict) -> JobRequest:
             payload = json.loads(payload)
         except ValueError as exc:
             raise InputError(f"the params are not valid JSON ({exc}); send an object like {{\"task\": \"generate\", ...}}") from None
+        except RecursionError:
+            raise InputError("the params are nested too deeply to be job params; send a flat object like "
+                             "{\"task\": \"generate\", ...}") from None
     if not isinstance(payload, dict):
         raise InputError(f"the params must be a JSON object like {{\"task\": \"generate\", ...}}, not {type(payload).__name__}")
     payload = dict(payload)
@@ -188,6 +198,8 @@ def parse_job_params(payload: str | bytes | dict) -> JobRequest:
         raise ParamsInvalid(_validation_message(f"invalid params for the {spec.name} task: ", errors), errors) from exc
     try:
         params = spec.params.model_validate(payload)
+    except RecursionError:
+        raise InputError("the params are nested too deeply to be job params") from None
     except ValidationError as exc:
         fields = sorted(spec.params.model_fields)
         errors = describe_validation_errors(exc.errors(include_url=False), fields)

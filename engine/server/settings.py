@@ -14,6 +14,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 DEFAULT_MAX_UPLOAD_MB = 2048
 DEFAULT_RESULT_TTL_HOURS = 72.0
+DEFAULT_MAX_OUTPUT_MPX = 1024  # 32768 x 32768 px: hours of GPU time per job
+DEFAULT_MAX_QUEUED = 100
+DEFAULT_WORK_QUOTA_GB = 50.0
+MIN_FREE_DISK_BYTES = 256 * 1024 * 1024  # what a job's results need at least, beyond its uploads
 
 
 def default_work_dir() -> Path:
@@ -51,6 +55,10 @@ class ServerSettings:
     result_ttl_s: float = DEFAULT_RESULT_TTL_HOURS * 3600
     cleanup_interval_s: float = 300.0
     requeue_on_restart: bool = True  # queued jobs of a previous run are run; running ones fail
+    host: str = DEFAULT_HOST  # the address listened on: on loopback only loopback Host headers are answered
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_MPX * 1_000_000  # per job
+    max_queued_jobs: int = DEFAULT_MAX_QUEUED
+    work_dir_quota_bytes: int = int(DEFAULT_WORK_QUOTA_GB * 1e9)  # job folders together (uploads and results)
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)

@@ -16,7 +16,18 @@ import threading
 
 from engine.errors import InputError
 
-from .base import DeviceRegistry, Input, TaskParams, TaskSpec, check_inputs, inputs_named, run_task_locally, slot_of
+from .base import (
+    DeviceRegistry,
+    Input,
+    TaskParams,
+    TaskSpec,
+    check_inputs,
+    check_required,
+    check_window,
+    inputs_named,
+    run_task_locally,
+    slot_of,
+)
 
 __all__ = [
     "DeviceRegistry",
@@ -25,6 +36,8 @@ __all__ = [
     "TaskSpec",
     "all_tasks",
     "check_inputs",
+    "check_required",
+    "check_window",
     "get_task",
     "inputs_named",
     "run_task_locally",
@@ -37,13 +50,13 @@ _discovery_lock = threading.Lock()
 _discovered = False
 
 
-def task(name: str, params: type[TaskParams], inputs=None, check=None, summary: str = ""):
-    """Register the decorated function as the run function of task `name`."""
+def task(name: str, params: type[TaskParams], inputs=None, check=None, summary: str = "", size=None):
+    """Register the decorated function as the run function of task `name` (`size`: see TaskSpec)."""
 
     def register(run):
         if name in _TASKS and _TASKS[name].run is not run:
             raise RuntimeError(f"two tasks are registered as {name!r}")
-        _TASKS[name] = TaskSpec(name, params, run, dict(inputs or {}), check, summary or (run.__doc__ or "").strip())
+        _TASKS[name] = TaskSpec(name, params, run, dict(inputs or {}), check, summary or (run.__doc__ or "").strip(), size)
         return run
 
     return register

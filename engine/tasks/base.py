@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine import config
 from engine.errors import InputError
 from engine.models.registry import DiffusionModel, ModelRegistry
-from engine.pipelines.sampling import Progress
+from engine.progress import Progress
 
 INPUT_KINDS = ("raster", "vector", "file")
 
@@ -87,6 +87,7 @@ class Input:
     kind: str  # one of INPUT_KINDS; decides how the file is checked before the job is queued
     description: str
     many: bool = False
+    required: bool = False  # a job without it is refused before it is queued
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
@@ -106,6 +107,7 @@ class RunFunction(Protocol):
 
 
 CheckFunction = Callable[[TaskParams, dict[str, Path]], None]
+SizeFunction = Callable[[TaskParams, dict[str, Path]], tuple[int, int]]  # output (width, height) in pixels
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,44 @@ class TaskSpec:
     inputs: Mapping[str, Input] = field(default_factory=dict)
     check: CheckFunction | None = None  # cross-checks params with inputs before queueing (InputError)
     summary: str = ""
+    size: SizeFunction | None = None  # the output's size, so that a server can refuse jobs over its limit
+
+
+def check_required(spec: TaskSpec, inputs: Mapping[str, Path]) -> None:
+    """Refuse a job that lacks a file its task cannot run without (InputError naming the slot)."""
+    given = {slot_of(name) for name in inputs}
+    missing = [name for name, slot in spec.inputs.items() if slot.required and name not in given]
+    if missing:
+        described = "; ".join(f"`{name}`: {spec.inputs[name].description}" for name in missing)
+        raise InputError(f"the {spec.name} task needs {' and '.join(f'`{m}`' for m in missing)} ({described}); "
+                         "upload it as a file part of that name (or name it in `paths`)")
+
+
+def latent_cell(info) -> int:
+    """Pixels per latent cell of a model (its VAE's downsampling), read from the VAE's config without loading it."""
+    import json
+
+    vae = (getattr(info, "components", None) or {}).get("vae")
+    try:
+        config_json = json.loads((Path(vae) / "config.json").read_text(encoding="utf-8"))
+        return 2 ** (len(config_json["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 8  # every Stable Diffusion VAE
+
+
+def check_window(params: TaskParams, info) -> None:
+    """Window and overlap that the sampling loop can tile with (checked again when the model is loaded)."""
+    if not isinstance(params, SamplingParams):
+        return
+    cell = latent_cell(info)
+    window = params.window or info.native_resolution
+    overlap = params.overlap if params.overlap is not None else window // 4
+    if window < cell or window % cell:
+        raise InputError(f"window ({window} px) must be a multiple of the model's latent cell ({cell} px), at least {cell}")
+    if overlap % cell:
+        raise InputError(f"overlap ({overlap} px) must be a multiple of the model's latent cell ({cell} px)")
+    if overlap >= window:
+        raise InputError(f"overlap ({overlap} px) must be smaller than the window ({window} px)")
 
 
 def inputs_named(inputs: Mapping[str, Path], slot: str) -> list[Path]:
@@ -203,6 +243,7 @@ def run_task_locally(
     from engine.server.schemas import parse_job_params
 
     request = parse_job_params(payload)
+    check_required(request.spec, inputs)
     if request.spec.check is not None:
         request.spec.check(request.params, dict(inputs))
     first = Path(next(iter(outputs.values())))

@@ -97,6 +97,10 @@ def check_size(grid: OutputGrid) -> None:
         )
 
 
+def _size(grid: OutputGrid) -> tuple[int, int]:
+    return grid.width, grid.height
+
+
 def check(params: GenerateParams, inputs: dict[str, Path]) -> None:
     check_size(output_grid(params, inputs)[0])
 
@@ -109,6 +113,7 @@ def check(params: GenerateParams, inputs: dict[str, Path]) -> None:
         "aoi": Input("vector", "polygons (GeoJSON, GPKG, zipped Shapefile, xBD JSON): generate over their extent, mask outside"),
     },
     check=check,
+    size=lambda params, inputs: _size(output_grid(params, inputs)[0]),
     summary="prompt + metadata -> a georeferenced RGB image over an extent (results: image, preview)",
 )
 def run(registry, params: GenerateParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:

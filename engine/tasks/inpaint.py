@@ -38,13 +38,22 @@ def _classes(mapping: dict | None) -> dict | None:
     return {int(k) if k.isdigit() else k: v for k, v in mapping.items()}
 
 
+def output_size(params: InpaintParams, inputs) -> tuple[int, int]:
+    """The output has the input raster's grid."""
+    from engine.geo.raster import open_raster
+
+    with open_raster(inputs["image"]) as source:
+        return source.info.width, source.info.height
+
+
 @task(
     "inpaint",
     InpaintParams,
     inputs={
-        "image": Input("raster", "pre-event raster"),
-        "polygons": Input("vector", "disaster polygons: GeoJSON, GPKG, zipped Shapefile or xBD label JSON"),
+        "image": Input("raster", "pre-event raster", required=True),
+        "polygons": Input("vector", "disaster polygons: GeoJSON, GPKG, zipped Shapefile or xBD label JSON", required=True),
     },
+    size=lambda params, inputs: output_size(params, inputs),
     summary="pre-event raster + disaster polygons -> post-event raster and its label mask (results: image, label, polygons, preview)",
 )
 def run(registry, params: InpaintParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:

@@ -33,13 +33,30 @@ class PredictParams(SamplingParams):
         return [date_field(v) for v in value] if isinstance(value, list) else value
 
 
+def output_size(params: PredictParams, inputs) -> tuple[int, int]:
+    """The output has the grid of the `reference` raster, else of the reference frame."""
+    from engine.errors import InputError
+    from engine.geo.raster import open_raster
+
+    frames = inputs_named(inputs, "frames")
+    if "reference" in inputs:
+        path = inputs["reference"]
+    elif params.reference < len(frames):
+        path = frames[params.reference]
+    else:
+        raise InputError(f"the reference frame index {params.reference} is not one of the {len(frames)} frames")
+    with open_raster(path) as source:
+        return source.info.width, source.info.height
+
+
 @task(
     "predict",
     PredictParams,
     inputs={
-        "frames": Input("raster", "dated rasters of one place (frames.0, frames.1, ...)", many=True),
+        "frames": Input("raster", "dated rasters of one place (frames.0, frames.1, ...)", many=True, required=True),
         "reference": Input("raster", "optional: a raster whose grid the output takes instead of a frame's"),
     },
+    size=lambda params, inputs: output_size(params, inputs),
     summary="dated rasters -> the image at a target date on a reference grid (results: image, preview)",
 )
 def run(registry, params: PredictParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:

@@ -24,10 +24,26 @@ class SuperresParams(SamplingParams):
     _parse_date = field_validator("date", mode="before")(date_field)
 
 
+def output_size(params: SuperresParams, inputs) -> tuple[int, int]:
+    """The output's size in pixels, as `engine.pipelines.superres` will make it."""
+    from engine.geo.grid import grid_from_extent
+    from engine.geo.raster import open_raster
+
+    with open_raster(inputs["image"]) as source:
+        info = source.info
+    extent = params.extent or tuple(info.bounds)
+    if params.resolution_m:
+        grid = grid_from_extent(extent, info.crs, resolution_m=params.resolution_m)
+    else:
+        grid = grid_from_extent(extent, info.crs, pixel_size=abs(info.transform.a) / 8)
+    return grid.width, grid.height
+
+
 @task(
     "superres",
     SuperresParams,
-    inputs={"image": Input("raster", "Sentinel-2 scene with 10 or 13 bands")},
+    inputs={"image": Input("raster", "Sentinel-2 scene with 10 or 13 bands", required=True)},
+    size=lambda params, inputs: output_size(params, inputs),
     summary="Sentinel-2 scene -> RGB at a finer resolution on the same footprint (results: image, preview)",
 )
 def run(registry, params: SuperresParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:
