@@ -59,8 +59,8 @@ def test_models_list_json_shows_the_demo_models(models_dir, capsys):
         (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--resolution", "1"], "needs `crs`"),
         (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--crs", "EPSG:32632",
           "--resolution", "1", "--date", "2020-13-45"], "2020-13-45"),
-        (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "0", "0", "10", "10", "--crs", "EPSG:32632",
-          "--resolution", "1", "--model", "no-such-model"], "no-such-model"),
+        (["generate", "--prompt", "x", "-o", "x.tif", "--extent", "500000", "5000000", "500010", "5000010",
+          "--crs", "EPSG:32632", "--resolution", "1", "--model", "no-such-model"], "no-such-model"),
     ],
 )
 def test_user_errors_are_one_line_with_status_2(models_dir, tmp_path, argv, words):

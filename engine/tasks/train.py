@@ -38,7 +38,7 @@ class TrainParams(TaskParams):
 @task(
     "train",
     TrainParams,
-    inputs={"rasters": Input("raster", "georeferenced RGB training rasters", many=True)},
+    inputs={"rasters": Input("raster", "georeferenced RGB training rasters", many=True, required=True)},
     summary="rasters -> a SatUNet trained or fine-tuned on them, installed in the models folder (results: card, loss_curve, samples)",
 )
 def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:
