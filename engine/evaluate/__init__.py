@@ -1,0 +1,1 @@
+"""How close a generated or predicted image is to reality: pixel, set and learned metrics."""
