@@ -49,8 +49,10 @@ WHERE_TO_GET = {
 def missing(what: str, path: Path | None, metric: str) -> InputError:
     """The error for a network that was not given or not found: what, where it was looked for, where to get it."""
     where = f" (looked for {path})" if path is not None else ""
-    return InputError(f"{metric} needs {what.replace('_', ' ')} network weights, which were not found{where}; "
-                      f"nothing is downloaded: get {WHERE_TO_GET[what]} and name it")
+    option = {"clip": "clip/", "lpips_weights": "lpips_weights.pth"}.get(what, f"{what}.pt")
+    return InputError(f"{metric} needs the {what.replace('_', ' ')} network, which was not found{where}; nothing is "
+                      f"downloaded: get {WHERE_TO_GET[what]}, and name it (CLI --{what.replace('_', '-')}, or "
+                      f"{option} in the networks folder)")
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,11 @@ def _check_outputs(outputs: dict, allowed: Sequence[str]) -> dict[str, Path]:
     return chosen
 
 
+def _need_prompt(metrics: Sequence[str], prompt: str | None) -> None:
+    if "clip" in metrics and not (prompt or "").strip():
+        raise InputError("the CLIP score measures how well images match a prompt: give the prompt")
+
+
 def _unknown(chosen: Sequence[str], allowed: Sequence[str], what: str) -> None:
     bad = [m for m in chosen if m not in allowed]
     if bad:
@@ -90,10 +95,11 @@ def evaluate_pair(result: Path, reference: Path, outputs: dict, options: PairOpt
 
     options = options or PairOptions()
     _unknown(options.learned, PAIR_LEARNED, "learned metric(s) for a pair")
+    _need_prompt(options.learned, options.prompt)
     chosen = _check_outputs(outputs, PAIR_OUTPUTS)
     say = progress or (lambda p: None)
     total = 4 + len(options.learned)
-    say(Progress(0, total, "co-registering"))
+    scorers = {name: _load_scorer(name, options.networks) for name in options.learned}  # fail before any work
     pair = align(Path(result), Path(reference), options.bands, options.reference_bands, options.reverse,
                  options.resampling)
     if pair.dtype is None and options.data_range is None:
@@ -101,9 +107,9 @@ def evaluate_pair(result: Path, reference: Path, outputs: dict, options: PairOpt
                          "cannot come from the type: give it (e.g. 255 for 8-bit, 10000 for reflectance x 10000)")
     dtype = pair.dtype if pair.dtype is not None else np.float64
     data_range = pixels.data_range_for(dtype, options.data_range)
+    mask = mask_on_grid(options.mask, pair.grid) if options.mask is not None else None
     _check(cancel)
     say(Progress(1, total, "pixel metrics"))
-    mask = mask_on_grid(options.mask, pair.grid) if options.mask is not None else None
     overall, local_ssim = pixels.compare(pair.result, pair.reference, data_range=data_range, ssim_map=True)
     valid = pair.valid
     abs_error = np.where(valid, np.abs(np.ma.getdata(pair.result).astype(np.float64)
@@ -148,7 +154,7 @@ def evaluate_pair(result: Path, reference: Path, outputs: dict, options: PairOpt
     for step, name in enumerate(options.learned, start=3):
         _check(cancel)
         say(Progress(step, total, name))
-        learned[name] = _pair_learned(name, pair, windows, options)
+        learned[name] = _pair_learned(name, scorers[name], pair, windows, options)
     if learned:
         out["learned"] = learned
     _check(cancel)
@@ -177,20 +183,24 @@ def _unit(pair, array: np.ma.MaskedArray) -> np.ndarray:
     return pair.stretch.to_unit(data)
 
 
-def _pair_learned(name: str, pair, windows, options: PairOptions) -> dict:
+def _load_scorer(name: str, networks: NetworkPaths):
+    """The LPIPS or CLIP-score network of a learned metric."""
+    from engine.evaluate.learned import LPIPS, CLIPScore
+
+    if name == "clip":
+        return CLIPScore.load(networks.clip)
+    return LPIPS.load(networks.lpips_net, networks.lpips_weights)
+
+
+def _pair_learned(name: str, scorer, pair, windows, options: PairOptions) -> dict:
     if len(pair.result_bands) != 3:
         raise InputError(f"{name.upper()} needs three bands (red, green, blue); {len(pair.result_bands)} are compared: "
                          "choose three with the band options")
     result, reference = _unit(pair, pair.result), _unit(pair, pair.reference)
     if name == "clip":
-        from engine.evaluate.learned import CLIPScore
-
-        scorer = CLIPScore.load(options.networks.clip)
         return {"prompt": options.prompt, "result": float(scorer(result[None], options.prompt or "")[0]),
                 "reference": float(scorer(reference[None], options.prompt or "")[0])}
-    from engine.evaluate.learned import LPIPS
-
-    lpips = LPIPS.load(options.networks.lpips_net, options.networks.lpips_weights)
+    lpips = scorer
     scores, weights = [], []
     for w in windows:
         if w.metrics is None:
@@ -238,16 +248,17 @@ def evaluate_sets(set_a, set_b, outputs: dict, options: SetOptions | None = None
     if not metrics:
         raise InputError(f"choose at least one set metric: {', '.join(SET_METRICS)}")
     _unknown(metrics, SET_METRICS, "set metric(s)")
+    _need_prompt(metrics, options.prompt)
     chosen = _check_outputs(outputs, SET_OUTPUTS)
     say = progress or (lambda p: None)
     total = 3 + len(metrics)
-    say(Progress(0, total, "reading images"))
     minimum = _minimum_for(metrics, options)
     needs_network = any(m in metrics for m in ("fid", "kid", "is"))
     metric_names = "/".join(m.upper() for m in metrics if m != "clip")
     network = (FeatureNetwork.load(options.networks.inception, metric=metric_names, input_size=options.input_size)
                if needs_network else None)
     size = options.input_size
+    clip = _load_scorer("clip", options.networks) if "clip" in metrics else None
     images_a, paths_a = images.load_set(set_a, size, minimum, "first image set")
     needs_b = any(m in metrics for m in ("fid", "kid"))
     images_b, paths_b = images.load_set(set_b, size, minimum, "second image set") if needs_b else (None, [])
@@ -265,7 +276,8 @@ def evaluate_sets(set_a, set_b, outputs: dict, options: SetOptions | None = None
     for step, name in enumerate(metrics, start=2):
         _check(cancel)
         say(Progress(step, total, name))
-        value, statistic, data = _set_metric(name, network, images_a, feats_a, feats_b, options)
+        value, statistic, data = _set_metric(name, network if name != "clip" else clip, images_a, feats_a, feats_b,
+                                             options)
         entry = dict(value)
         if options.bootstrap:
             interval = sets.bootstrap(statistic, *data, resamples=options.bootstrap, confidence=options.confidence,
@@ -306,7 +318,5 @@ def _set_metric(name, network, images_a, feats_a, feats_b, options: SetOptions):
         mean, std = sets.inception_score(probabilities, options.is_splits)
         return ({"value": mean, "std": std, "splits": options.is_splits},
                 lambda p: sets.inception_score(p, options.is_splits)[0], (probabilities,))
-    from engine.evaluate.learned import CLIPScore
-
-    scores = CLIPScore.load(options.networks.clip)(images_a, options.prompt or "")
+    scores = network(images_a, options.prompt or "")
     return {"value": float(scores.mean()), "prompt": options.prompt}, lambda s: float(np.mean(s)), (scores,)
