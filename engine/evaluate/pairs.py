@@ -50,8 +50,8 @@ class AlignedPair:
         """The pixels compared: count, fraction of the grid, and their bounding box in the grid's CRS."""
         valid = self.valid
         rows, cols = np.nonzero(valid)
-        left, top = self.grid.transform * (int(cols.min()), int(rows.min()))
-        right, bottom = self.grid.transform * (int(cols.max()) + 1, int(rows.max()) + 1)
+        left, top = self.grid.transform @ (int(cols.min()), int(rows.min()))
+        right, bottom = self.grid.transform @ (int(cols.max()) + 1, int(rows.max()) + 1)
         return {
             "pixels": int(valid.sum()),
             "fraction_of_grid": float(valid.mean()),

@@ -7,7 +7,9 @@ What this module adds is what rasters need around them:
 - a validity mask: only pixels valid in both images count. MSE and PSNR are computed on exactly
   those pixels. SSIM is a windowed statistic, so it is computed on the whole image (invalid pixels
   set to the same value in both images, so they add no difference) and its per-pixel map is then
-  averaged over the valid pixels only; with every pixel valid this equals scikit-image's own mean.
+  averaged over the valid pixels at least 3 pixels from the image's edge (scikit-image leaves that
+  border out of its mean, where the 7 x 7 window is cut off); with every pixel valid this equals
+  scikit-image's own SSIM.
 - "overall" means all bands together: MSE over every valid value of every band, PSNR from that
   MSE, SSIM as the mean of the per-band SSIM maps (scikit-image's `channel_axis` convention).
 - the data range (the span of possible values, which PSNR and SSIM need) comes from the dtype of
@@ -122,7 +124,11 @@ def compare(
     for i in range(a.shape[0]):
         _, local = structural_similarity(b64[i], a64[i], data_range=span, full=True)
         ssim_maps.append(local)
-    ssim_bands = [float(local[valid].mean()) for local in ssim_maps]
+    pad = (SSIM_WINDOW - 1) // 2
+    interior = np.zeros_like(valid)
+    interior[pad:-pad, pad:-pad] = True
+    ssim_pixels = valid & interior if (valid & interior).any() else valid
+    ssim_bands = [float(local[ssim_pixels].mean()) for local in ssim_maps]
     overall_mse = float(mean_squared_error(b64[:, valid], a64[:, valid]))
     metrics = PixelMetrics(
         mse=overall_mse,
