@@ -98,7 +98,11 @@ def run(registry, params: EvaluateParams, inputs, out_dir: Path, progress, cance
 
     networks = NetworkPaths()
     if params.networks:
-        networks = NetworkPaths.from_folder(Path(registry.models_dir) / params.networks)
+        folder = Path(registry.models_dir) / params.networks
+        if not folder.is_dir():
+            raise InputError(f"the engine's models directory has no networks folder {params.networks!r}; put the "
+                             "metric networks (inception.pt, lpips_net.pt, lpips_weights.pth, clip/) in a folder there")
+        networks = NetworkPaths.from_folder(folder)
     outputs = {"report": out_dir / "report.json", "table": out_dir / "table.csv", "plot": out_dir / "plot.png"}
     if _mode(inputs) == "pair":
         outputs["error_map"] = out_dir / "error_map.tif"
