@@ -26,6 +26,9 @@ from engine.geo.grid import OutputGrid, grid_like
 from engine.geo.raster import RasterSource, open_raster
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2", ".png")
+# Both rasters are read whole onto the compared grid (SSIM needs neighbourhoods; metrics need all
+# pixels): this many values per raster (about 3 GB in float64 for the pair) is the most accepted.
+MAX_VALUES = 200_000_000
 
 
 @dataclass
@@ -102,6 +105,10 @@ def align(
         target_bands, moving_bands = (ref_bands, res_bands) if reverse else (res_bands, ref_bands)
         info = target.info
         grid = grid_like(info.crs, info.transform, info.width, info.height)
+        if grid.width * grid.height * len(target_bands) > MAX_VALUES:
+            raise InputError(f"{Path(info.path).name} is {grid.width} x {grid.height} px x {len(target_bands)} bands, more "
+                             "than one evaluation reads at once; compare a smaller area (gdal_translate -srcwin) or "
+                             "fewer bands")
         if not _footprint_overlaps(moving, grid):
             raise InputError(f"{Path(moving.info.path).name} and {Path(target.info.path).name} do not overlap: they "
                              "show different places (check both rasters' CRS and extent)")
