@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 

@@ -124,8 +124,8 @@ def align(
                        fixed if reverse else warped, res_bands, ref_bands,
                        res_dtype if res_dtype == ref_dtype else None, stretch)
     if not pair.valid.any():
-        raise InputError(f"the rasters overlap but no pixel of the overlap is valid in both (nodata or masked "
-                         f"everywhere in one of them); check their nodata values and masks")
+        raise InputError("the rasters overlap but no pixel of the overlap is valid in both (nodata or masked "
+                         "everywhere in one of them); check their nodata values and masks")
     return pair
 
 
