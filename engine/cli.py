@@ -462,6 +462,10 @@ def build_parser() -> ArgumentParser:
     add_engine_arguments(sr)
     sr.set_defaults(func=cmd_superres)
 
+    from engine.evaluate.cli import add_parser as add_evaluate_parser
+
+    add_evaluate_parser(sub)
+
     seq = sub.add_parser("sequence", help="generate the first date, then predict each next date from the frames so far")
     _add_grid_arguments(seq)
     seq.add_argument("--dates", nargs="+", required=True, type=date, metavar="DATE")

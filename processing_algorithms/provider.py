@@ -8,6 +8,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .engine_status import EngineStatusAlgorithm
+from .evaluate import EvaluateAlgorithm
 from .generate import GenerateAlgorithm
 from .import_xbd import ImportXbdLabelsAlgorithm
 from .inpaint import InpaintAlgorithm
@@ -46,6 +47,7 @@ class GFM4DProvider(QgsProcessingProvider):
             InpaintAlgorithm(),
             PredictAlgorithm(),
             SuperresAlgorithm(),
+            EvaluateAlgorithm(),
             EngineStatusAlgorithm(),
             ImportXbdLabelsAlgorithm(),
             ModelsFetchAlgorithm(),
