@@ -51,7 +51,7 @@ def run(registry, params: PredictParams, inputs, out_dir: Path, progress, cancel
         with open_raster(inputs["reference"]) as source:
             info = source.info
         reference = grid_like(info.crs, info.transform, info.width, info.height)
-    model = registry.load(params.model)
+    model = params.load_model(registry)
     request = PredictRequest(
         frames=inputs_named(inputs, "frames"), target_date=params.target_date, dates=params.dates,
         reference=reference, prompt=params.prompt, control_scale=params.control_scale, **params.sampler_fields(),
