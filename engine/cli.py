@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine import __version__, config
 from engine.errors import Cancelled, GFM4DError, InputError
+from engine.models.lora import add_lora_argument, lora_params
 
 
 class _ProgressBar:
@@ -79,6 +80,7 @@ def _run_task(args, task: str, params: dict, files: dict[str, Path], outputs: di
         from engine.tasks import DeviceRegistry, run_task_locally
 
         registry = DeviceRegistry(Path(args.models_dir), Path(args.sd21_dir) if args.sd21_dir else None, device=args.device)
+        registry.allow_lora_paths = True  # a local user may name LoRA files anywhere
         return run_task_locally(registry, {"task": task, **params}, files, outputs, progress=bar)
     finally:
         bar.close()
@@ -104,6 +106,7 @@ def _sampling_params(args) -> dict:
         "model": args.model, "steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
         "scheduler": args.scheduler, "window": getattr(args, "window", None), "overlap": getattr(args, "overlap", None),
         "batch_size": args.batch_size, "negative_prompt": args.negative_prompt, "cloud_cover": args.cloud_cover,
+        "lora": lora_params(getattr(args, "lora", None)),
     }
 
 
@@ -249,6 +252,9 @@ def cmd_models(args) -> int:
     else:
         for info in infos:
             print(f"{info.name:24} {info.kind:24} {info.native_resolution:5d} px  {', '.join(info.tasks)}  {info.path}")
+    if not args.json:
+        for name, path in registry.loras().items():
+            print(f"{name:24} {'lora':24} {'':8}  --lora {name}[:SCALE]  {path}")
     return 0
 
 
@@ -280,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--date", help="acquisition date to condition on, YYYY-MM-DD")
     what.add_argument("--cloud-cover", type=float, help="cloud cover fraction 0..1")
     _add_sampling_arguments(gen)
+    add_lora_argument(gen)
     gen.add_argument("-o", "--output", required=True, help="output GeoTIFF")
     gen.add_argument("--preview", help="also write a PNG preview here")
     add_engine_arguments(gen)
@@ -304,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--feather", type=float, help="feathered edge width in metres (default: three pixels)")
     post.add_argument("--bands", type=int, nargs=3, metavar=("R", "G", "B"), help="1-based red, green, blue bands")
     _add_sampling_arguments(inp)
+    add_lora_argument(inp)
     inp.add_argument("-o", "--output", required=True, help="post-event GeoTIFF")
     inp.add_argument("--label", help="label raster (default: OUTPUT_label.tif)")
     inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg)")
@@ -321,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--cloud-cover", type=float, help="target cloud cover fraction 0..1")
     pre.add_argument("--control-scale", type=float, default=1.0, help="multiplier of the ControlNet's residuals")
     _add_sampling_arguments(pre)
+    add_lora_argument(pre)
     pre.set_defaults(model="demo-controlnet-3d", steps=50, guidance=1.0)
     pre.add_argument("-o", "--output", required=True)
     pre.add_argument("--preview", help="also write a PNG preview here")

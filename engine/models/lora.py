@@ -46,6 +46,22 @@ def parse_lora(text: str) -> tuple[str, float]:
     return text, 1.0
 
 
+def add_lora_argument(parser) -> None:
+    """`--lora PATH[:SCALE]` (repeatable) on a CLI subcommand."""
+    parser.add_argument(
+        "--lora", action="append", metavar="PATH[:SCALE]",
+        help="LoRA .safetensors (diffusers/PEFT or Kohya) fused into the model, with its weight (default 1); "
+        "a file path, or a LoRA name from the models folder; repeatable",
+    )
+
+
+def lora_params(values: list[str] | None) -> list[dict] | None:
+    """CLI `--lora` values -> the tasks' `lora` param ([{"name": ..., "scale": ...}])."""
+    if not values:
+        return None
+    return [dict(zip(("name", "scale"), parse_lora(value))) for value in values]
+
+
 def safetensors_keys(path: Path) -> list[str]:
     """Tensor names of a .safetensors file, read from its header only."""
     with open(path, "rb") as handle:
