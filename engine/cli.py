@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine import __version__, config
 from engine.errors import Cancelled, GFM4DError, InputError
+from engine.models.footprint import model_parameters
 from engine.models.lora import add_lora_argument, lora_params
 
 
@@ -265,7 +266,17 @@ def _info_dict(info) -> dict:
         "path": str(info.path),
         "native_resolution": info.native_resolution,
         "tasks": list(info.tasks),
+        "family": info.family,
+        "parameters": _parameters(info),
     }
+
+
+def _parameters(info) -> int | None:
+    """Parameter count from the weight files' headers (None when they cannot be read)."""
+    try:
+        return sum(model_parameters(info).values())
+    except (GFM4DError, OSError, ValueError):
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:

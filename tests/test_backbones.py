@@ -225,3 +225,20 @@ def test_parameters_are_known_before_loading(registry):
 
     assert counts == {name: stored(module) for name, module in loaded.items()}
     assert model_bytes(info, torch.float16) == 2 * sum(counts.values())
+
+
+def test_a_model_too_large_for_the_gpu_is_refused_before_loading(monkeypatch):
+    from engine.runtime import memory
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 80 * 2**30))
+    cuda = torch.device("cuda")
+    with pytest.raises(ModelError, match="needs 3.00 GiB .* 1.00 GiB free: switch on model CPU offload"):
+        memory.check_fits("big", 3 * 2**30, 2 * 2**30, cuda, offload=False)
+    with pytest.raises(ModelError, match="even with CPU offload"):
+        memory.check_fits("big", 3 * 2**30, 2 * 2**30, cuda, offload=True)
+    memory.check_fits("big", 3 * 2**30, 2**29, cuda, offload=True)  # one network at a time fits
+    monkeypatch.setenv("GFM4D_OFFLOAD", "0")
+    assert memory.switch("GFM4D_OFFLOAD", {"offload": True}, "offload") is False
+    monkeypatch.delenv("GFM4D_OFFLOAD")
+    assert memory.switch("GFM4D_OFFLOAD", {"offload": True}, "offload") is True

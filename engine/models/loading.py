@@ -186,6 +186,9 @@ def _load_backbone(info: ModelInfo, device, dtype, options: RuntimeOptions, lora
 
     if options.backend == "onnx":
         raise ModelError(f"model {info.name!r} ({info.family}) runs on the torch backend only; unset GFM4D_BACKEND=onnx")
+    if info.family in ("sd3", "flux") and dtype == torch.float16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        # T5 and the MMDiT/FLUX transformers overflow float16 (NaN images); they are trained and run in bfloat16.
+        dtype = torch.bfloat16
     # Offloaded networks are loaded into CPU memory: the GPU may not hold them all at once.
     parts = load_backbone_parts(info, torch.device("cpu") if offload and device.type == "cuda" else device, dtype)
     backbone = parts["backbone"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .base import FlowMatchingMixin, PromptEmbeddings, UNetBackbone, calculate_shift, tokens
@@ -59,8 +60,6 @@ class FluxBackbone(FlowMatchingMixin, UNetBackbone):
         return PromptEmbeddings(t5.to(model.dtype), None, pooled.pooler_output.to(model.dtype))
 
     def set_timesteps(self, scheduler, steps: int, device, window: tuple[int, int]) -> None:
-        import numpy as np
-
         sigmas = None if scheduler.config.get("use_flow_sigmas") else np.linspace(1.0, 1 / steps, steps)
         mu = calculate_shift((window[0] // 2) * (window[1] // 2), scheduler.config, 1.15)
         scheduler.set_timesteps(steps, device=device, sigmas=sigmas, mu=mu)
