@@ -227,6 +227,19 @@ def test_parameters_are_known_before_loading(registry):
     assert model_bytes(info, torch.float16) == 2 * sum(counts.values())
 
 
+def test_models_list_says_each_models_family_and_size(models_dir, registry, capsys):
+    import json
+
+    from engine.cli import main
+    from engine.models.footprint import model_parameters
+
+    assert main(["--models-dir", str(models_dir), "models", "list", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert {name: m["family"] for name, m in listed.items()} == {
+        "sdxl": "sdxl", "sdxl-inpaint": "sdxl", "sd3": "sd3", "flux": "flux", "flux-fill": "flux"}
+    assert listed["flux"]["parameters"] == sum(model_parameters(registry.get("flux")).values()) > 0
+
+
 def test_a_model_too_large_for_the_gpu_is_refused_before_loading(monkeypatch):
     from engine.runtime import memory
 

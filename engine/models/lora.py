@@ -123,7 +123,10 @@ def apply_loras(pipeline_class: str, components: dict, specs: tuple[LoraSpec, ..
             state_dict = safetensors.torch.load_file(str(spec.path))
             pipeline.load_lora_weights(state_dict, adapter_name=name)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise ModelError(f"cannot apply the LoRA {spec.path} to this {pipeline_class[:-8]} model: {exc}") from exc
+            hint = ""
+            if "version of PEFT" in str(exc):
+                hint = " (the LoRA has text-encoder layers, which transformers loads only with a newer peft: pip install -U peft)"
+            raise ModelError(f"cannot apply the LoRA {spec.path} to this {pipeline_class[:-8]} model: {exc}{hint}") from exc
         names.append(name)
     pipeline.set_adapters(names, adapter_weights=[spec.scale for spec in specs])
     pipeline.fuse_lora(adapter_names=names, lora_scale=1.0)
