@@ -201,6 +201,25 @@ def test_inpainting_copies_every_pixel_outside_the_mask(family, method, registry
     assert (post[:3, 40:80, 40:80] != pre[:3, 40:80, 40:80]).any()
 
 
+def test_flux_fill_conditioning_is_laid_out_as_flux_fill_pipeline_does(registry, models_dir):
+    import diffusers
+
+    from engine.pipelines.inpaint import flux_fill_conditioning
+
+    model = registry.load("flux-fill")
+    pipe = diffusers.FluxFillPipeline.from_pretrained(models_dir / "flux-fill", local_files_only=True)
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 64, 64) * 2 - 1
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 10:40, 20:50] = 1
+    ours = pack(flux_fill_conditioning(model, image, mask))
+    # diffusers samples the VAE posterior; GFM4D takes its mode (deterministic): hand diffusers the same latents.
+    latents = pipe.vae.encode(image * (1 - mask)).latent_dist.mode()
+    ref_mask, ref_image = pipe.prepare_mask_latents(mask, latents, 1, 16, 1, 64, 64, torch.float32, "cpu", None)
+    assert ours.shape == (1, 16, 320)
+    assert torch.allclose(ours, torch.cat([ref_image, ref_mask], dim=-1), atol=1e-6)
+
+
 def test_flow_models_refuse_other_schedulers_and_odd_windows(registry, tmp_path):
     model = registry.load("flux")
     with pytest.raises(ModelError, match="rectified-flow"):

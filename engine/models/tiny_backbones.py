@@ -173,7 +173,7 @@ def _flux(folder: Path, seed: int, in_channels: int = 64, pipeline: str = "FluxP
         "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "image_encoder": [None, None], "feature_extractor": [None, None],
+        **({"image_encoder": [None, None], "feature_extractor": [None, None]} if pipeline == "FluxPipeline" else {}),
     })
 
 

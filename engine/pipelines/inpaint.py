@@ -267,11 +267,7 @@ def _inpaint_region(model, request, plan: _Plan, source, region: Span, windows: 
         masked_image = image_t * (torch.from_numpy(soft)[None, None] == 0)
         job.extra_channels = torch.cat([cell_mask, encode_pixels(model, masked_image)], dim=1)
     elif method == "flux-fill":
-        # FLUX Fill's conditioning: the masked image's latents, then the pixel mask folded into f*f channels.
-        hard = torch.from_numpy((soft > 0).astype(np.float32))[None, None]
-        h, w = hard.shape[-2] // f, hard.shape[-1] // f
-        mask = hard[:, 0].view(1, h, f, w, f).permute(0, 2, 4, 1, 3).reshape(1, f * f, h, w)
-        job.extra_channels = torch.cat([encode_pixels(model, image_t * (1 - hard)), mask], dim=1)
+        job.extra_channels = flux_fill_conditioning(model, image_t, torch.from_numpy((soft > 0).astype(np.float32))[None, None])
     else:
         job.known, job.known_mask = latents, 1.0 - cell_mask
     generator = torch.Generator().manual_seed(request.seed)
@@ -284,6 +280,15 @@ def _inpaint_region(model, request, plan: _Plan, source, region: Span, windows: 
     blended = plan.stretch.to_unit(original) * (1 - soft) + unit * soft
     composite = np.where(soft[None] > 0, plan.stretch.from_unit(blended), original)
     return composite, soft
+
+
+def flux_fill_conditioning(model, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """FLUX Fill's extra input channels, unpacked: the masked image's latents, then the (1, 1, H, W)
+    pixel mask (1 = repaint) folded into f*f channels per latent cell, as FluxFillPipeline lays them out."""
+    f = model.vae_scale_factor
+    h, w = mask.shape[-2] // f, mask.shape[-1] // f
+    folded = mask[:, 0].view(1, h, f, w, f).permute(0, 2, 4, 1, 3).reshape(1, f * f, h, w)
+    return torch.cat([encode_pixels(model, image * (1 - mask)), folded], dim=1)
 
 
 def _method(model) -> str:
