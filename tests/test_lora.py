@@ -42,6 +42,7 @@ def models_dir(tmp_path_factory):
     for name in PIPELINES:
         _write_lora(path, name)
     _write_kohya(path / "loras" / "demo-sd-lora.safetensors", path / "loras" / "demo-sd-kohya.safetensors")
+    _write_text_encoder_lora(path)
     return path
 
 
@@ -68,6 +69,20 @@ def _write_lora(models_dir, name):
     denoiser.add_adapter(attention)
     layers = {f"{denoiser_key}_lora_layers": get_peft_model_state_dict(denoiser)}
     type(pipe).save_lora_weights(models_dir / "loras", weight_name=f"{name}-lora.safetensors", **layers)
+
+
+def _write_text_encoder_lora(models_dir):
+    """A LoRA on the text encoder only (q and v projections), with seeded non-zero weights."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = _pipeline(models_dir, "demo-sd")
+    torch.manual_seed(99)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    encoder = inject_adapter_in_model(config, pipe.text_encoder)
+    layers = get_peft_model_state_dict(encoder)
+    type(pipe).save_lora_weights(models_dir / "loras", weight_name="demo-sd-text.safetensors",
+                                 text_encoder_lora_layers=layers)
 
 
 def _write_kohya(source, target):
@@ -123,9 +138,34 @@ def test_a_kohya_lora_is_converted_like_diffusers_does(models_dir):
     assert torch.allclose(kohya, peft_format, atol=1e-5)
 
 
+def test_a_text_encoder_lora_changes_the_prompt_embedding_by_its_weights(models_dir):
+    """Reference: the vanilla pipeline with W + scale * B @ A written into the text encoder by hand."""
+    registry = ModelRegistry(models_dir)
+    lora = models_dir / "loras" / "demo-sd-text.safetensors"
+    plain, noise = _ours(registry.load("demo-sd"), PROMPT)
+    with_lora, _ = _ours(registry.load("demo-sd", loras=(LoraSpec(lora, SCALE),)), PROMPT)
+
+    pipe = _pipeline(models_dir, "demo-sd")
+    weights = safetensors.torch.load_file(str(lora))
+    modules = dict(pipe.text_encoder.named_modules())
+    merged = 0
+    with torch.no_grad():
+        for key, down in weights.items():
+            if ".lora_A." in key:
+                path = key.removeprefix("text_encoder.").split(".lora_A.")[0]
+                path = path if path in modules else path.removeprefix("text_model.")
+                up = weights[key.replace(".lora_A.", ".lora_B.")]
+                modules[path].weight += SCALE * (4 / 4) * up @ down
+                merged += 1
+    assert merged == 4  # q and v of both layers
+    reference = _reference(pipe, "demo-sd", PROMPT, noise)
+    assert torch.allclose(with_lora, reference, atol=1e-4, rtol=1e-4), (with_lora - reference).abs().max()
+    assert (with_lora - plain).abs().max() > 1e-2
+
+
 def test_loras_are_named_from_the_models_folder_and_paths_only_where_allowed(models_dir, tmp_path):
     registry = ModelRegistry(models_dir)
-    assert set(registry.loras()) == {f"{name}-lora" for name in PIPELINES} | {"demo-sd-kohya"}
+    assert set(registry.loras()) == {f"{name}-lora" for name in PIPELINES} | {"demo-sd-kohya", "demo-sd-text"}
     assert "sdxl" in {info.name for info in registry.list()}  # the loras/ folder is not a model
     spec, = registry.lora_specs([{"name": "sdxl-lora", "scale": 0.5}])
     assert spec == LoraSpec(models_dir / "loras" / "sdxl-lora.safetensors", 0.5)

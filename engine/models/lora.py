@@ -113,9 +113,23 @@ def apply_loras(pipeline_class: str, components: dict, specs: tuple[LoraSpec, ..
     if not specs:
         return
     import diffusers
-    import safetensors.torch
 
     pipeline = _bare_pipeline(getattr(diffusers, pipeline_class), components)
+    encoders = [m for n, m in components.items() if n.startswith("text_encoder") and m is not None]
+    patched = [m for m in encoders if _give_peft_loading(m)]
+    try:
+        _load_fuse_unload(pipeline, pipeline_class, specs)
+    finally:
+        for module in patched:
+            del module.load_adapter
+    for module in components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+
+
+def _load_fuse_unload(pipeline, pipeline_class: str, specs: tuple[LoraSpec, ...]) -> None:
+    import safetensors.torch
+
     names = []
     for index, spec in enumerate(specs):
         name = f"lora_{index}"
@@ -123,17 +137,46 @@ def apply_loras(pipeline_class: str, components: dict, specs: tuple[LoraSpec, ..
             state_dict = safetensors.torch.load_file(str(spec.path))
             pipeline.load_lora_weights(state_dict, adapter_name=name)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            hint = ""
-            if "version of PEFT" in str(exc):
-                hint = " (the LoRA has text-encoder layers, which transformers loads only with a newer peft: pip install -U peft)"
-            raise ModelError(f"cannot apply the LoRA {spec.path} to this {pipeline_class[:-8]} model: {exc}{hint}") from exc
+            raise ModelError(f"cannot apply the LoRA {spec.path} to this {pipeline_class[:-8]} model: {exc}") from exc
         names.append(name)
     pipeline.set_adapters(names, adapter_weights=[spec.scale for spec in specs])
     pipeline.fuse_lora(adapter_names=names, lora_scale=1.0)
     pipeline.unload_lora_weights()
-    for module in components.values():
-        if isinstance(module, torch.nn.Module):
-            module.requires_grad_(False)
+
+
+def _give_peft_loading(text_encoder) -> bool:
+    """Let diffusers load text-encoder LoRA layers with PEFT itself where transformers refuses this peft.
+
+    diffusers hands text-encoder layers to transformers' `load_adapter`, which transformers 5 allows
+    only with peft >= 0.22; all it does is PEFT's `inject_adapter_in_model` + `set_peft_model_state_dict`
+    and bookkeeping, done here the same way (for this load only). True when the encoder was given it.
+    """
+    try:
+        from transformers.integrations.peft import MIN_PEFT_VERSION
+        from transformers.utils.peft_utils import check_peft_version
+
+        check_peft_version(min_version=MIN_PEFT_VERSION)
+        return False
+    except ValueError:
+        pass
+    except ImportError:
+        return False
+
+    def load_adapter(adapter_name=None, adapter_state_dict=None, peft_config=None, **_):
+        from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+        inject_adapter_in_model(peft_config, text_encoder, adapter_name)
+        result = set_peft_model_state_dict(text_encoder, adapter_state_dict, adapter_name)
+        unexpected = [key for key in getattr(result, "unexpected_keys", ()) if "lora_" in key]
+        if unexpected:
+            raise ValueError(f"LoRA layers that match no text-encoder layer: {', '.join(unexpected[:5])}")
+        if not getattr(text_encoder, "_hf_peft_config_loaded", False):
+            text_encoder.peft_config = {}
+        text_encoder.peft_config[adapter_name] = peft_config
+        text_encoder._hf_peft_config_loaded = True
+
+    text_encoder.load_adapter = load_adapter
+    return True
 
 
 def _bare_pipeline(cls, components: dict):
