@@ -26,6 +26,8 @@ from engine.cli_args import (
     stderr_line,
 )
 from engine.errors import Cancelled, GFM4DError, InputError
+from engine.models.footprint import model_parameters
+from engine.models.lora import add_lora_argument, lora_params
 
 
 def _progress_bar(description: str):
@@ -110,7 +112,9 @@ def _run_task(args, task: str, params: dict, files: dict[str, Path], outputs: di
         from engine.tasks import run_task_locally
 
         bar.status(f"loading {params.get('model')}")
-        return run_task_locally(_task_registry(args), {"task": task, **params}, files, outputs, progress=bar)
+        registry = _task_registry(args)
+        registry.allow_lora_paths = True  # a local user may name LoRA files anywhere
+        return run_task_locally(registry, {"task": task, **params}, files, outputs, progress=bar)
     finally:
         bar.close()
 
@@ -135,6 +139,7 @@ def _sampling_params(args) -> dict:
         "model": args.model, "steps": args.steps, "guidance_scale": args.guidance, "seed": args.seed,
         "scheduler": args.scheduler, "window": getattr(args, "window", None), "overlap": getattr(args, "overlap", None),
         "batch_size": args.batch_size, "negative_prompt": args.negative_prompt, "cloud_cover": args.cloud_cover,
+        "lora": lora_params(getattr(args, "lora", None)),
     }
 
 
@@ -358,6 +363,9 @@ def cmd_models(args) -> int:
         for info in infos:
             print(f"{info.name:24} {info.kind:24} {info.native_resolution:5d} px  {readiness(info):12}  "
                   f"{', '.join(info.tasks)}  {info.path}")
+    if not args.json:
+        for name, path in registry.loras().items():
+            print(f"{name:24} {'lora':24} {'':8}  --lora {name}[:SCALE]  {path}")
     return 0
 
 
@@ -373,7 +381,17 @@ def _info_dict(info) -> dict:
         "ready": info.ready,
         "readiness": readiness(info),
         "missing_components": list(info.missing_components),
+        "family": info.family,
+        "parameters": _parameters(info),
     }
+
+
+def _parameters(info) -> int | None:
+    """Parameter count from the weight files' headers (None when they cannot be read)."""
+    try:
+        return sum(model_parameters(info).values())
+    except (GFM4DError, OSError, ValueError):
+        return None
 
 
 def build_parser() -> ArgumentParser:
@@ -395,6 +413,7 @@ def build_parser() -> ArgumentParser:
     what.add_argument("--date", type=date, help="acquisition date to condition on, YYYY-MM-DD")
     what.add_argument("--cloud-cover", type=fraction, help="cloud cover fraction 0..1")
     _add_sampling_arguments(gen)
+    add_lora_argument(gen)
     gen.add_argument("-o", "--output", required=True, help="output GeoTIFF")
     gen.add_argument("--preview", help="also write a PNG preview here")
     add_engine_arguments(gen)
@@ -419,6 +438,7 @@ def build_parser() -> ArgumentParser:
     post.add_argument("--feather", type=float, help="feathered edge width in metres (default: three pixels)")
     post.add_argument("--bands", type=int, nargs=3, metavar=("R", "G", "B"), help="1-based red, green, blue bands")
     _add_sampling_arguments(inp)
+    add_lora_argument(inp)
     inp.add_argument("-o", "--output", required=True, help="post-event GeoTIFF")
     inp.add_argument("--label", help="label raster (default: OUTPUT_label.tif)")
     inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg)")
@@ -438,6 +458,7 @@ def build_parser() -> ArgumentParser:
     pre.add_argument("--cloud-cover", type=fraction, help="target cloud cover fraction 0..1")
     pre.add_argument("--control-scale", type=float, default=1.0, help="multiplier of the ControlNet's residuals")
     _add_sampling_arguments(pre)
+    add_lora_argument(pre)
     pre.set_defaults(model="demo-controlnet-3d", steps=50, guidance=1.0)
     pre.add_argument("-o", "--output", required=True)
     pre.add_argument("--preview", help="also write a PNG preview here")

@@ -10,7 +10,11 @@
 - `weights`: strict `.safetensors` / `.bin` (weights_only) loading;
 - `schedulers`: diffusers schedulers by short name;
 - `importing`: copying a model folder or released zip into the models directory;
-- `demo`: tiny deterministic models in the real on-disk layouts.
+- `demo`: tiny deterministic models in the real on-disk layouts;
+- `backbones`: SDXL, SD3 and FLUX (recognition, loading, and the per-family adapter the sampling loop calls);
+- `lora`: LoRA files (diffusers/PEFT, Kohya) fused through diffusers' loaders;
+- `footprint`: parameter counts from weight-file headers, before loading;
+- `tiny_backbones`: tiny random SDXL/SD3/FLUX folders in diffusers layout.
 
 Import from the submodules (e.g. `from engine.models.registry import ModelRegistry`).
 """

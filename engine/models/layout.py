@@ -48,7 +48,14 @@ CONTROLNET_2D = "controlnet-2d-metadata"
 CONTROLNET_3D = "controlnet-3d"
 UNET_KINDS = (SATUNET, SD_UNET, SD_INPAINT_UNET)
 CONTROLNET_KINDS = (CONTROLNET_2D, CONTROLNET_3D)
-LOADABLE_KINDS = UNET_KINDS + CONTROLNET_KINDS
+# Modern backbones (engine.models.backbones): recognised before the kinds above.
+SDXL_UNET = "sdxl-unet"
+SDXL_INPAINT_UNET = "sdxl-inpaint-unet"
+SD3_TRANSFORMER = "sd3-transformer"
+FLUX_TRANSFORMER = "flux-transformer"
+FLUX_FILL_TRANSFORMER = "flux-fill-transformer"
+BACKBONE_KINDS = (SDXL_UNET, SDXL_INPAINT_UNET, SD3_TRANSFORMER, FLUX_TRANSFORMER, FLUX_FILL_TRANSFORMER)
+LOADABLE_KINDS = UNET_KINDS + CONTROLNET_KINDS + BACKBONE_KINDS
 
 COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler")
 # A component folder counts as present when it has one of these files.
@@ -80,6 +87,11 @@ _DESCRIPTIONS = {
     SD_INPAINT_UNET: "Stable Diffusion inpainting UNet (9 input channels)",
     CONTROLNET_2D: "DiffusionSat 2D ControlNet with metadata",
     CONTROLNET_3D: "DiffusionSat 3D (temporal) ControlNet",
+    SDXL_UNET: "Stable Diffusion XL text-to-image UNet (location, resolution and date as text)",
+    SDXL_INPAINT_UNET: "Stable Diffusion XL inpainting UNet (9 input channels)",
+    SD3_TRANSFORMER: "Stable Diffusion 3 MMDiT, rectified flow (location, resolution and date as text)",
+    FLUX_TRANSFORMER: "FLUX.1 transformer, rectified flow, packed latents (location, resolution and date as text)",
+    FLUX_FILL_TRANSFORMER: "FLUX.1 Fill inpainting transformer",
 }
 
 
@@ -103,6 +115,8 @@ class ModelInfo:
     base_model: str | None = None  # the models-directory model whose UNet a ControlNet runs on
     num_frames: int = 0  # conditioning frames a 3D ControlNet was trained with (0: not a 3D ControlNet)
     default_guidance: float = 7.5  # guidance scale when a request names none (gfm4d.json "default_guidance")
+    family: str = "sd"  # sd (SD 1.x/2.x, DiffusionSat), sdxl, sd3, flux: how the sampling loop drives it
+    metadata_caption: bool = False  # location, resolution and date appended to the prompt as text
 
     @property
     def ready(self) -> bool:
@@ -263,6 +277,11 @@ def inspect_model_folder(
 def _inspect(root: Path, sd21_dir: Path | None, unet: str | None, models_dir: Path | None) -> ModelInfo:
     """`models_dir` None: do not follow `base_model` (when inspecting a base model itself)."""
     settings = read_settings(root)
+    from .backbones.recognise import inspect_backbone  # imports this module
+
+    backbone = inspect_backbone(root, settings)
+    if backbone is not None:
+        return backbone
     unet_choice = unet or settings.get("unet")
     controlnet_dir = find_network_folder(root, "controlnet", settings.get("controlnet"))
     base = None
@@ -319,6 +338,7 @@ def _inspect(root: Path, sd21_dir: Path | None, unet: str | None, models_dir: Pa
         missing_components=missing,
         base_model=base.name if base else None,
         num_frames=settings.get("num_frames", DEFAULT_CONTROLNET_FRAMES) if kind == CONTROLNET_3D else 0,
+        metadata_caption=bool(settings.get("metadata_caption", False)),
     )
 
 

@@ -11,7 +11,7 @@ Runtime (whose stand-ins take the place of the UNet, ControlNet, VAE decoder and
 """
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,9 +22,11 @@ from transformers.utils import logging as transformers_logging
 
 from engine import config
 from engine.errors import ModelError
+from engine.runtime import memory
 from engine.runtime.device import RuntimeOptions, runtime_options
 from engine.runtime.precision import prepare_modules, vae_dtype
 
+from .backbones.base import UNetBackbone
 from .controlnet_2d import MetadataControlNet
 from .controlnet_3d import ControlNetModel3D
 from .residual_vae import vae_class
@@ -41,8 +43,9 @@ from .layout import (
     read_settings,
     recognise_unet_config,
 )
+from .lora import LoraSpec, apply_loras
 from .satunet import SatUNet
-from .schedulers import make_scheduler
+from .schedulers import make_scheduler, scheduler_class
 from .weights import load_into
 
 _DEFAULT_VAE_SCALING = 0.18215  # SD's, for VAE configs written before diffusers stored it
@@ -72,11 +75,31 @@ class DiffusionModel:
     controlnet: MetadataControlNet | ControlNetModel3D | None = None
     default_scheduler: str | None = None  # used when a request names none; None: the model's own
     backend: str = "torch"  # or "onnx"
+    # How the sampling loop drives this family (prompt encoding, denoiser call, timesteps); SDXL, SD3
+    # and FLUX backbones also hold their extra text encoders.
+    backbone: UNetBackbone = field(default_factory=UNetBackbone)
+    loras: tuple[LoraSpec, ...] = ()  # fused into the weights
 
     def make_scheduler(self, name: str | None = None) -> SchedulerMixin:
         """A fresh scheduler (schedulers keep per-run state): `name` (ddim/dpm++/euler/pndm/unipc or a class),
         else the runtime's default (DPM-Solver++ on CUDA), else the model's own."""
-        return make_scheduler(self.scheduler_config, name or self.default_scheduler)
+        name = name or self.default_scheduler
+        if name and self.backbone.flow_matching and not scheduler_class(name).__name__.startswith("FlowMatch"):
+            raise ModelError(
+                f"model {self.info.name!r} is a rectified-flow model: the scheduler {name!r} does not apply; "
+                "leave the scheduler unset (FlowMatchEulerDiscreteScheduler) or name another FlowMatch scheduler"
+            )
+        return make_scheduler(self.scheduler_config, name)
+
+    @property
+    def vae_shift_factor(self) -> float:
+        """Latent offset of SD3/FLUX VAEs (latents = (z - shift) * scale); 0 for SD."""
+        return self.vae.config.get("shift_factor", None) or 0.0
+
+    @property
+    def patch_size(self) -> int:
+        """Window sides in latent cells must be multiples of this (2 for SD3 and FLUX's patches)."""
+        return self.backbone.patch_size
 
     @property
     def vae_scale_factor(self) -> int:
@@ -98,16 +121,22 @@ def load_model(
     sd21_dir: Path | None,
     options: RuntimeOptions | None = None,
     backend: str | None = None,
+    loras: tuple[LoraSpec, ...] = (),
 ) -> DiffusionModel:
     """Load every part of a recognised model; ModelError when it cannot be loaded as it stands.
 
     `options` default to engine.runtime.device.runtime_options for the device and the model's
-    gfm4d.json; `backend` ("torch" or "onnx") overrides theirs.
+    gfm4d.json; `backend` ("torch" or "onnx") overrides theirs. `loras` are fused into the weights.
     """
     device = torch.device(device)
     _check_loadable(info, sd21_dir)
+    settings = read_settings(info.path)
     if options is None:
-        options = runtime_options(device, read_settings(info.path), backend, source=str(info.path / SETTINGS_FILE))
+        options = runtime_options(device, settings, backend, source=str(info.path / SETTINGS_FILE))
+    offload = memory.switch("GFM4D_OFFLOAD", settings, "offload")
+    _check_memory(info, device, dtype, offload)
+    if info.family != "sd":
+        return _load_backbone(info, device, dtype, options, loras, offload, settings)
     controlnet = None
     if info.kind in CONTROLNET_KINDS:
         unet_config = info.unet_path / "config.json"
@@ -132,6 +161,11 @@ def load_model(
     for module in (unet, vae, text_encoder, controlnet):
         if module is not None:
             module.eval().requires_grad_(False)
+    if loras:
+        if options.backend == "onnx":
+            raise ModelError("LoRAs run on the torch backend only; drop the LoRAs or the ONNX backend")
+        apply_loras("StableDiffusionPipeline", {"unet": unet, "vae": vae, "text_encoder": text_encoder,
+                                                "tokenizer": tokenizer, "scheduler": make_scheduler(scheduler_config)}, loras)
     prepare_modules(unet, controlnet, vae, dtype, options)
     if options.backend == "onnx":
         from engine.runtime.onnx_models import onnx_components
@@ -141,8 +175,52 @@ def load_model(
         unet, controlnet, vae, text_encoder = onnx_components(
             unet, controlnet, vae, text_encoder, sources, device, options.onnx_cache or config.onnx_cache_dir()
         )
+    _memory_switches(settings, [text_encoder, controlnet, unet, vae], vae, device, offload and options.backend == "torch")
     return DiffusionModel(info, unet, vae, text_encoder, tokenizer, scheduler_config, device, dtype, controlnet,
-                          default_scheduler=options.scheduler, backend=options.backend)
+                          default_scheduler=options.scheduler, backend=options.backend, loras=tuple(loras))
+
+
+def _load_backbone(info: ModelInfo, device, dtype, options: RuntimeOptions, loras, offload: bool,
+                   settings: dict) -> DiffusionModel:
+    """An SDXL, SD3 or FLUX model (engine.models.backbones); torch backend only."""
+    from .backbones.loading import load_backbone_parts
+
+    if options.backend == "onnx":
+        raise ModelError(f"model {info.name!r} ({info.family}) runs on the torch backend only; unset GFM4D_BACKEND=onnx")
+    if info.family in ("sd3", "flux") and dtype == torch.float16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        # T5 and the MMDiT/FLUX transformers overflow float16 (NaN images); they are trained and run in bfloat16.
+        dtype = torch.bfloat16
+    # Offloaded networks are loaded into CPU memory: the GPU may not hold them all at once.
+    parts = load_backbone_parts(info, torch.device("cpu") if offload and device.type == "cuda" else device, dtype)
+    backbone = parts["backbone"]
+    if loras:
+        components = {key: value for key, value in parts.items() if key not in ("backbone", "scheduler_config", "unet")}
+        components["unet" if info.family == "sdxl" else "transformer"] = parts["unet"]
+        components["scheduler"] = make_scheduler(parts["scheduler_config"])
+        apply_loras(backbone.pipeline_class, components, loras)
+    encoders = [parts.get(name) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")]
+    _memory_switches(settings, [*encoders, parts["unet"], parts["vae"]], parts["vae"], device, offload)
+    # SDXL runs well with the runtime's default scheduler; flow models need their own.
+    default = options.scheduler if info.family == "sdxl" else None
+    return DiffusionModel(info, parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
+                          parts["scheduler_config"], device, dtype, default_scheduler=default, backbone=backbone,
+                          loras=tuple(loras))
+
+
+def _check_memory(info: ModelInfo, device: torch.device, dtype: torch.dtype, offload: bool) -> None:
+    """Say what the model needs, and refuse before loading when a GPU cannot hold it."""
+    from .footprint import model_parameters
+
+    counts = model_parameters(info)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    memory.check_fits(info.name, sum(counts.values()) * itemsize, max(counts.values(), default=0) * itemsize, device, offload)
+
+
+def _memory_switches(settings: dict, modules: list, vae, device: torch.device, offload: bool) -> None:
+    if memory.switch("GFM4D_VAE_TILING", settings, "vae_tiling") and hasattr(vae, "enable_tiling"):
+        vae.enable_tiling()
+    if offload and device.type == "cuda":
+        memory.enable_offload(modules, device)
 
 
 def build_unet(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # loading needs torch; listing, checking and importing models
     import torch
 
     from .loading import DiffusionModel
+from .lora import LORA_DIR, LoraSpec, find_loras, resolve_lora
 
 __all__ = ["DiffusionModel", "ModelInfo", "ModelRegistry", "Scan"]
 
@@ -65,7 +66,9 @@ class ModelRegistry:
         env_sd21 = os.environ.get(SD21_ENV_VAR)
         self._sd21_dir = Path(sd21_dir) if sd21_dir else (Path(env_sd21) if env_sd21 else None)
         self.backend = backend
-        self._loaded: dict[tuple[str, str, torch.dtype, str | None], DiffusionModel] = {}
+        # Whether LoRAs may be given as file paths (local use), not only by name from the models folder.
+        self.allow_lora_paths = False
+        self._loaded: dict[tuple, DiffusionModel] = {}
         self._lock = threading.Lock()
 
     def _folders(self) -> list[Path]:
@@ -97,7 +100,7 @@ class ModelRegistry:
         """Recognise every model folder; hidden folders (staged imports) are not looked at."""
         scan = Scan()
         for folder in self._folders():
-            if not folder.is_dir() or folder.name.startswith((".", "_")):
+            if not folder.is_dir() or folder.name.startswith((".", "_")) or folder.name == LORA_DIR:
                 continue
             try:
                 scan.models.append(inspect_model_folder(folder, self.sd21_dir, models_dir=self.models_dir))
@@ -122,11 +125,11 @@ class ModelRegistry:
         raise ModelError(f"unknown model {name!r}; available models: {available}")
 
     def load(self, name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-             backend: str | None = None) -> DiffusionModel:
-        """The loaded model, from the cache when this (name, device, dtype, backend) was loaded before.
+             backend: str | None = None, loras: tuple[LoraSpec, ...] = ()) -> DiffusionModel:
+        """The loaded model, from the cache when this (name, device, dtype, backend, loras) was loaded before.
 
         `dtype` defaults to float32; `backend` overrides the registry's, the environment's and the
-        model's own choice.
+        model's own choice; `loras` (see `lora_specs`) are fused into a copy of their own.
         """
         import torch
 
@@ -135,10 +138,25 @@ class ModelRegistry:
         dtype = torch.float32 if dtype is None else dtype
         backend = backend or self.backend
         key = (name, str(torch.device(device)), dtype, backend)
+        if loras:
+            key += (tuple(loras),)
         with self._lock:
             if key not in self._loaded:
-                self._loaded[key] = load_model(self.get(name), device, dtype, self.sd21_dir, backend=backend)
+                self._loaded[key] = load_model(self.get(name), device, dtype, self.sd21_dir, backend=backend,
+                                               loras=tuple(loras))
             return self._loaded[key]
+
+    def loras(self) -> dict[str, Path]:
+        """LoRA files in the models folder (top level and loras/), by name."""
+        return find_loras(self.models_dir)
+
+    def lora_specs(self, entries) -> tuple[LoraSpec, ...]:
+        """Requested LoRAs ({"name": ..., "scale": ...} or (name, scale) items) -> resolved LoraSpecs."""
+        specs = []
+        for entry in entries or ():
+            name, scale = (entry["name"], entry.get("scale", 1.0)) if isinstance(entry, dict) else entry
+            specs.append(resolve_lora(str(name), float(scale), self.models_dir, self.allow_lora_paths))
+        return tuple(specs)
 
     def unload(self, name: str | None = None) -> None:
         """Drop cached models (all, or those of one name) so their memory can be freed."""

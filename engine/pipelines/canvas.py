@@ -92,8 +92,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
     """VAE decode of (B, C, h, w) latents to images in [-1, 1]."""
-    latents = latents.to(model.device, model.vae.dtype) / model.vae_scaling_factor
+    latents = latents.to(model.device, model.vae.dtype) / model.vae_scaling_factor + _shift(model)
     return model.vae.decode(latents).sample
+
+
+def _shift(model) -> float:
+    """The VAE's latent shift (SD3, FLUX); 0 for SD-class VAEs."""
+    return getattr(model, "vae_shift_factor", 0.0)
 
 
 def context_blocks(rows: int, cols: int, limit_rows: int, limit_cols: int, block: int, margin: int) -> list[tuple[Span, Span]]:
@@ -134,7 +139,7 @@ def encode_pixels(model, pixels: torch.Tensor, block: int = 64, margin: int = 8)
         region = pixels[..., context.row * f : (context.row + context.height) * f, context.col * f : (context.col + context.width) * f]
         encoded = model.vae.encode(region.to(model.device, model.vae.dtype)).latent_dist.mode()
         inner = core.relative_to(context)
-        latents[(slice(None), slice(None)) + core.slices] = (encoded[(slice(None), slice(None)) + inner.slices] * model.vae_scaling_factor).float().cpu()
+        latents[(slice(None), slice(None)) + core.slices] = ((encoded[(slice(None), slice(None)) + inner.slices] - _shift(model)) * model.vae_scaling_factor).float().cpu()
     return latents
 
 

@@ -28,6 +28,7 @@ from engine.geo.grid import OutputGrid
 from engine.geo.metadata import SatMetadata, centre_lonlat, gsd_metres
 from engine.geo.tiling import Span, plan_windows
 from engine.geo.writer import GeoTIFFWriter, check_destination
+from engine.pipelines.captions import metadata_caption
 from engine.pipelines.canvas import LatentCanvas, LatentStore, decode_blocks, decode_to_writer
 from engine.pipelines.sampling import (
     CancelCheck,
@@ -135,7 +136,8 @@ def generate(
             progress(Progress(done, total, message))
 
     report("starting")  # the job's size is known before its first step
-    text = encode_prompt(model, request.prompt, request.negative_prompt, request.guidance(model))
+    caption = model.info.metadata_caption
+    text = None if caption else encode_prompt(model, request.prompt, request.negative_prompt, request.guidance(model))
     store = LatentStore(canvas, scratch_dir=output.parent)
     try:
         for index, (region, windows) in enumerate(zip(regions, per_region)):
@@ -150,6 +152,9 @@ def generate(
                 overlap=overlap_cells,
                 **(conditioning(canvas, region, windows) if conditioning is not None else {}),
             )
+            region_text = text
+            if caption:
+                region_text, job.window_prompts = _caption_prompts(model, canvas, windows, region, request)
             if known_mask.any():
                 job.known = store.read(region)
                 job.known_mask = torch.from_numpy(known_mask.astype(np.float32))[None, None]
@@ -164,7 +169,7 @@ def generate(
                 model,
                 model.make_scheduler(request.scheduler),
                 job,
-                text,
+                region_text,
                 num_inference_steps=request.steps,
                 guidance_scale=request.guidance(model),
                 batch_size=request.batch_size,
@@ -205,6 +210,14 @@ def generate(
         store.close()
     centre = window_metadata(canvas, [Span(0, 0, canvas.height, canvas.width)], Span(0, 0, 0, 0), request)[0]
     return GenerateResult(output, request.grid, n_windows, len(regions), time.perf_counter() - started, centre, tags)
+
+
+def _caption_prompts(model, canvas: LatentCanvas, windows: list[Span], region: Span, request: GenerateRequest):
+    """Each window's prompt with its own metadata as text (identical captions embedded once)."""
+    captions = [metadata_caption(request.prompt, m) for m in window_metadata(canvas, windows, region, request)]
+    unique = list(dict.fromkeys(captions))
+    text = encode_prompt(model, unique, request.negative_prompt, request.guidance(model))
+    return text, [unique.index(c) for c in captions]
 
 
 def _aoi_mask(request: GenerateRequest):

@@ -42,6 +42,8 @@ from engine.geo.raster import RasterSource, open_raster, require_rgb
 from engine.geo.tiling import Span, group_overlapping, plan_windows
 from engine.geo.vectors import PolygonLayer, read_polygons, write_polygons
 from engine.geo.writer import GeoTIFFWriter, check_destination
+from engine.models.layout import FLUX_FILL_TRANSFORMER
+from engine.pipelines.captions import metadata_caption
 from engine.pipelines.canvas import context_blocks, decode_in_blocks, encode_pixels
 from engine.pipelines.sampling import (
     CancelCheck,
@@ -208,7 +210,8 @@ def inpaint(
 
         report("starting")  # the job's size is known before its first step
         planned = time.perf_counter()
-        text = encode_prompt(model, plan.prompts, request.negative_prompt, request.guidance(model))
+        text = None if model.info.metadata_caption else encode_prompt(model, plan.prompts, request.negative_prompt,
+                                                                       request.guidance(model))
         results: list[tuple[Window, np.ndarray, np.ndarray]] = []
         for index, (region, windows) in enumerate(regions):
             check_cancel(cancel)
@@ -260,9 +263,18 @@ def _inpaint_region(model, request, plan: _Plan, source, region: Span, windows: 
         init=latents,
         strength=request.strength,
     )
-    if model.unet.config.in_channels == 9:
+    if model.info.metadata_caption:
+        captions = [metadata_caption(plan.prompts[p], m)
+                    for p, m in zip(job.window_prompts, _window_metadata(plan, region, local, request, f))]
+        unique = list(dict.fromkeys(captions))
+        text = encode_prompt(model, unique, request.negative_prompt, request.guidance(model))
+        job.window_prompts = [unique.index(c) for c in captions]
+    method = _method(model)
+    if method == "inpainting-unet":
         masked_image = image_t * (torch.from_numpy(soft)[None, None] == 0)
         job.extra_channels = torch.cat([cell_mask, encode_pixels(model, masked_image)], dim=1)
+    elif method == "flux-fill":
+        job.extra_channels = flux_fill_conditioning(model, image_t, torch.from_numpy((soft > 0).astype(np.float32))[None, None])
     else:
         job.known, job.known_mask = latents, 1.0 - cell_mask
     generator = torch.Generator().manual_seed(request.seed)
@@ -276,6 +288,24 @@ def _inpaint_region(model, request, plan: _Plan, source, region: Span, windows: 
     painted = soft > 0
     composite = np.where(painted[None], plan.stretch.from_unit(blended), original)
     return avoid_value(composite, painted, plan.nodata), soft
+
+
+def flux_fill_conditioning(model, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """FLUX Fill's extra input channels, unpacked: the masked image's latents, then the (1, 1, H, W)
+    pixel mask (1 = repaint) folded into f*f channels per latent cell, as FluxFillPipeline lays them out."""
+    f = model.vae_scale_factor
+    h, w = mask.shape[-2] // f, mask.shape[-1] // f
+    folded = mask[:, 0].view(1, h, f, w, f).permute(0, 2, 4, 1, 3).reshape(1, f * f, h, w)
+    return torch.cat([encode_pixels(model, image * (1 - mask)), folded], dim=1)
+
+
+def _method(model) -> str:
+    """How the denoiser keeps the unmasked image: its own inpainting inputs, or masked latent blending."""
+    if model.info.kind == FLUX_FILL_TRANSFORMER:
+        return "flux-fill"
+    if model.unet.config.in_channels == 9:
+        return "inpainting-unet"
+    return "masked-latent-blending"
 
 
 def _decode(model, latents: torch.Tensor, block: int = 64, margin: int = 8) -> np.ndarray:
@@ -294,7 +324,11 @@ def _decode(model, latents: torch.Tensor, block: int = 64, margin: int = 8) -> n
 def _metadata(model, plan: _Plan, region: Span, local: list[Span], request) -> list[np.ndarray] | None:
     if not model.info.uses_metadata:
         return None
-    f = model.vae_scale_factor
+    return [m.normalised() for m in _window_metadata(plan, region, local, request, model.vae_scale_factor)]
+
+
+def _window_metadata(plan: _Plan, region: Span, local: list[Span], request, f: int) -> list[SatMetadata]:
+    """Each window's centre lon/lat and ground pixel size, with the request's date and cloud cover."""
     items = []
     for span in local:
         col = (region.col + span.col + span.width / 2) * f
@@ -302,7 +336,7 @@ def _metadata(model, plan: _Plan, region: Span, local: list[Span], request) -> l
         x, y = plan.grid.transform @ (col, row)
         lon, lat = centre_lonlat(plan.grid.crs, x, y)
         gsd = gsd_metres(plan.grid.crs, plan.grid.transform, col, row)
-        items.append(SatMetadata(lon=lon, lat=lat, gsd_m=gsd, cloud_cover=request.cloud_cover, date=request.date).normalised())
+        items.append(SatMetadata(lon=lon, lat=lat, gsd_m=gsd, cloud_cover=request.cloud_cover, date=request.date))
     return items
 
 
@@ -315,7 +349,7 @@ def _tags(request: InpaintRequest, model, plan: _Plan, source) -> dict[str, str]
         "GFM4D_TASK": "inpaint",
         "GFM4D_SYNTHETIC": "inside the label mask only: generated by a diffusion model; elsewhere the input's pixels",
         "GFM4D_MODEL": model.info.name,
-        "GFM4D_METHOD": "inpainting-unet" if model.unet.config.in_channels == 9 else "masked-latent-blending",
+        "GFM4D_METHOD": _method(model),
         "GFM4D_PROMPTS": " | ".join(plan.prompts),
         "GFM4D_DATE": request.date.isoformat() if request.date else "",
         "GFM4D_SEED": str(request.seed),

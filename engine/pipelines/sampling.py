@@ -15,6 +15,10 @@ Windows are batched (both guidance halves in one model call) as many at a time a
 asks and free GPU memory allows; when the GPU runs out of memory anyway, the same windows are
 retried at half the batch for the rest of the job (engine.runtime.device.BatchSize). The model's
 networks may be ONNX Runtime stand-ins (engine.runtime.onnx_models): they are called the same way.
+
+What differs between families (SD/DiffusionSat, SDXL, SD3, FLUX) is the model's `backbone`
+(engine.models.backbones): how prompts are embedded, how the denoiser is called on a batch of
+windows, how timesteps are set and how clean latents are noised. The loop itself is the same.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 
 from engine.errors import Cancelled, InputError
 from engine.geo.tiling import Span, blend_weights
+from engine.models.backbones.base import UNetBackbone
 from engine.progress import Progress
 from engine.runtime.device import BatchSize, batch_size_for
 
@@ -64,6 +69,9 @@ class SamplerSettings:
         overlap = self.overlap if self.overlap is not None else window // 4
         if window % factor or overlap % factor:
             raise InputError(f"window ({window}) and overlap ({overlap}) must be multiples of {factor} pixels")
+        patch = getattr(model, "patch_size", 1)
+        if (window // factor) % patch:
+            raise InputError(f"this model's window ({window}) must be a multiple of {factor * patch} pixels")
         if not 0 <= overlap < window:
             raise InputError(f"the overlap ({overlap} px) must be at least 0 and smaller than the window ({window} px)")
         check_steps(model, self.steps)
@@ -80,6 +88,8 @@ class TextConditioning:
 
     cond: torch.Tensor  # (P, tokens, dim)
     uncond: torch.Tensor | None  # (1, tokens, dim): the negative prompt, shared by all prompts
+    pooled: torch.Tensor | None = None  # (P, dim): pooled text embeddings (SDXL, SD3, FLUX)
+    uncond_pooled: torch.Tensor | None = None  # (1, dim)
 
 
 @dataclass
@@ -118,23 +128,20 @@ def check_cancel(cancel: CancelCheck | None) -> None:
 
 @torch.no_grad()
 def encode_prompt(model, prompt: str | Sequence[str], negative_prompt: str, guidance_scale: float) -> TextConditioning:
-    """Embed the prompt(s) (and the negative prompt when guidance is on) with the model's text encoder."""
-
-    def embed(text: str) -> torch.Tensor:
-        tokens = model.tokenizer(
-            text,
-            padding="max_length",
-            max_length=model.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        output = model.text_encoder(tokens.input_ids.to(model.device))
-        return output[0].to(model.dtype)
-
+    """Embed the prompt(s) (and the negative prompt when guidance is on) with the model's text encoder(s)."""
+    backbone = backbone_of(model)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    cond = torch.cat([embed(p) for p in prompts])
-    uncond = embed(negative_prompt) if guidance_scale > 1.0 else None
-    return TextConditioning(cond, uncond)
+    guided = guidance_scale > 1.0 and backbone.classifier_free_guidance
+    e = backbone.encode_prompt(model, prompts, negative_prompt, guided)
+    return TextConditioning(e.cond, e.uncond, e.pooled, e.uncond_pooled)
+
+
+def backbone_of(model) -> UNetBackbone:
+    """The model's family adapter (a plain SD UNet's for models that name none)."""
+    return getattr(model, "backbone", None) or _UNET
+
+
+_UNET = UNetBackbone()
 
 
 def window_weights(windows: Sequence[Span], overlap: int, device) -> list[torch.Tensor]:
@@ -191,18 +198,22 @@ def _guided_prediction(model, unet_input, timestep, job: CanvasJob, text: TextCo
     x = torch.cat([unet_input[(slice(None), slice(None)) + s.slices] for s in spans]).to(model.dtype)
     rows = [job.window_prompts[i] if job.window_prompts is not None else 0 for i in batch]
     hidden = text.cond[rows]
+    pooled = text.pooled[rows] if text.pooled is not None else None
     kwargs = {}
     if job.window_metadata is not None:
         kwargs["metadata"] = torch.from_numpy(np.stack([job.window_metadata[i] for i in batch])).to(model.device)
     if guided:
         x = torch.cat([x, x])
         hidden = torch.cat([text.uncond.expand(len(batch), -1, -1), hidden])
+        if pooled is not None:
+            pooled = torch.cat([text.uncond_pooled.expand(len(batch), -1), pooled])
         if "metadata" in kwargs:
             # The unconditional half has all-zero metadata, still passed through the MLPs.
             kwargs["metadata"] = torch.cat([torch.zeros_like(kwargs["metadata"]), kwargs["metadata"]])
     if job.control_image is not None:
         kwargs.update(_control_residuals(model, job, spans, batch, x, timestep, hidden, kwargs.get("metadata"), guided))
-    out = model.unet(x, timestep, encoder_hidden_states=hidden, **kwargs).sample.float()
+    window = (spans[0].height, spans[0].width)
+    out = backbone_of(model).predict(model, x, timestep, hidden, pooled, guidance_scale, window, kwargs).float()
     if guided:
         uncond, cond = out.chunk(2)
         out = uncond + guidance_scale * (cond - uncond)
@@ -255,32 +266,34 @@ def denoise_canvas(
     `batch_size`: windows per model call, lowered to what free GPU memory holds; None lets the
     memory decide (engine.runtime.device.fit_batch_size).
     """
-    scheduler.set_timesteps(num_inference_steps, device=model.device)
+    backbone = backbone_of(model)
+    backbone.set_timesteps(scheduler, num_inference_steps, model.device, _largest_window(job.windows))
     timesteps = scheduler.timesteps
     noise = job.noise.to(model.device)
+    skip = 0
     if job.init is not None and job.strength < 1.0:
         # img2img: skip the noisiest steps and start from the input noised to that level.
         skip = effective_start(num_inference_steps, job.strength) * scheduler.order
         timesteps = timesteps[skip:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(skip)
-        latents = scheduler.add_noise(job.init.to(model.device), noise, timesteps[:1])
+        latents = backbone.noised(scheduler, job.init.to(model.device), noise, skip)
     else:
-        latents = noise * scheduler.init_noise_sigma
+        latents = backbone.initial_latents(scheduler, noise)
     known, mask = job.known, job.known_mask
     if known is not None:
         known, mask = known.to(model.device), mask.to(model.device)
-        latents = mask * scheduler.add_noise(known, noise, timesteps[:1]) + (1 - mask) * latents
+        latents = mask * backbone.noised(scheduler, known, noise, skip) + (1 - mask) * latents
     weights = window_weights(job.windows, job.overlap, model.device)
     size = BatchSize(batch_size_for(model, batch_size, *_largest_window(job.windows), _passes(job, text)))
     for i, t in enumerate(timesteps):
         check_cancel(cancel)
-        model_input = scheduler.scale_model_input(latents, t)
+        model_input = backbone.scale_input(scheduler, latents, t)
         prediction = predict_canvas(model, model_input, t, job, text, guidance_scale, size, weights, cancel)
         latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
         if known is not None:
             if i + 1 < len(timesteps):
-                known_now = scheduler.add_noise(known, noise, timesteps[i + 1 : i + 2])
+                known_now = backbone.noised(scheduler, known, noise, skip + i + 1)
             else:
                 known_now = known
             latents = mask * known_now + (1 - mask) * latents

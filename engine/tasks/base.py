@@ -44,6 +44,15 @@ def date_field(value):
     return value
 
 
+class LoraParam(BaseModel):
+    """A LoRA by name (a .safetensors file in the models folder or its loras/ folder) and its weight."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(..., min_length=1, max_length=500, description="LoRA name (file name without .safetensors)")
+    scale: float = Field(1.0, ge=-10, le=10, description="LoRA weight (1: as trained)")
+
+
 class SamplingParams(TaskParams):
     """What every diffusion task shares: prompt, metadata extras and sampler settings."""
 
@@ -57,6 +66,12 @@ class SamplingParams(TaskParams):
     window: int | None = Field(None, gt=0, le=4096, description="window size in pixels; default: the model's native resolution")
     overlap: int | None = Field(None, ge=0, le=4096, description="window overlap in pixels; default: a quarter window")
     batch_size: int | None = Field(None, ge=1, le=256, description="windows per UNet call (default: as many as free GPU memory holds; 4 on CPU)")
+    lora: list[LoraParam] | None = Field(None, max_length=16, description="LoRAs fused into the model, in the models folder by name")
+
+    def load_model(self, registry: ModelRegistry) -> DiffusionModel:
+        """The params' model with their LoRAs, from the registry."""
+        loras = registry.lora_specs([entry.model_dump() for entry in self.lora or ()])
+        return registry.load(self.model, loras=loras) if loras else registry.load(self.model)
 
     def sampler_fields(self) -> dict:
         """The engine.pipelines.sampling.SamplerSettings part of these params, as keyword arguments."""
@@ -210,8 +225,9 @@ class DeviceRegistry(ModelRegistry):
         self.device = torch.device(device) if device is not None else config.device()
         self.dtype = dtype if dtype is not None else config.dtype_for(self.device)
 
-    def load(self, name: str, device=None, dtype=None) -> DiffusionModel:
-        return super().load(name, device if device is not None else self.device, dtype if dtype is not None else self.dtype)
+    def load(self, name: str, device=None, dtype=None, backend=None, loras=()) -> DiffusionModel:
+        return super().load(name, device if device is not None else self.device, dtype if dtype is not None else self.dtype,
+                            backend=backend, loras=loras)
 
     def loaded_names(self) -> list[str]:
         """Names of the models held in memory now.

@@ -122,7 +122,7 @@ def run(registry, params: GenerateParams, inputs, out_dir: Path, progress, cance
 
     grid, aoi = output_grid(params, inputs)
     check_size(grid)
-    model = registry.load(params.model)
+    model = params.load_model(registry)
     request = GenerateRequest(grid=grid, prompt=params.prompt, date=params.date, aoi=aoi, **params.sampler_fields())
     result = generate(model, request, out_dir / "image.tif", progress=progress, cancel=cancel)
     return {"image": result.path, "preview": write_preview_png(result.path, out_dir / "preview.png")}

@@ -63,7 +63,7 @@ def run(registry, params: InpaintParams, inputs, out_dir: Path, progress, cancel
 
     if "image" not in inputs or "polygons" not in inputs:
         raise InputError("the inpaint task needs an `image` raster and a `polygons` file")
-    model = registry.load(params.model)
+    model = params.load_model(registry)
     request = InpaintRequest(
         image=inputs["image"], polygons=inputs["polygons"], class_field=params.class_field,
         class_prompts=_classes(params.class_prompts), inpaint_classes=_classes(params.inpaint_classes),

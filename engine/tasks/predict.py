@@ -68,7 +68,7 @@ def run(registry, params: PredictParams, inputs, out_dir: Path, progress, cancel
         from engine.geo.grid import grid_of_raster
 
         reference = grid_of_raster(inputs["reference"], "the reference raster")
-    model = registry.load(params.model)
+    model = params.load_model(registry)
     request = PredictRequest(
         frames=inputs_named(inputs, "frames"), target_date=params.target_date, dates=params.dates,
         reference=reference, prompt=params.prompt, control_scale=params.control_scale, rgb_bands=params.rgb_bands,

@@ -53,7 +53,7 @@ def run(registry, params: SuperresParams, inputs, out_dir: Path, progress, cance
 
     if "image" not in inputs:
         raise InputError("the superres task needs an `image` (the Sentinel-2 scene)")
-    model = registry.load(params.model)
+    model = params.load_model(registry)
     request = SuperresRequest(
         image=inputs["image"], bands=params.bands, extent=params.extent, resolution_m=params.resolution_m,
         date=params.date, prompt=params.prompt, control_scale=params.control_scale, **params.sampler_fields(),
