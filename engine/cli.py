@@ -26,7 +26,6 @@ from engine.cli_args import (
     stderr_line,
 )
 from engine.errors import Cancelled, GFM4DError, InputError
-from engine.models.footprint import model_parameters
 from engine.models.lora import add_lora_argument, lora_params
 
 
@@ -388,6 +387,8 @@ def _info_dict(info) -> dict:
 
 def _parameters(info) -> int | None:
     """Parameter count from the weight files' headers (None when they cannot be read)."""
+    from engine.models.footprint import model_parameters
+
     try:
         return sum(model_parameters(info).values())
     except (GFM4DError, OSError, ValueError):

@@ -19,8 +19,6 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from engine.errors import InputError, ModelError
 
 LORA_DIR = "loras"
@@ -122,6 +120,8 @@ def apply_loras(pipeline_class: str, components: dict, specs: tuple[LoraSpec, ..
     finally:
         for module in patched:
             del module.load_adapter
+    import torch
+
     for module in components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
