@@ -303,7 +303,7 @@ def cmd_xbd_import(args) -> int:
 def _add_sampling_arguments(parser) -> None:
     """Model and sampler options shared by every task."""
     how = parser.add_argument_group("how")
-    how.add_argument("--model", default=config.DEMO_MODEL, help="model folder name (see `gfm4d models list`)")
+    how.add_argument("--model", default=config.default_model(), help="model folder name (see `gfm4d models list`)")
     how.add_argument("--steps", type=positive_int, default=30, help="denoising steps")
     how.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1: none, half the work; default: the model's own, 7.5 for DiffusionSat, 2.5 for GFM4D-mini)")
     how.add_argument("--seed", type=int, default=0, help="same seed, same request: the same image")

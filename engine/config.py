@@ -11,6 +11,8 @@ GFM4D_ONNX_CACHE     exported ONNX graphs (default: $GFM4D_HOME/onnx)
 GFM4D_COMPILE        torch.compile backend for the UNet and ControlNet: '1' (inductor), 'inductor',
                      'eager', 'aot_eager'; '0' or unset: off
 GFM4D_CHANNELS_LAST  '1' or '0' (default: 1 on CUDA, 0 on CPU)
+GFM4D_DEFAULT_MODEL  the model generate and inpaint use when a request names none (default: gfm4d-mini,
+                     the built-in model)
 GFM4D_SCHEDULER      the scheduler used when a request names none: a name (ddim, dpm++, ...) or 'model'
                      for the model's own (default: dpm++ on CUDA, the model's own on CPU)
 """
@@ -26,6 +28,11 @@ if TYPE_CHECKING:  # torch is imported where a device is chosen: `gfm4d --help` 
 
 DEMO_MODEL = "demo-satunet"  # tiny, untrained: for tests and the predict/superres examples
 BUILTIN_MODEL = "gfm4d-mini"  # trained, shipped in the package: the default for generate and inpaint
+
+
+def default_model() -> str:
+    """The model a request that names none runs on."""
+    return os.environ.get("GFM4D_DEFAULT_MODEL") or BUILTIN_MODEL
 
 
 def home() -> Path:

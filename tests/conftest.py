@@ -1,8 +1,13 @@
 """Shared fixtures: the real sample data."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Requests that name no model run on the tiny demo SatUNet in tests (the product's default is the
+# built-in GFM4D-mini); subprocesses and engines the tests start inherit this.
+os.environ.setdefault("GFM4D_DEFAULT_MODEL", "demo-satunet")
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"

@@ -28,7 +28,8 @@ class TaskParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, protected_namespaces=())
 
-    model: str = Field(config.DEMO_MODEL, description="name of a model folder in the engine's models directory")
+    model: str = Field(default_factory=config.default_model,
+                       description="name of a model folder in the engine's models directory (default: gfm4d-mini, the built-in model)")
 
 
 def date_field(value):
