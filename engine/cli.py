@@ -378,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     mimport.add_argument("path")
     mimport.add_argument("--name")
     models.set_defaults(func=cmd_models)
+
+    from engine.cli_dataset import add_dataset_parser
+
+    add_dataset_parser(sub)
     return parser
 
 
