@@ -133,6 +133,10 @@ def build_dataset(
         for spec in todo:
             check_cancel(cancel)
             finished(maker.make(spec, cancel=cancel))
+    try:
+        (root / SCRATCH).rmdir()  # empty once every sample is in place
+    except OSError:
+        pass
     from .catalog import write_catalog_and_card
 
     outputs = write_catalog_and_card(recipe, root, plan, manifest)

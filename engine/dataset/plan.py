@@ -118,7 +118,7 @@ def area_split(recipe, grid: OutputGrid, window: Window) -> str | None:
     """The split of a chip by area, or None when it touches blocks of two splits."""
     transform = grid.window_transform(window)
     left, top = transform.c, transform.f
-    right, bottom = transform * (window.width, window.height)
+    right, bottom = transform @ (window.width, window.height)
     lonlat = transform_bounds(grid.crs, "EPSG:4326", left, bottom, right, top, densify_pts=21)
     splits = {_split_of(_unit_hash(recipe.seed, "block", r, c), recipe.split.fractions) for r, c in _blocks(recipe, lonlat)}
     return splits.pop() if len(splits) == 1 else None

@@ -79,12 +79,14 @@ def _label_features(damage, classes, grid: OutputGrid) -> list[dict]:
         parts = [p for p in shapely.get_parts(clipped) if p.geom_type == "Polygon" and p.area > 0]
         for k, part in enumerate(parts):
             lonlat = PolygonLayer([part], [{}], grid.crs, "").to_crs(WGS84).geometries[0]
-            pixel = shapely.transform(part, lambda xy: np.column_stack(to_pixel * (xy[:, 0], xy[:, 1])))
+            pixel = shapely.transform(part, lambda xy: np.column_stack(to_pixel @ (xy[:, 0], xy[:, 1])))
             features.append({
                 "uid": f"{attrs['uid']}" + (f"-{k}" if len(parts) > 1 else ""),
                 "subtype": classes.classes[code].name, "class_code": code,
                 "feature_type": attrs.get("feature_type", "building"),
-                "lonlat": shapely.set_precision(lonlat, 1e-9), "xy": shapely.set_precision(pixel, 1e-6),
+                # rounded vertex by vertex (not snapped), so both copies keep matching vertices (xBD's xy <-> lng_lat)
+                "lonlat": shapely.transform(lonlat, lambda c: np.round(c, 9)),
+                "xy": shapely.transform(pixel, lambda c: np.round(c, 6)),
             })
     return features
 
@@ -137,7 +139,7 @@ def _make_files(model, recipe, spec: SampleSpec, scene: Scene, damage, scratch: 
     names = {c.code: c.name for c in classes.classes.values()} | {0: "background", LABEL_NODATA: "nodata"}
     class_pixels = {names.get(int(c), f"class-{int(c)}"): int(n) for c, n in zip(codes, counts)}
     centre_col, centre_row = spec.size / 2, spec.size / 2
-    x, y = grid.transform * (centre_col, centre_row)
+    x, y = grid.transform @ (centre_col, centre_row)
     lon, lat = centre_lonlat(grid.crs, x, y)
     metadata = {
         "id": spec.sample_id, "synthetic": True, "what_is_synthetic": "the post chip inside the painted classes' mask",
