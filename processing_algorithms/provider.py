@@ -7,6 +7,7 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .dataset import DatasetAlgorithm
 from .engine_status import EngineStatusAlgorithm
 from .generate import GenerateAlgorithm
 from .import_xbd import ImportXbdLabelsAlgorithm
@@ -47,6 +48,7 @@ class GFM4DProvider(QgsProcessingProvider):
             SuperresAlgorithm(),
             EngineStatusAlgorithm(),
             ImportXbdLabelsAlgorithm(),
+            DatasetAlgorithm(),
         ]
 
     def refresh_models(self) -> None:
