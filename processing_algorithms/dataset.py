@@ -18,6 +18,7 @@ import zipfile
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputFile,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
@@ -26,8 +27,10 @@ from qgis.core import (
 
 from .base import MAX_SEED, EngineAlgorithm, advanced
 from .compat import NUMBER_INTEGER
+from .model_catalog import CATALOG
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+MODEL_TASK = "inpaint"  # the task whose models make the samples
 SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix")
 
 
@@ -105,7 +108,7 @@ def stage_recipe(data: dict, recipe_path: str, folder: str) -> tuple[str, list[s
         shutil.copyfile(path, os.path.join(folder, name))
     recipe = os.path.join(folder, "recipe.json")
     with open(recipe, "w", encoding="utf-8") as handle:
-        json.dump(rewritten, handle)
+        json.dump(rewritten, handle, default=str)  # YAML dates -> ISO text
     return recipe, [os.path.join(folder, name) for name in staged]
 
 
@@ -152,6 +155,23 @@ class DatasetAlgorithm(EngineAlgorithm):
             self.SEED, self.tr("Base seed (empty: the recipe's)"), NUMBER_INTEGER, None, True, 0, MAX_SEED))
         self.addParameter(advanced(QgsProcessingParameterString(
             self.ENGINE_URL, self.tr("Engine URL (empty: the plugin's setting)"), optional=True)))
+
+    def model_parameter(self):
+        """MODEL: the engine's inpainting models (a dataset's samples are inpainted)."""
+        description = self.tr("Model (empty: the recipe's)")
+        names = CATALOG.names_for(MODEL_TASK)
+        if names:
+            parameter = QgsProcessingParameterEnum(self.MODEL, description, names, False, None, True, True)
+        else:
+            parameter = QgsProcessingParameterString(self.MODEL, description, optional=True)
+        parameter.setHelp(self.tr("Name of an inpainting model folder in the engine's models directory."))
+        return parameter
+
+    def engine_client(self, parameters, context):
+        client = super().engine_client(parameters, context)
+        require_model = client.require_model
+        client.require_model = lambda task, model: require_model(MODEL_TASK, model)  # models are listed by what they do
+        return client
 
     def add_outputs(self) -> None:
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Dataset folder")))

@@ -118,6 +118,12 @@ class TaskSpec:
     inputs: Mapping[str, Input] = field(default_factory=dict)
     check: CheckFunction | None = None  # cross-checks params with inputs before queueing (InputError)
     summary: str = ""
+    model_task: str | None = None  # the task whose models it runs, when not its own
+
+    @property
+    def models_for(self) -> str:
+        """The task a model must do to be used by this one."""
+        return self.model_task or self.name
 
 
 def inputs_named(inputs: Mapping[str, Path], slot: str) -> list[Path]:

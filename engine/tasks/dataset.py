@@ -22,6 +22,8 @@ _PLAIN_NAME = re.compile(r"^[^/\\*?\[\]]+$")
 class DatasetParams(TaskParams):
     """Overrides of the uploaded recipe (the recipe's own values otherwise)."""
 
+    model: str | None = Field(None, description="inpainting model (default: the recipe's)")
+
     steps: int | None = Field(None, ge=1, le=1000, description="denoising steps (default: the recipe's)")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="base seed (default: the recipe's)")
 
@@ -66,6 +68,7 @@ def _read_recipe_data(path: Path) -> dict:
         "files": Input("file", "the scenes and label files the recipe names", many=True),
     },
     summary="recipe + scenes + damage labels -> a labelled synthetic disaster dataset (results: dataset zip, card, preview)",
+    model_task="inpaint",
 )
 def run(registry, params: DatasetParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:
     from engine.dataset import build_dataset, parse_recipe
@@ -90,13 +93,16 @@ def run(registry, params: DatasetParams, inputs, out_dir: Path, progress, cancel
     if missing:
         raise InputError(f"the recipe names {', '.join(missing)}, which were not uploaded with it; add them to `files`")
     overrides = {k: v for k, v in (("steps", params.steps), ("seed", params.seed)) if v is not None}
-    if "model" in params.model_fields_set:
+    if params.model is not None:
         overrides["model"] = params.model
     recipe = parse_recipe({**data, **overrides}, staged, source="the recipe")
     root = out_dir / "dataset"
     summary = build_dataset(recipe, root, registry=registry, progress=progress, cancel=cancel)
     archive = Path(shutil.make_archive(str(out_dir / recipe.name), "zip", root_dir=root))
-    results = {"dataset": archive, "card": summary.outputs["card"]}
+    # results are files directly in out_dir: the card and preview move out of the zipped folder
+    results = {"dataset": archive, "card": Path(shutil.move(summary.outputs["card"], out_dir / "README.md"))}
     if "preview" in summary.outputs:
-        results["preview"] = summary.outputs["preview"]
+        results["preview"] = Path(shutil.move(summary.outputs["preview"], out_dir / "preview.png"))
+    shutil.rmtree(root)
+    shutil.rmtree(staged)
     return results
