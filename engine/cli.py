@@ -532,6 +532,10 @@ def build_parser() -> ArgumentParser:
     mimport.add_argument("--name", help="model name (default: the folder's or zip's name)")
     add_fetch_parsers(msub)
     models.set_defaults(func=cmd_models)
+
+    from engine.cli_dataset import add_dataset_parser
+
+    add_dataset_parser(sub)
     return parser
 
 

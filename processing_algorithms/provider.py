@@ -7,6 +7,7 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .dataset import DatasetAlgorithm
 from .engine_status import EngineStatusAlgorithm
 from .evaluate import EvaluateAlgorithm
 from .generate import GenerateAlgorithm
@@ -51,6 +52,7 @@ class GFM4DProvider(QgsProcessingProvider):
             EngineStatusAlgorithm(),
             ImportXbdLabelsAlgorithm(),
             ModelsFetchAlgorithm(),
+            DatasetAlgorithm(),
         ]
 
     def refresh_models(self) -> None:

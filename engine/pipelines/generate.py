@@ -109,6 +109,90 @@ def result_tags(request: GenerateRequest, model) -> dict[str, str]:
 RegionConditioning = Callable[[LatentCanvas, Span, list[Span]], dict]
 
 
+def plan_regions(request: GenerateRequest, model) -> tuple[LatentCanvas, list[Span], list[list[Span]], int]:
+    """The canvas, its regions (in the order they continue each other), each region's windows, the overlap."""
+    window_cells, overlap_cells = _validate(request, model)
+    canvas = LatentCanvas.over(request.grid, model.vae_scale_factor, model.latent_channels, window_cells)
+    regions = plan_windows(canvas.height, canvas.width, request.max_region_cells, window_cells)
+    per_region = [plan_windows(r.height, r.width, window_cells, overlap_cells) for r in regions]
+    return canvas, regions, per_region, overlap_cells
+
+
+def denoise_region(
+    model,
+    request: GenerateRequest,
+    canvas: LatentCanvas,
+    region: Span,
+    windows: list[Span],
+    index: int,
+    overlap_cells: int,
+    text,
+    known: torch.Tensor | None = None,
+    known_mask: np.ndarray | None = None,
+    conditioning: RegionConditioning | None = None,
+    on_step: Callable[[int], None] | None = None,
+    cancel: CancelCheck | None = None,
+) -> torch.Tensor:
+    """Denoise region number `index`, keeping `known` latents where `known_mask` is True; its latents.
+
+    The result depends only on these arguments, so regions may be denoised in any process as long
+    as each gets the latents its earlier neighbours finished (engine.scaleout.regions).
+    """
+    metadata = None
+    if model.info.uses_metadata:
+        metadata = [m.normalised() for m in window_metadata(canvas, windows, region, request)]
+    job = CanvasJob(
+        noise=position_noise(request.seed, region, canvas.channels),
+        windows=windows,
+        window_metadata=metadata,
+        overlap=overlap_cells,
+        **(conditioning(canvas, region, windows) if conditioning is not None else {}),
+    )
+    if model.info.metadata_caption:  # text-only backbones read each window's metadata as text
+        text, job.window_prompts = _caption_prompts(model, canvas, windows, region, request)
+    if known_mask is not None and known_mask.any():
+        job.known = known
+        job.known_mask = torch.from_numpy(known_mask.astype(np.float32))[None, None]
+    generator = torch.Generator(device="cpu").manual_seed(request.seed * 7919 + index)
+    return denoise_canvas(
+        model,
+        model.make_scheduler(request.scheduler),
+        job,
+        text,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance(model),
+        batch_size=request.batch_size,
+        generator=generator,
+        on_step=on_step,
+        cancel=cancel,
+    )
+
+
+def write_canvas(model, request: GenerateRequest, canvas: LatentCanvas, store: LatentStore, output: Path,
+                 tags: dict[str, str], on_block=None, cancel: CancelCheck | None = None) -> None:
+    """Decode a finished canvas block by block into the output GeoTIFF (written atomically)."""
+    with GeoTIFFWriter(
+        output,
+        request.grid,
+        count=3,
+        dtype="uint8",
+        colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue],
+        tags=tags,
+        with_mask=request.aoi is not None,
+    ) as writer:
+        decode_to_writer(
+            model,
+            canvas,
+            store,
+            writer,
+            block=request.decode_block_cells,
+            margin=request.decode_margin_cells,
+            valid_mask=_aoi_mask(request) if request.aoi is not None else None,
+            on_block=on_block,
+            cancel=cancel,
+        )
+
+
 def generate(
     model,
     request: GenerateRequest,
@@ -122,10 +206,7 @@ def generate(
     started = time.perf_counter()
     output = check_destination(output)
     request = replace(request, date=parse_date(request.date) if request.date else None)
-    window_cells, overlap_cells = _validate(request, model)
-    canvas = LatentCanvas.over(request.grid, model.vae_scale_factor, model.latent_channels, window_cells)
-    regions = plan_windows(canvas.height, canvas.width, request.max_region_cells, window_cells)
-    per_region = [plan_windows(r.height, r.width, window_cells, overlap_cells) for r in regions]
+    canvas, regions, per_region, overlap_cells = plan_regions(request, model)
     n_windows = sum(len(w) for w in per_region)
     decode_total = len(decode_blocks(canvas, request.decode_block_cells, request.decode_margin_cells))
     total = len(regions) * request.steps + decode_total
@@ -136,76 +217,32 @@ def generate(
             progress(Progress(done, total, message))
 
     report("starting")  # the job's size is known before its first step
-    caption = model.info.metadata_caption
-    text = None if caption else encode_prompt(model, request.prompt, request.negative_prompt, request.guidance(model))
+    text = None if model.info.metadata_caption else encode_prompt(model, request.prompt, request.negative_prompt, request.guidance(model))
     store = LatentStore(canvas, scratch_dir=output.parent)
     try:
         for index, (region, windows) in enumerate(zip(regions, per_region)):
-            known_mask = _finished_cells(region, regions[:index])
-            metadata = None
-            if model.info.uses_metadata:
-                metadata = [m.normalised() for m in window_metadata(canvas, windows, region, request)]
-            job = CanvasJob(
-                noise=position_noise(request.seed, region, canvas.channels),
-                windows=windows,
-                window_metadata=metadata,
-                overlap=overlap_cells,
-                **(conditioning(canvas, region, windows) if conditioning is not None else {}),
-            )
-            region_text = text
-            if caption:
-                region_text, job.window_prompts = _caption_prompts(model, canvas, windows, region, request)
-            if known_mask.any():
-                job.known = store.read(region)
-                job.known_mask = torch.from_numpy(known_mask.astype(np.float32))[None, None]
-            generator = torch.Generator(device="cpu").manual_seed(request.seed * 7919 + index)
+            known_mask = finished_cells(region, regions[:index])
 
             def on_step(step: int, index=index) -> None:
                 nonlocal done
                 done += 1
                 report(f"region {index + 1}/{len(regions)}: step {step}/{request.steps}")
 
-            latents = denoise_canvas(
-                model,
-                model.make_scheduler(request.scheduler),
-                job,
-                region_text,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance(model),
-                batch_size=request.batch_size,
-                generator=generator,
-                on_step=on_step,
-                cancel=cancel,
+            latents = denoise_region(
+                model, request, canvas, region, windows, index, overlap_cells, text,
+                known=store.read(region) if known_mask.any() else None, known_mask=known_mask,
+                conditioning=conditioning, on_step=on_step, cancel=cancel,
             )
             store.write(region, latents, keep=known_mask if known_mask.any() else None)
 
         tags = {**result_tags(request, model), **(extra_tags or {})}
-        with GeoTIFFWriter(
-            output,
-            request.grid,
-            count=3,
-            dtype="uint8",
-            colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue],
-            tags=tags,
-            with_mask=request.aoi is not None,
-        ) as writer:
 
-            def on_block() -> None:
-                nonlocal done
-                done += 1
-                report("decoding")
+        def on_block() -> None:
+            nonlocal done
+            done += 1
+            report("decoding")
 
-            decode_to_writer(
-                model,
-                canvas,
-                store,
-                writer,
-                block=request.decode_block_cells,
-                margin=request.decode_margin_cells,
-                valid_mask=_aoi_mask(request) if request.aoi is not None else None,
-                on_block=on_block,
-                cancel=cancel,
-            )
+        write_canvas(model, request, canvas, store, output, tags, on_block=on_block, cancel=cancel)
     finally:
         store.close()
     centre = window_metadata(canvas, [Span(0, 0, canvas.height, canvas.width)], Span(0, 0, 0, 0), request)[0]
@@ -232,7 +269,7 @@ def _aoi_mask(request: GenerateRequest):
     return valid
 
 
-def _finished_cells(region: Span, finished: list[Span]) -> np.ndarray:
+def finished_cells(region: Span, finished: list[Span]) -> np.ndarray:
     """Cells of a region that earlier regions already generated (True = keep)."""
     mask = np.zeros((region.height, region.width), dtype=bool)
     for other in finished:

@@ -349,10 +349,10 @@ class JobManager:
         if name is None:
             return None
         info = self.registry.get(name)
-        if spec.name not in info.tasks:
-            able = [m.name for m in self.registry.list() if spec.name in m.tasks]
+        if spec.models_for not in info.tasks:
+            able = [m.name for m in self.registry.list() if spec.models_for in m.tasks]
             raise ModelError(
-                f"model {name!r} ({info.kind}) does not do {spec.name}; "
+                f"model {name!r} ({info.kind}) does not do {spec.models_for}; "
                 f"models that do: {', '.join(able) if able else 'none in this engine'}"
             )
         if not info.ready:

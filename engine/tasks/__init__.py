@@ -50,13 +50,18 @@ _discovery_lock = threading.Lock()
 _discovered = False
 
 
-def task(name: str, params: type[TaskParams], inputs=None, check=None, summary: str = "", size=None):
-    """Register the decorated function as the run function of task `name` (`size`: see TaskSpec)."""
+def task(name: str, params: type[TaskParams], inputs=None, check=None, summary: str = "", size=None,
+         model_task: str | None = None):
+    """Register the decorated function as the run function of task `name` (`size`: see TaskSpec).
+
+    `model_task` names the task whose models this one runs, when it is not its own (a dataset is inpainted).
+    """
 
     def register(run):
         if name in _TASKS and _TASKS[name].run is not run:
             raise RuntimeError(f"two tasks are registered as {name!r}")
-        _TASKS[name] = TaskSpec(name, params, run, dict(inputs or {}), check, summary or (run.__doc__ or "").strip(), size)
+        _TASKS[name] = TaskSpec(name, params, run, dict(inputs or {}), check, summary or (run.__doc__ or "").strip(),
+                                size, model_task)
         return run
 
     return register

@@ -137,6 +137,12 @@ class TaskSpec:
     check: CheckFunction | None = None  # cross-checks params with inputs before queueing (InputError)
     summary: str = ""
     size: SizeFunction | None = None  # the output's size, so that a server can refuse jobs over its limit
+    model_task: str | None = None  # the task whose models it runs, when not its own
+
+    @property
+    def models_for(self) -> str:
+        """The task a model must do to be used by this one."""
+        return self.model_task or self.name
 
 
 def check_required(spec: TaskSpec, inputs: Mapping[str, Path]) -> None:

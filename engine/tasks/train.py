@@ -40,6 +40,7 @@ class TrainParams(TaskParams):
     TrainParams,
     inputs={"rasters": Input("raster", "georeferenced RGB training rasters", many=True, required=True)},
     summary="rasters -> a SatUNet trained or fine-tuned on them, installed in the models folder (results: card, loss_curve, samples)",
+    model_task="generate",  # the base model of a fine-tune is a generation model
 )
 def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:
     from engine.errors import InputError
