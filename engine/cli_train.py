@@ -60,8 +60,12 @@ def cmd_train(args) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else output.with_name(output.name + ".run")
     bar = _StageBars()
     try:
+        from engine import config
+
+        device = args.device or str(config.device())
+        bar.write(f"training on {device}")
         result = run_training(sources, recipe, run_dir, output, registry=registry, log=bar.write, progress=bar,
-                              time_limit_s=args.time_limit * 60 if args.time_limit else None)
+                              time_limit_s=args.time_limit * 60 if args.time_limit else None, device=device)
     finally:
         bar.close()
     if result.steps and (output / "README.md").is_file() or (output / "pytorch_lora_weights.safetensors").is_file():

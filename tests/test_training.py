@@ -150,7 +150,7 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_lora_on_a_toy_set_changes_the_unet_and_loads_with_diffusers(tmp_path):
+def test_lora_on_a_toy_set_changes_the_output_and_loads_in_generate(tmp_path):
     _needs_data()
     sources = load_sources([_sources(tmp_path)])
     run_training(sources, load_recipe(_recipe(tmp_path)), tmp_path / "base-run", tmp_path / "models" / "base",
@@ -163,13 +163,19 @@ def test_lora_on_a_toy_set_changes_the_unet_and_loads_with_diffusers(tmp_path):
     weights = tmp_path / "lora" / "pytorch_lora_weights.safetensors"
     assert weights.is_file()
 
-    base = ModelRegistry(tmp_path / "models").load("base")
-    sample, t = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
-    hidden, metadata = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1)), torch.full((1, 7), 500.0)
-    before = base.unet(sample, t, hidden, metadata=metadata).sample
-    base.unet.load_lora_adapter(str(weights), prefix="unet")
-    after = base.unet(sample, t, hidden, metadata=metadata).sample
-    assert not torch.allclose(before, after, atol=1e-6)
+    from engine.geo.grid import grid_from_extent
+    from engine.pipelines.generate import GenerateRequest, generate
+
+    registry = ModelRegistry(tmp_path / "models")
+    registry.allow_lora_paths = True  # as the local command line does for --lora PATH
+    grid = grid_from_extent((400000, 3280000, 400032, 3280032), "EPSG:32617", pixel_size=1.0)
+    request = GenerateRequest(grid=grid, prompt="a fmow satellite image of a forest", steps=2, seed=4)
+    images = []
+    for loras in ((), registry.lora_specs([{"name": str(weights), "scale": 1.0}])):
+        out = generate(registry.load("base", loras=loras), request, tmp_path / f"g{len(loras)}.tif")
+        with rasterio.open(out.path) as ds:
+            images.append(ds.read())
+    assert not np.array_equal(images[0], images[1])
 
 
 def test_bad_training_data_gets_one_clear_line(tmp_path):

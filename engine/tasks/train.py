@@ -73,7 +73,7 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
         progress(Progress(offset + done, total, f"{stage} step {done}, loss {record['loss']:.4f}"))
 
     result = run_training(sources, recipe, out_dir / "run", target, registry=registry, log=lambda line: None,
-                          progress=report, cancel=cancel)
+                          progress=report, cancel=cancel, device=getattr(registry, "device", None))
     import shutil
 
     results = {}

@@ -86,10 +86,10 @@ def encode_bank(vae: AutoencoderKL, bank: ChipBank, indices: np.ndarray, orienta
         images = torch.from_numpy(np.asarray(bank.images[chunk], dtype=np.float32)) / 127.5 - 1
         per_code_mean, per_code_std = [], []
         for code in range(orientations):
-            turned = dihedral(images, torch.full((len(chunk),), code))
+            turned = dihedral(images, torch.full((len(chunk),), code)).to(vae.device)
             posterior = vae.encode(turned).latent_dist
-            per_code_mean.append(posterior.mean)
-            per_code_std.append(posterior.std)
+            per_code_mean.append(posterior.mean.cpu())
+            per_code_std.append(posterior.std.cpu())
         means.append(torch.stack(per_code_mean, 1).half())
         stds.append(torch.stack(per_code_std, 1).half())
         if start // batch % 10 == 0:
@@ -161,13 +161,26 @@ def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generat
 
 
 def diffusion_loss(unet, scheduler: DDIMScheduler, latents, metadata, hidden, config: UNetConfig, generator):
-    noise = torch.randn(latents.shape, generator=generator)
+    """The min-SNR-weighted v-prediction loss of one batch (random numbers drawn on the CPU, so every device agrees)."""
+    device = latents.device
+    noise = torch.randn(latents.shape, generator=generator).to(device)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = scheduler.get_velocity(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, hidden, metadata=metadata).sample
+    on_device = timesteps.to(device)
+    noisy = scheduler.add_noise(latents, noise, on_device)
+    target = scheduler.get_velocity(latents, noise, on_device)
+    with autocast(device):
+        prediction = unet(noisy, on_device, hidden, metadata=metadata).sample
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * min_snr_weights(scheduler, timesteps, config.snr_gamma)).mean()
+    return (per_sample * min_snr_weights(scheduler, timesteps, config.snr_gamma).to(device)).mean()
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on a GPU (weights and optimiser stay float32); nothing on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def learning_rate(config: UNetConfig, step: int) -> float:
@@ -204,9 +217,12 @@ def train_unet(
     cancel: Callable[[], bool] | None = None,
     time_limit_s: float | None = None,
     on_checkpoint: Callable[[int, object, list], None] | None = None,
+    device: torch.device | str | None = None,
 ):
-    """Train (or resume) in `run_dir/checkpoints`; returns (unet with EMA weights applied, history)."""
+    """Train (or resume) in `run_dir/checkpoints` on `device` (default CPU); returns (unet with EMA weights, history)."""
     run_dir = Path(run_dir)
+    device = torch.device(device or "cpu")
+    unet.to(device)
     params = trainable_parameters(unet, config)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -219,6 +235,7 @@ def train_unet(
         unet.load_state_dict(state["model"], strict=False)
         optimiser.load_state_dict(state["optimiser"])
         ema.load_state_dict(state["ema"])
+        ema.to(device)
         history, start = state["history"], state["step"]
         log(f"resuming the UNet at step {start}")
     unet.train()
@@ -228,7 +245,7 @@ def train_unet(
         if cancel is not None and cancel():
             raise Cancelled("training cancelled; its last checkpoint is kept, run again to resume")
         generator = step_generator(config.seed, step)
-        latents, metadata, hidden = make_batch(data, config, generator)
+        latents, metadata, hidden = (t.to(device) for t in make_batch(data, config, generator))
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(config, step)
         loss = diffusion_loss(unet, scheduler, latents, metadata, hidden, config, generator)

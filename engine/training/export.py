@@ -25,7 +25,7 @@ TEXT_COMPONENTS = ("text_encoder", "tokenizer", "scheduler")
 def _save_half(module: torch.nn.Module, folder: Path, weights_name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     module.save_config(folder) if hasattr(module, "save_config") else module.config.save_pretrained(folder)
-    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in module.state_dict().items()}
+    tensors = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in module.state_dict().items()}
     safetensors.torch.save_file(tensors, str(folder / weights_name), metadata={"format": "pt"})
 
 

@@ -137,8 +137,9 @@ def run_training(
     progress: Callable[[str, int, int, dict], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     time_limit_s: float | None = None,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
-    """Train as the recipe says; write the model (or LoRA) to `output`; keep every stage in `run_dir`."""
+    """Train as the recipe says on `device` (default CPU); write the model (or LoRA) to `output`; keep every stage in `run_dir`."""
     started = time.monotonic()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +157,7 @@ def run_training(
         scaling = float(base.vae.config.get("scaling_factor", 0.18215))
     else:
         vae, vae_info = train_vae(bank, run_dir / "vae", recipe.vae, log=log, cancel=cancel, time_limit_s=remaining(),
+                                  device=device,
                                   progress=(lambda d, t, h: progress("vae", d, t, h)) if progress else None)
         if vae_info["steps_done"] < recipe.vae.steps:
             return TrainResult(output, 0, None, {})
@@ -199,7 +201,7 @@ def run_training(
                 unet.train()
 
     unet, history = train_unet(unet, scheduler, data, run_dir / "unet", recipe.unet, log=log, cancel=cancel,
-                               time_limit_s=remaining(), on_checkpoint=on_checkpoint,
+                               time_limit_s=remaining(), on_checkpoint=on_checkpoint, device=device,
                                progress=(lambda d, t, h: progress("unet", d, t, h)) if progress else None)
     steps = history[-1]["step"] if history else 0
     files = {}
@@ -360,7 +362,7 @@ def _export_lora(unet, output: Path, card: str) -> None:
     import safetensors.torch
 
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    state = {f"unet.{k}": v.detach().half().contiguous() for k, v in state.items()}
+    state = {f"unet.{k}": v.detach().half().cpu().contiguous() for k, v in state.items()}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".safetensors":  # one file (the models folder's loras/), its card beside it

@@ -66,7 +66,7 @@ def build_vae(config: VAEConfig) -> AutoencoderKL:
 
 def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VAEConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
     posterior = vae.encode(images).latent_dist
-    noise = torch.randn(posterior.mean.shape, generator=generator)
+    noise = torch.randn(posterior.mean.shape, generator=generator).to(images.device)
     latents = posterior.mean + posterior.std * noise
     recon = vae.decode(latents).sample
     l1 = (recon - images).abs().mean()
@@ -125,9 +125,11 @@ def train_vae(
     progress: Callable[[int, int, dict], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     time_limit_s: float | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[AutoencoderKL, dict]:
-    """Train (or resume) the VAE in `run_dir/checkpoints`; the model and its held-out scores."""
+    """Train (or resume) the VAE in `run_dir/checkpoints` on `device` (default CPU); the model (on the CPU) and its history."""
     run_dir = Path(run_dir)
+    device = torch.device(device or "cpu")
     vae = build_vae(config)
     optimiser = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     history: list[dict] = []
@@ -138,6 +140,7 @@ def train_vae(
         optimiser.load_state_dict(state["optimiser"])
         history, start = state["history"], state["step"]
         log(f"resuming the VAE at step {start}")
+    vae.to(device)
     train = bank.indices("train")
     heldout = bank.images[bank.indices("heldout")]
     weights = place_weights([_group(bank.records[i]) for i in train])
@@ -153,7 +156,7 @@ def train_vae(
         images = dihedral(images, torch.randint(0, 8, (config.batch,), generator=generator))
         for group in optimiser.param_groups:
             group["lr"] = _learning_rate(config, step)
-        loss, parts = vae_loss(vae, images, config, generator)
+        loss, parts = vae_loss(vae, images.to(device), config, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -162,7 +165,8 @@ def train_vae(
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
             vae.eval()
-            scores = heldout_scores(vae, heldout)
+            scores = heldout_scores(vae.cpu(), heldout)
+            vae.to(device)
             vae.train()
             history[-1]["heldout"] = scores
             log(f"VAE step {done}: held-out PSNR {scores['psnr']:.2f} dB (baseline {scores['baseline_psnr']:.2f}), "
@@ -178,7 +182,7 @@ def train_vae(
         if out_of_time:
             log(f"time limit reached at step {done}; run again to continue")
             break
-    vae.eval()
+    vae.eval().cpu()
     return vae, {"history": history, "steps_done": step + 1 if config.steps > start else start}
 
 
