@@ -42,6 +42,10 @@ class ProgressBar:
         self.bar.set_postfix_str(text, refresh=True)
 
     def close(self) -> None:
+        """Stop the bar; one that never moved (the job failed before its first step) is wiped, so an
+        error stays the only line."""
         self._stop.set()
         self._ticker.join(timeout=2)
+        if not self.bar.n:
+            self.bar.leave = False
         self.bar.close()

@@ -1,7 +1,7 @@
 """Run inside QGIS (qgis --code) by scripts/qgis_screenshots.py: stage the scenes of the docs' screenshots.
 
 Loads the xView2 Joplin pre-event tile and its damage polygons, searches the Processing toolbox for
-"damage", opens the Inpaint dialog filled in as an analyst would, runs it with the demo model, and
+"damage", opens the Inpaint dialog filled in as an analyst would, runs it with GFM4D-mini, and
 saves three PNGs into $GFM4D_SHOTS_DIR; then quits QGIS.
 """
 
@@ -61,7 +61,7 @@ def stage() -> None:
     extent = QgsRectangle(centre.x() - HALF, centre.y() - HALF, centre.x() + HALF, centre.y() + HALF)
     parameters = {"INPUT": pre, "POLYGONS": damage, "DISASTER_TYPE": "wind", "DATE": "2011-05-23",
                   "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},{extent.yMaximum()} [EPSG:26915]",
-                  "MODEL": "demo-satunet", "STEPS": 4, "SEED": 1}
+                  "MODEL": "gfm4d-mini", "STEPS": 20, "SEED": 1}
     dialog = processing.createAlgorithmDialog("gfm4d:inpaint", parameters)
     dialog.resize(900, 760)
     dialog.show()

@@ -247,7 +247,8 @@ def test_cli_bad_input_is_one_line_and_status_2(naip, tmp_path, capsys):
     early, _ = naip
     code = main(["evaluate", str(early), str(SHARED / "rasters" / "cogeo.tif"), "-o", str(tmp_path / "e.json")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and err.startswith("gfm4d: error:") and "do not overlap" in err
+    shown = err.split("\r")[-1]  # what the terminal shows: the progress bar is wiped, the error stays
+    assert code == 2 and err.count("\n") == 1 and shown.startswith("gfm4d: error:") and "do not overlap" in shown
     assert not list(tmp_path.iterdir())
 
 

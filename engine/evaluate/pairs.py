@@ -21,7 +21,6 @@ from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
 from engine.errors import InputError
-from engine.geo.coregister import read_warped, warped_view
 from engine.geo.grid import OutputGrid, grid_like
 from engine.geo.raster import RasterSource, open_raster
 
@@ -113,8 +112,7 @@ def align(
             raise InputError(f"{Path(moving.info.path).name} and {Path(target.info.path).name} do not overlap: they "
                              "show different places (check both rasters' CRS and extent)")
         fixed = target.read(bands=list(target_bands))
-        with warped_view(moving.dataset, grid, method) as vrt:
-            warped = read_warped(vrt, list(moving_bands), Window(0, 0, grid.width, grid.height))
+        warped = _read_on_grid(moving, grid, list(moving_bands), method)
         stretch_source = ref.dataset
         from engine.geo.radiometry import stretch_for
 
@@ -129,14 +127,24 @@ def align(
     return pair
 
 
+def _read_on_grid(source, grid: OutputGrid, bands: list[int], resampling) -> np.ma.MaskedArray:
+    """A raster's bands warped onto a grid (the co-registration predict uses), masked where it has no data."""
+    from engine.geo.raster import GridView
+
+    view = GridView(source, grid.crs, grid.transform, grid.width, grid.height, resampling)
+    try:
+        return view.read(Window(0, 0, grid.width, grid.height), bands=bands)
+    finally:
+        view.close()
+
+
 def mask_on_grid(path: Path, grid: OutputGrid) -> np.ndarray:
     """(rows, cols) bool of a mask on a grid: a label raster (non-zero, valid = inside; nearest
     neighbour) or polygons (any polygon covering the pixel centre = inside)."""
     path = Path(path)
     if path.suffix.lower() in RASTER_SUFFIXES:
         with open_raster(path) as source:
-            with warped_view(source.dataset, grid, Resampling.nearest) as vrt:
-                labels = read_warped(vrt, [source.info.data_bands[0]], Window(0, 0, grid.width, grid.height))[0]
+            labels = _read_on_grid(source, grid, [source.info.data_bands[0]], Resampling.nearest)[0]
         return np.asarray(labels.filled(0) != 0)
     from engine.geo.masks import label_raster
     from engine.geo.vectors import read_polygons

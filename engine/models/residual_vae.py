@@ -22,11 +22,17 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DecoderOutput
 
+from .config_signature import merged_signature
+
 COLOUR_CHANNELS = 3
 
 
 class ResidualAutoencoderKL(AutoencoderKL):
     """AutoencoderKL + fixed mean-colour paths through latent channels 0..2 (see the module docstring)."""
+
+    def __init__(self, *, latent_shift: list[float] | None = None, latent_scale: list[float] | None = None, **vae_config):
+        super().__init__(**vae_config)
+        self.register_to_config(latent_shift=latent_shift, latent_scale=latent_scale)
 
     def _normalisation(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         channels = self.config.latent_channels
@@ -74,6 +80,9 @@ class ResidualAutoencoderKL(AutoencoderKL):
         self.decoder.conv_out.weight.zero_()
         self.decoder.conv_out.bias.zero_()
 
+
+# from_config takes the accepted keys from this signature: the normalisation plus every AutoencoderKL keyword.
+ResidualAutoencoderKL.__init__.__signature__ = merged_signature(ResidualAutoencoderKL.__init__, AutoencoderKL)
 
 VAE_CLASSES = {"AutoencoderKL": AutoencoderKL, "ResidualAutoencoderKL": ResidualAutoencoderKL}
 
