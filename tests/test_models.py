@@ -26,7 +26,7 @@ from engine.models.layout import (
 )
 from engine.models.loading import build_unet
 from engine.models.metadata_embedding import project_metadata
-from engine.models.registry import ModelRegistry
+from engine.models.registry import BUILTIN_DIR, ModelRegistry
 from engine.models.satunet import SatUNet
 from engine.models.weights import load_into, load_state_dict
 
@@ -378,7 +378,9 @@ def test_fp16_safetensors_variant_is_loaded(tmp_path):
 def test_demo_models_are_listed_and_loaded(demo_dir, no_sd21_env):
     registry = ModelRegistry(demo_dir)
     infos = {info.name: info for info in registry.list()}
-    assert sorted(infos) == ["demo-controlnet-3d", "demo-prepost", "demo-satunet", "demo-sd", "demo-superres"]
+    # The models folder's own, then the built-in GFM4D-mini shipped in the package.
+    assert sorted(infos) == ["demo-controlnet-3d", "demo-prepost", "demo-satunet", "demo-sd", "demo-superres", "gfm4d-mini"]
+    assert infos["gfm4d-mini"].path.parent == BUILTIN_DIR and infos["gfm4d-mini"].ready
     sat, sd = infos["demo-satunet"], infos["demo-sd"]
     assert (sat.kind, sd.kind) == (SATUNET, SD_UNET)
     assert sat.unet_path == demo_dir / "demo-satunet" / "checkpoint-100" / "unet"
@@ -512,7 +514,7 @@ def test_unrecognisable_folders_are_skipped_with_a_reason(demo_dir, tmp_path, no
     write_json(models / "no-weights" / "unet" / "config.json", {"_class_name": "UNet2DConditionModel"})
 
     registry = ModelRegistry(models)
-    assert [info.name for info in registry.list()] == ["demo-sd"]
+    assert [info.name for info in registry.list()] == ["demo-sd", "gfm4d-mini"]  # and the built-in model
     skipped = registry.scan().skipped
     assert "README.txt" in skipped["notes"]
     assert "UNet3DConditionModel" in skipped["inpaint-3d"]
@@ -600,3 +602,13 @@ def test_demo_models_are_deterministic_and_idempotent(demo_dir, tmp_path):
     build_demo_models(again)
     assert weight_digests(again) == digests
     assert weight_digests(build_demo_models(tmp_path / "other", seed=99)[0].parent) != digests
+
+
+def test_a_models_folder_copy_of_the_builtin_model_wins(demo_dir, tmp_path, no_sd21_env):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(BUILTIN_DIR / "gfm4d-mini", models / "gfm4d-mini")
+    registry = ModelRegistry(models)
+    assert registry.get("gfm4d-mini").path == models / "gfm4d-mini"
+    assert [info.name for info in registry.list()] == ["gfm4d-mini"]
