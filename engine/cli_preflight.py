@@ -93,9 +93,13 @@ def check_inputs(files: dict[str, Path]) -> None:
 
 def raster_size(path: Path) -> tuple[int, int]:
     """Width and height of a raster GDAL can open; InputError naming the file otherwise."""
-    import rasterio
-    from rasterio.errors import RasterioError
+    from engine.geo.raster import subdataset_file
 
+    container = subdataset_file(str(path))  # NETCDF:"a.nc":var and friends: the file is the container
+    if container is not None:
+        if not Path(container).is_file():
+            raise InputError(f"the input {path} names {container}, which does not exist")
+        return _opened_size(str(path))
     path = Path(path)
     if not path.exists():
         raise InputError(f"the input {path} does not exist")
@@ -103,8 +107,18 @@ def raster_size(path: Path) -> tuple[int, int]:
         raise InputError(f"the input {path} is a folder; give a raster file")
     if path.stat().st_size == 0:
         raise InputError(f"the input {path} is empty (0 bytes)")
+    return _opened_size(str(path))
+
+
+def _opened_size(path: str) -> tuple[int, int]:
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from engine.geo.raster import check_complete
+
     try:
         with rasterio.open(path) as source:
+            check_complete(source, path)  # a file cut off mid-download fails here, before the job's line
             return source.width, source.height
     except RasterioError as exc:
         raise InputError(f"GDAL cannot open {path} as a raster ({exc}); give a GeoTIFF or another raster GDAL reads") from None

@@ -406,7 +406,12 @@ def _cli(capsys, argv):
 
     code = main(argv)
     err = capsys.readouterr().err.strip()
-    return code, err
+    assert "Traceback" not in err
+    # What the user reads after the job's size line (printed once the inputs opened) and the wiped
+    # progress bar: the error, which must be one line.
+    lines = [line.split("\r")[-1] for line in err.split("\n") if not line.startswith(("gfm4d: generate with",
+             "gfm4d: inpaint with", "gfm4d: predict with", "gfm4d: superres with"))]
+    return code, "\n".join(line for line in lines if line.strip())
 
 
 @pytest.mark.parametrize("command", ["inpaint", "predict", "generate-like", "superres"])

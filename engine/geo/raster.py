@@ -192,7 +192,7 @@ def _check_size(ds, path: str, min_size: int) -> None:
         )
 
 
-def _check_complete(ds, path: str) -> None:
+def check_complete(ds, path: str) -> None:
     """A GeoTIFF cut off before its last block (an interrupted download or copy) fails now, before
     any work, instead of at the first read of its missing part."""
     if ds.driver != "GTiff" or not ds.files or not os.path.isfile(ds.files[0]):
@@ -498,7 +498,7 @@ class RasterSource:
         _check_has_bands(ds, path)
         _check_dtypes(ds, path)
         _check_size(ds, path, min_size)
-        _check_complete(ds, path)
+        check_complete(ds, path)
         orientation = _source_orientation(ds, path)
         crs = _source_crs(ds, orientation, path)
         alpha_band = _alpha_band(ds)
