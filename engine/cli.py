@@ -351,8 +351,6 @@ def cmd_models(args) -> int:
         for line in describe_import(info, registry.sd21_dir, Path(args.path)):
             print(line)
         return 0
-    from engine.cli_preflight import readiness
-
     infos = registry.list()
     if args.json:
         print(json.dumps([_info_dict(i) for i in infos], indent=2))
@@ -360,8 +358,8 @@ def cmd_models(args) -> int:
         print(f"no models in {args.models_dir}; run `gfm4d demo` to build the demo models or `gfm4d models import PATH`")
     else:
         for info in infos:
-            print(f"{info.name:24} {info.kind:24} {info.native_resolution:5d} px  {readiness(info):12}  "
-                  f"{', '.join(info.tasks)}  {info.path}")
+            print(f"{info.name:24} {info.kind:24} {info.native_resolution:5d} px  {', '.join(info.tasks)}  {info.path}")
+            print(f"    {readiness(info)}")
     if not args.json:
         for name, path in registry.loras().items():
             print(f"{name:24} {'lora':24} {'':8}  --lora {name}[:SCALE]  {path}")
@@ -369,7 +367,7 @@ def cmd_models(args) -> int:
 
 
 def _info_dict(info) -> dict:
-    from engine.cli_preflight import readiness
+    from engine.cli_models import readiness
 
     return {
         "name": info.name,

@@ -180,15 +180,6 @@ def check_model(registry, name: str, task: str):
     return info
 
 
-def readiness(info) -> str:
-    """One word or phrase for `models list`: ready, or what is missing."""
-    if info.ready:
-        return "ready"
-    if info.missing_components:
-        return "needs SD-2.1 (" + ",".join(info.missing_components) + ")"
-    return "needs base_model"
-
-
 # --- size -----------------------------------------------------------------------------------
 
 
