@@ -275,7 +275,7 @@ class JobManager:
             inputs={name: upload.path.relative_to(staging).as_posix() for name, upload in inputs.items()},
             server_inputs={name: str(path) for name, path in server_inputs.items()},
             input_filenames=filenames,
-            total=getattr(request.params, "steps", 0) + 1,  # an estimate (one region); the task sets the real total
+            total=(getattr(request.params, "steps", None) or 0) + 1,  # an estimate (one region); the task sets the real total
             message="queued",
             created_at=utc_now(),
         )
