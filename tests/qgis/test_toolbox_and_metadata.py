@@ -57,10 +57,10 @@ def toolbox_search(text: str) -> list:
 
 
 @pytest.mark.parametrize("search, expected", [
-    ("flood", ["gfm4d:importxbdlabels", "gfm4d:inpaint"]),
-    ("damage", ["gfm4d:importxbdlabels", "gfm4d:inpaint"]),
-    ("xview", ["gfm4d:importxbdlabels", "gfm4d:inpaint"]),
-    ("synthetic", ["gfm4d:generate", "gfm4d:inpaint", "gfm4d:predict", "gfm4d:superres"]),
+    ("flood", ["gfm4d:dataset", "gfm4d:importxbdlabels", "gfm4d:inpaint"]),
+    ("damage", ["gfm4d:dataset", "gfm4d:importxbdlabels", "gfm4d:inpaint"]),
+    ("xview", ["gfm4d:dataset", "gfm4d:importxbdlabels", "gfm4d:inpaint"]),
+    ("synthetic", ["gfm4d:dataset", "gfm4d:generate", "gfm4d:inpaint", "gfm4d:predict", "gfm4d:superres"]),
     ("super resolution", ["gfm4d:superres"]),
     ("time series", ["gfm4d:predict"]),
 ])
