@@ -76,6 +76,8 @@ def check_outputs(outputs: dict[str, Path], inputs: list[Path], overwrite: bool)
 # --- inputs ---------------------------------------------------------------------------------
 
 _VECTOR_SLOTS = ("polygons", "aoi")
+_EITHER_SLOTS = ("mask",)  # evaluate's mask: a label raster or polygons
+_VECTOR_SUFFIXES = (".shp", ".gpkg", ".geojson", ".json", ".fgb", ".zip", ".geojsonl", ".geojsons")
 
 
 def check_inputs(files: dict[str, Path]) -> None:
@@ -85,7 +87,7 @@ def check_inputs(files: dict[str, Path]) -> None:
 
     for name, path in files.items():
         slot = name.partition(".")[0]
-        if slot in _VECTOR_SLOTS:
+        if slot in _VECTOR_SLOTS or (slot in _EITHER_SLOTS and Path(path).suffix.lower() in _VECTOR_SUFFIXES):
             read_polygons(Path(path))
         else:
             raster_size(Path(path))
