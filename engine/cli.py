@@ -65,7 +65,9 @@ def _preflight(args, task: str, params: dict, files: dict[str, Path], outputs: d
     pre.check_outputs(outputs, list(files.values()), getattr(args, "overwrite", False))
     pre.check_extent_units(params.get("extent"), params.get("crs"))
     pre.check_inputs(files)
-    model, steps, guidance = params["model"], params.get("steps", 30), params.get("guidance_scale", 7.5)
+    if "model" not in params:  # a task that runs no diffusion model (evaluate): nothing to size
+        return
+    model, steps, guidance = params["model"], params.get("steps", 30), params.get("guidance_scale")
     if getattr(args, "engine", None):
         from engine.server.cli_support import engine_device
 
