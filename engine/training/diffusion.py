@@ -13,7 +13,6 @@ Each step's randomness is `step_generator(seed, step)`: a resumed run repeats th
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from engine.errors import Cancelled, InputError
 from .batches import dihedral, draw, place_weights
 from .captions import training_caption
 from .chips import ChipBank
-from .state import load_latest, save_checkpoint, step_generator
+from .state import load_latest, save_checkpoint, step_generator, warmup_cosine
 
 METADATA_FIELDS = 7
 
@@ -183,13 +182,6 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def learning_rate(config: UNetConfig, step: int) -> float:
-    if step < config.warmup:
-        return config.learning_rate * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def trainable_parameters(unet, config: UNetConfig) -> list[torch.nn.Parameter]:
     if config.mode == "lora":
         from peft import LoraConfig
@@ -247,7 +239,7 @@ def train_unet(
         generator = step_generator(config.seed, step)
         latents, metadata, hidden = (t.to(device) for t in make_batch(data, config, generator))
         for group in optimiser.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = warmup_cosine(config.learning_rate, config.warmup, config.steps, step)
         loss = diffusion_loss(unet, scheduler, latents, metadata, hidden, config, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -7,6 +7,7 @@ checkpoint repeats the uninterrupted run bit for bit.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -16,6 +17,14 @@ import torch
 
 _CHECKPOINT = re.compile(r"step-(\d+)\.pt$")
 KEEP = 2
+
+
+def warmup_cosine(peak: float, warmup: int, total: int, step: int) -> float:
+    """Learning rate at `step`: linear warm-up to `peak`, then cosine decay to a tenth of it at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

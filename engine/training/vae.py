@@ -8,7 +8,6 @@ judged on held-out chips against the baseline any f=8 code must beat: shrink 8x 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from engine.models.residual_vae import ResidualAutoencoderKL
 
 from .batches import dihedral, draw, place_weights, random_crops, unit_images
 from .chips import ChipBank, bicubic_baseline
-from .state import load_latest, save_checkpoint, step_generator
+from .state import load_latest, save_checkpoint, step_generator, warmup_cosine
 
 
 @dataclass
@@ -110,13 +109,6 @@ def heldout_scores(vae: AutoencoderKL, images_uint8: np.ndarray) -> dict:
     return {"psnr": psnr, "ssim": ssim, "baseline_psnr": base_psnr, "baseline_ssim": base_ssim, "chips": len(images_uint8)}
 
 
-def _learning_rate(config: VAEConfig, step: int) -> float:
-    if step < config.warmup:
-        return config.learning_rate * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def train_vae(
     bank: ChipBank,
     run_dir: Path,
@@ -155,7 +147,7 @@ def train_vae(
         images = random_crops(unit_images(bank.images, chosen), config.crop, generator)
         images = dihedral(images, torch.randint(0, 8, (config.batch,), generator=generator))
         for group in optimiser.param_groups:
-            group["lr"] = _learning_rate(config, step)
+            group["lr"] = warmup_cosine(config.learning_rate, config.warmup, config.steps, step)
         loss, parts = vae_loss(vae, images.to(device), config, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
