@@ -14,7 +14,6 @@ The bank is a folder of numpy arrays (memory-mapped when used) plus a JSON recor
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -266,8 +265,3 @@ def bicubic_baseline(images: np.ndarray, factor: int = 8) -> np.ndarray:
     x = torch.from_numpy(np.asarray(images, dtype=np.float32))
     small = F.avg_pool2d(x, factor)
     return F.interpolate(small, scale_factor=factor, mode="bicubic", align_corners=False).clamp(0, 255).numpy()
-
-
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)

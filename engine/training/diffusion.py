@@ -26,7 +26,7 @@ from diffusers.training_utils import EMAModel
 
 from engine.errors import Cancelled, InputError
 
-from .batches import dihedral, draw, place_weights
+from .batches import dihedral, draw
 from .captions import training_caption
 from .chips import ChipBank
 from .state import load_latest, save_checkpoint, step_generator, warmup_cosine

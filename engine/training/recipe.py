@@ -246,27 +246,21 @@ def _load_base(recipe: TrainRecipe, registry):
 
 
 def _text_components(recipe: TrainRecipe, base, run_dir: Path) -> Path:
-    """A folder with text_encoder/, tokenizer/, scheduler/: the base model's, or GFM4D's own."""
-    if base is not None:
-        info = base.info
-        folder = run_dir / "components"
-        if not (folder / "scheduler").is_dir():
-            staging = Path(tempfile.mkdtemp(prefix=".components-", dir=run_dir))
-            for name in ("text_encoder", "tokenizer", "scheduler"):
-                shutil.copytree(info.components[name], staging / name)
-            if folder.exists():
-                shutil.rmtree(folder)
-            staging.rename(folder)
-        return folder
+    """A folder with text_encoder/, tokenizer/, scheduler/: the base model's, or GFM4D's own (staged, then renamed)."""
     folder = run_dir / "components"
-    if not (folder / "scheduler").is_dir():
+    if (folder / "scheduler").is_dir():
+        return folder
+    staging = Path(tempfile.mkdtemp(prefix=".components-", dir=run_dir))
+    if base is not None:
+        for name in ("text_encoder", "tokenizer", "scheduler"):
+            shutil.copytree(base.info.components[name], staging / name)
+    else:
         from .export import write_text_components
 
-        staging = Path(tempfile.mkdtemp(prefix=".components-", dir=run_dir))
         write_text_components(staging, recipe.unet.seed + 1234)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
     return folder
 
 

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.evaluate.report import write_atomically
+
 
 def _atomic_png(image: Image.Image, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=".png-", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        image.save(scratch)
-        os.replace(scratch, path)
-    finally:
-        if os.path.exists(scratch):
-            os.unlink(scratch)
-    return path
+    buffer = io.BytesIO()
+    image.save(buffer, format="png")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(path, buffer.getvalue())
 
 
 def loss_curve_png(history: list[dict], path: Path, title: str) -> Path:
@@ -44,13 +38,11 @@ def loss_curve_png(history: list[dict], path: Path, title: str) -> Path:
     axis.set_title(title)
     axis.legend()
     figure.tight_layout()
-    handle, scratch = tempfile.mkstemp(suffix=".png", dir=Path(path).parent if Path(path).parent.exists() else None)
-    os.close(handle)
-    figure.savefig(scratch)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
-    image = Image.open(scratch).convert("RGB")
-    os.unlink(scratch)
-    return _atomic_png(image, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(path, buffer.getvalue())
 
 
 def grid_png(tiles: list[np.ndarray], labels: list[str], columns: int, path: Path, tile: int = 128) -> Path:
