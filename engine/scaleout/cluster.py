@@ -29,11 +29,16 @@ def connect(address: str | None, init_options: dict | None = None):
         return ray
     engine_root = str(Path(__file__).resolve().parents[2])
     path = os.pathsep.join(p for p in (engine_root, os.environ.get("PYTHONPATH", "")) if p)
+    import torch
+
+    # Workers run torch with this process's thread count (Ray would give them one): CPU kernels sum in
+    # an order that depends on it, and samples must be the same bytes wherever they are made.
+    env = {"PYTHONPATH": path, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     local = address in (None, "", "local")
     for attempt in range(START_ATTEMPTS if local else 1):
         try:
             ray.init(address=None if local else address, include_dashboard=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False, **(init_options or {}))
+                     runtime_env={"env_vars": env}, log_to_driver=False, **(init_options or {}))
             return ray
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise InputError(f"could not connect to the Ray cluster at {address!r}: {exc}") from None
