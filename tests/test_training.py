@@ -178,6 +178,30 @@ def test_lora_on_a_toy_set_changes_the_output_and_loads_in_generate(tmp_path):
     assert not np.array_equal(images[0], images[1])
 
 
+def test_a_full_fine_tune_continues_the_base_model_and_exports_a_model_with_its_vae(tmp_path):
+    _needs_data()
+    sources = load_sources([_sources(tmp_path)])
+    run_training(sources, load_recipe(_recipe(tmp_path)), tmp_path / "base-run", tmp_path / "models" / "base",
+                 log=lambda line: None)
+    from engine.models.registry import ModelRegistry
+    from safetensors.torch import load_file
+
+    recipe = load_recipe(_recipe(tmp_path, mode="full", base_model="base", quality_chips=0,
+                                 **{"unet.steps": 4, "unet.learning_rate": 1e-3}))
+    run_training(sources, recipe, tmp_path / "full-run", tmp_path / "models" / "tuned",
+                 registry=ModelRegistry(tmp_path / "models"), log=lambda line: None)
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    base, tuned = (load_file(tmp_path / "models" / name / unet) for name in ("base", "tuned"))
+    assert base.keys() == tuned.keys()
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert len(changed) > len(base) // 2  # every layer trains, not just adapters
+    base_vae, tuned_vae = (load_file(tmp_path / "models" / name / vae) for name in ("base", "tuned"))
+    assert all(torch.equal(base_vae[k], tuned_vae[k]) for k in base_vae)  # the base's VAE, unchanged
+    assert "mode `full` on `base`" in (tmp_path / "models" / "tuned" / "README.md").read_text()
+    ModelRegistry(tmp_path / "models").load("tuned")
+
+
 def test_bad_training_data_gets_one_clear_line(tmp_path):
     _needs_data()
     with pytest.raises(InputError, match="does not exist"):

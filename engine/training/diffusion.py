@@ -189,7 +189,9 @@ def trainable_parameters(unet, config: UNetConfig) -> list[torch.nn.Parameter]:
         unet.requires_grad_(False)
         unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, init_lora_weights="gaussian",
                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    elif config.mode not in ("scratch", "full"):
+    elif config.mode == "full":
+        unet.requires_grad_(True)  # a loaded model comes frozen for inference
+    elif config.mode != "scratch":
         raise InputError(f"training mode must be scratch, full or lora, not {config.mode!r}")
     params = [p for p in unet.parameters() if p.requires_grad]
     if config.mode == "lora":

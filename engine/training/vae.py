@@ -153,7 +153,7 @@ def train_vae(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimiser.step()
-        history.append({"step": step + 1, "loss": float(loss), **parts})
+        history.append({"step": step + 1, "loss": float(loss.detach()), **parts})
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
             vae.eval()
