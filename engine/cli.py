@@ -349,7 +349,8 @@ def cmd_models(args) -> int:
     if args.models_command == "import":
         from engine.models.importing import describe_import
 
-        info = registry.import_model(Path(args.path), name=args.name)
+        info = registry.import_model(Path(args.path), name=args.name,
+                                     config=Path(args.config) if args.config else None)
         for line in describe_import(info, registry.sd21_dir, Path(args.path)):
             print(line)
         return 0
@@ -527,9 +528,12 @@ def build_parser() -> ArgumentParser:
     msub = models.add_subparsers(dest="models_command", required=True)
     mlist = msub.add_parser("list", help="list the models found in the models folder, with their readiness")
     mlist.add_argument("--json", action="store_true")
-    mimport = msub.add_parser("import", help="import a model folder or a released zip")
+    mimport = msub.add_parser("import", help="import a model folder, a released zip or a single-file .safetensors checkpoint")
     mimport.add_argument("path")
-    mimport.add_argument("--name", help="model name (default: the folder's or zip's name)")
+    mimport.add_argument("--name", help="model name (default: the folder's, zip's or file's name)")
+    mimport.add_argument("--config", metavar="FOLDER",
+                         help="single-file checkpoints: a local diffusers-layout model of the same family whose "
+                              "configs, tokenizers and scheduler are used (default: one in the models folder)")
     add_fetch_parsers(msub)
     models.set_defaults(func=cmd_models)
 

@@ -72,6 +72,10 @@ def _fetch(args) -> int:
 
 def readiness(info) -> str:
     """'ready', or what a model still lacks and how to get it."""
+    if Path(info.path).is_file():  # a single-file checkpoint in the models folder
+        if info.ready:
+            return "ready (converted into a model folder on first use)"
+        return f"not ready: no configs; run `gfm4d models import {info.path} --config FOLDER`"
     if info.ready:
         return "ready"
     if info.missing_components:

@@ -41,6 +41,8 @@ def _safetensors_elements(path: Path) -> int:
 
 def model_parameters(info) -> dict[str, int]:
     """Parameters per network of a recognised model (ModelInfo), from headers only."""
+    if Path(info.path).is_file():  # a single-file checkpoint not converted yet: the whole file
+        return {"checkpoint": _safetensors_elements(Path(info.path))}
     counts = {"unet": folder_parameters(info.unet_path)} if info.unet_path is not None else {}
     for name, folder in info.components.items():
         if name in NETWORKS:

@@ -1,11 +1,12 @@
-"""Copy a model folder or a released zip into the models directory, atomically.
+"""Copy a model folder or a released zip into the models directory, atomically (or convert a single file).
 
 Only what the model uses is copied: the root components, `model_index.json`, `gfm4d.json` and the
 chosen network folders (at the same relative path, e.g. `checkpoint-150000/unet`), not the training
 state beside it (optimizer states, other checkpoints: several GB). A ControlNet whose gfm4d.json
 names a `base_model` is checked against that model in the destination models directory, and the
 base's UNet is not copied. Everything is staged in a hidden folder of the models directory and
-renamed into place at the end, so a model folder is either complete or absent.
+renamed into place at the end, so a model folder is either complete or absent. A single-file
+`.safetensors` checkpoint is converted into such a folder the same way (single_file.py).
 """
 
 import json
@@ -35,7 +36,7 @@ def check_model_name(name: str) -> str:
 
 
 def import_model(source: Path, models_dir: Path, name: str | None = None, unet: str | None = None,
-                 settings: dict | None = None) -> Path:
+                 settings: dict | None = None, config: Path | None = None) -> Path:
     """Copy `source` (a model folder or a zip holding one) to `models_dir/<name>`; return that folder.
 
     `unet` picks the network subfolder explicitly (e.g. "checkpoint-150000/unet_ema") and is
@@ -47,6 +48,10 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, unet: 
     models_dir = Path(models_dir)
     if not source.exists():
         raise ModelError(f"cannot import {source}: it does not exist")
+    if source.is_file() and source.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".pth"):
+        return import_single_file(source, models_dir, name, config)
+    if config is not None:
+        raise ModelError(f"--config applies to single-file .safetensors checkpoints; {source} is not one")
     is_zip = source.is_file() and zipfile.is_zipfile(source)
     if source.is_file() and not is_zip and source.suffix.lower() == ".zip":
         raise ModelError(f"cannot import {source}: it is not a readable zip archive (damaged or incompletely downloaded?); download it again")
@@ -96,6 +101,32 @@ def import_model(source: Path, models_dir: Path, name: str | None = None, unet: 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def import_single_file(source: Path, models_dir: Path, name: str | None = None, config: Path | None = None) -> Path:
+    """Convert a single-file checkpoint into `models_dir/<name>` (see single_file.py); return that folder.
+
+    `config` is a local diffusers-layout folder of the same family; without it, a model of that
+    family in `models_dir` lends its configs.
+    """
+    from .single_file import find_config, inspect_checkpoint, missing_config_error, stage_conversion
+
+    checkpoint = inspect_checkpoint(source)
+    name = check_model_name(name or source.stem)
+    target = Path(models_dir) / name
+    if target.exists():
+        raise ModelError(f"a model named {name!r} already exists at {target}; choose another name with --name or remove it")
+    if config is not None and not Path(config).is_dir():
+        raise ModelError(f"--config {config}: no such folder; give a local diffusers-layout model folder")
+    config = Path(config) if config is not None else find_config(checkpoint, models_dir)
+    if config is None:
+        raise missing_config_error(checkpoint, models_dir)
+    try:
+        Path(models_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot write to the models folder {models_dir} ({exc.strerror}); choose a writable one "
+                         "with --models-dir or GFM4D_MODELS") from None
+    return stage_conversion(checkpoint, config, Path(models_dir), name, STAGING_PREFIX)
 
 
 def _extract_zip(archive: Path, destination: Path) -> Path:

@@ -1,7 +1,9 @@
 """The models directory: which models there are, what they are, and loaded copies of them.
 
 Every sub-folder of the models directory is one model, named after the folder and recognised
-from its config files (layout.py). Folders that are not usable models are skipped with the reason
+from its config files (layout.py). A single-file `.safetensors` checkpoint dropped there is a model
+too, named after the file and recognised from its tensor names (single_file.py); its first load
+converts it into a folder of that name, which is the model from then on. Folders that are not usable models are skipped with the reason
 logged, so one broken download does not hide the others. Loaded models are cached per
 (name, device, dtype, backend): loading a real checkpoint takes seconds to minutes.
 """
@@ -24,7 +26,7 @@ if TYPE_CHECKING:  # loading needs torch; listing, checking and importing models
     import torch
 
     from .loading import DiffusionModel
-from .lora import LORA_DIR, LoraSpec, find_loras, resolve_lora
+from .lora import LORA_DIR, LoraSpec, find_loras, is_lora_file, resolve_lora
 
 __all__ = ["DiffusionModel", "ModelInfo", "ModelRegistry", "Scan"]
 
@@ -97,16 +99,38 @@ class ModelRegistry:
         self._sd21_dir = Path(value) if value else None
 
     def scan(self) -> Scan:
-        """Recognise every model folder; hidden folders (staged imports) are not looked at."""
+        """Recognise every model folder and single-file checkpoint; hidden folders (staged imports) are not looked at."""
         scan = Scan()
-        for folder in self._folders():
+        folders = self._folders()
+        for folder in folders:
             if not folder.is_dir() or folder.name.startswith((".", "_")) or folder.name == LORA_DIR:
                 continue
             try:
                 scan.models.append(inspect_model_folder(folder, self.sd21_dir, models_dir=self.models_dir))
             except ModelError as exc:
                 scan.skipped[folder.name] = str(exc)
+        names = {folder.name for folder in folders}
+        for path in self._checkpoint_files():
+            if path.stem in names:  # converted already: the folder is the model
+                continue
+            try:
+                scan.models.append(self._inspect_file(path))
+            except ModelError as exc:
+                scan.skipped[path.name] = str(exc)
         return scan
+
+    def _checkpoint_files(self) -> list[Path]:
+        """Single-file checkpoints dropped in the models folder (LoRA files are not models)."""
+        if not self.models_dir.is_dir():
+            return []
+        return [path for path in sorted(self.models_dir.glob("*.safetensors"))
+                if path.is_file() and not path.name.startswith(".") and not is_lora_file(path)]
+
+    def _inspect_file(self, path: Path) -> ModelInfo:
+        from .single_file import find_config, inspect_checkpoint, single_file_info
+
+        checkpoint = inspect_checkpoint(path)
+        return single_file_info(checkpoint, find_config(checkpoint, self.models_dir))
 
     def list(self) -> list[ModelInfo]:
         """The usable models, by name; unrecognisable folders are skipped and logged."""
@@ -120,6 +144,9 @@ class ModelRegistry:
         folder = self._folder(name) if name and not name.startswith((".", "_")) and Path(name).name == name else None
         if folder is not None:
             return inspect_model_folder(folder, self.sd21_dir, models_dir=self.models_dir)
+        file = self.models_dir / f"{name}.safetensors" if folder is None and name and Path(name).name == name else None
+        if file is not None and file.is_file() and not name.startswith(".") and not is_lora_file(file):
+            return self._inspect_file(file)
         names = [info.name for info in self.scan().models]
         available = ", ".join(names) if names else f"none (put model folders in {self.models_dir}, or run `gfm4d demo`)"
         raise ModelError(f"unknown model {name!r}; available models: {available}")
@@ -142,7 +169,10 @@ class ModelRegistry:
             key += (tuple(loras),)
         with self._lock:
             if key not in self._loaded:
-                self._loaded[key] = load_model(self.get(name), device, dtype, self.sd21_dir, backend=backend,
+                info = self.get(name)
+                if info.path.is_file():  # a dropped single-file checkpoint: converted once, then a folder like any other
+                    info = self.import_model(info.path, name=info.name)
+                self._loaded[key] = load_model(info, device, dtype, self.sd21_dir, backend=backend,
                                                loras=tuple(loras))
             return self._loaded[key]
 
@@ -164,9 +194,11 @@ class ModelRegistry:
             for key in [key for key in self._loaded if name is None or key[0] == name]:
                 del self._loaded[key]
 
-    def import_model(self, source: Path, name: str | None = None, unet: str | None = None) -> ModelInfo:
-        """Copy a model folder or released zip into the models directory (see importing.py)."""
+    def import_model(self, source: Path, name: str | None = None, unet: str | None = None,
+                     config: Path | None = None) -> ModelInfo:
+        """Copy a model folder or released zip, or convert a single-file checkpoint (with the diffusers
+        configs of `config`), into the models directory (see importing.py)."""
         if name is not None:
             check_model_name(name)
-        target = import_model(source, self.models_dir, name, unet=unet)
+        target = import_model(source, self.models_dir, name, unet=unet, config=config)
         return self.get(target.name)

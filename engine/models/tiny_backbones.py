@@ -1,4 +1,4 @@
-"""Tiny random SDXL, SD3 and FLUX models in diffusers layout: every backbone without downloading one.
+"""Tiny random SD 1.x/2.x, SDXL, SD3 and FLUX models in diffusers layout: every backbone without downloading one.
 
 Each folder is what `save_pretrained` of the real pipeline writes (model_index.json and one folder
 per component), so diffusers' own pipelines load it too: the tests run both on the same folder and
@@ -21,8 +21,9 @@ from .loading import _no_transformers_progress_bar
 from .demo import CAPTION_WORDS, MAX_TOKENS, _write_tokenizer, clip_bpe_vocabulary
 
 TEXT_HIDDEN = 32
+SDXL_TEXT_HIDDEN_2 = 48
 T5_HIDDEN = 64
-FAMILIES = ("sdxl", "sd3", "flux", "flux-fill", "sdxl-inpaint")
+FAMILIES = ("sdxl", "sd3", "flux", "flux-fill", "sdxl-inpaint", "sd", "sd2", "sd-inpaint")
 _PUNCTUATION = list(".,-:;'()/")
 # The words of the metadata caption (engine.pipelines.captions), so that it tokenizes into words.
 _CAPTION_FORM = "resolution the longitude latitude is date The".split()
@@ -37,7 +38,8 @@ def build_tiny_backbone(folder: Path, family: str, seed: int = 0) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
     try:
         with torch.random.fork_rng(devices=[]), _no_transformers_progress_bar():
-            {"sdxl": _sdxl, "sdxl-inpaint": _sdxl_inpaint, "sd3": _sd3, "flux": _flux, "flux-fill": _flux_fill}[family](staging, seed)
+            {"sdxl": _sdxl, "sdxl-inpaint": _sdxl_inpaint, "sd3": _sd3, "flux": _flux, "flux-fill": _flux_fill,
+             "sd": _sd, "sd2": _sd2, "sd-inpaint": _sd_inpaint}[family](staging, seed)
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
@@ -58,14 +60,14 @@ def _vae(folder: Path, seed: int, latent_channels: int, **config) -> None:
     ).save_pretrained(folder / "vae")
 
 
-def _clip(folder: Path, name: str, seed: int, with_projection: bool) -> None:
+def _clip(folder: Path, name: str, seed: int, with_projection: bool, hidden: int = TEXT_HIDDEN) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     vocab, merges = clip_bpe_vocabulary(CAPTION_WORDS + _CAPTION_FORM[:-1] + _PUNCTUATION)
     _write_tokenizer(folder / name.replace("text_encoder", "tokenizer"), vocab, merges)
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=TEXT_HIDDEN, intermediate_size=2 * TEXT_HIDDEN, projection_dim=TEXT_HIDDEN,
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, projection_dim=TEXT_HIDDEN,
         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=MAX_TOKENS, hidden_act="gelu",
         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["!"],
     )
@@ -104,14 +106,16 @@ def _sdxl(folder: Path, seed: int, in_channels: int = 4, pipeline: str = "Stable
 
     _vae(folder, seed, 4, scaling_factor=0.13025)
     _clip(folder, "text_encoder", seed + 1, with_projection=False)
-    _clip(folder, "text_encoder_2", seed + 2, with_projection=True)
+    # The second encoder is wider than the first, as in SDXL (768 and 1280): single-file loading tells them apart so.
+    _clip(folder, "text_encoder_2", seed + 2, with_projection=True, hidden=SDXL_TEXT_HIDDEN_2)
     torch.manual_seed(seed + 3)
     UNet2DConditionModel(
         sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + TEXT_HIDDEN, cross_attention_dim=2 * TEXT_HIDDEN, norm_num_groups=8,
+        projection_class_embeddings_input_dim=6 * 8 + TEXT_HIDDEN, cross_attention_dim=TEXT_HIDDEN + SDXL_TEXT_HIDDEN_2,
+        norm_num_groups=8,
     ).save_pretrained(folder / "unet")
     _scheduler(folder, EulerDiscreteScheduler, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
@@ -179,3 +183,34 @@ def _flux(folder: Path, seed: int, in_channels: int = 64, pipeline: str = "FluxP
 
 def _flux_fill(folder: Path, seed: int) -> None:
     _flux(folder, seed, in_channels=384, pipeline="FluxFillPipeline")
+
+
+def _sd(folder: Path, seed: int, in_channels: int = 4, pipeline: str = "StableDiffusionPipeline",
+        linear_projection: bool = False) -> None:
+    """SD 1.x's layout (SD 2.x's with `linear_projection`): one CLIP text encoder, cross-attention to its states."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    _vae(folder, seed, 4, scaling_factor=0.18215)
+    _clip(folder, "text_encoder", seed + 1, with_projection=False)
+    torch.manual_seed(seed + 3)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=4, cross_attention_dim=TEXT_HIDDEN, norm_num_groups=8, use_linear_projection=linear_projection,
+    ).save_pretrained(folder / "unet")
+    _scheduler(folder, DDIMScheduler, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+               clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    _index(folder, pipeline, {
+        "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None], "feature_extractor": [None, None], "image_encoder": [None, None],
+    }, requires_safety_checker=False)
+
+
+def _sd2(folder: Path, seed: int) -> None:
+    _sd(folder, seed, linear_projection=True)
+
+
+def _sd_inpaint(folder: Path, seed: int) -> None:
+    _sd(folder, seed, in_channels=9, pipeline="StableDiffusionInpaintPipeline")

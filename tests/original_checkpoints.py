@@ -1,0 +1,159 @@
+"""Write a diffusers-layout SD/SDXL folder as the original single-file checkpoint people download.
+
+The inverse of diffusers' single-file converters (diffusers.loaders.single_file_utils): LDM key
+names for the UNet (`model.diffusion_model.input_blocks...`) and VAE (`first_stage_model.encoder.down...`,
+attention as 1x1 convolutions), the CLIP text encoder as `cond_stage_model.transformer.*` /
+`conditioner.embedders.0.transformer.*`, and OpenCLIP's (SD 2.x, SDXL's second) with fused q/k/v
+`in_proj` weights. Every writer checks itself: diffusers' forward converter must give back exactly
+the keys it started from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+           ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
+_VAE_ATTENTION = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    state = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        state.update(load_file(path))
+    return state
+
+
+def _config(folder: Path) -> dict:
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+def _rename(state: dict, prefixes: list[tuple[str, str, tuple]], fixed: dict) -> dict:
+    """diffusers -> LDM names: whole keys from `fixed`, else the longest matching prefix and its sub-renames."""
+    out = {}
+    for key, value in state.items():
+        if key in fixed:
+            out[fixed[key]] = value
+            continue
+        match = max((p for p in prefixes if key.startswith(p[0])), key=lambda p: len(p[0]), default=None)
+        assert match is not None, f"no original name for {key}"
+        rest = key[len(match[0]):]
+        for new, old in match[2]:
+            if rest.startswith(new + "."):
+                rest = old + rest[len(new):]
+        out[match[1] + rest] = value
+    return out
+
+
+def unet_to_original(folder: Path) -> dict:
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_ldm_unet_checkpoint
+
+    config, state = _config(folder), _weights(folder)
+    per_block = config["layers_per_block"]
+    prefixes = [("mid_block.resnets.0.", "middle_block.0.", _RESNET), ("mid_block.attentions.0.", "middle_block.1.", ()),
+                ("mid_block.resnets.1.", "middle_block.2.", _RESNET)]
+    for block in range(len(config["down_block_types"])):
+        for layer in range(per_block):
+            index = block * (per_block + 1) + layer + 1
+            prefixes += [(f"down_blocks.{block}.resnets.{layer}.", f"input_blocks.{index}.0.", _RESNET),
+                         (f"down_blocks.{block}.attentions.{layer}.", f"input_blocks.{index}.1.", ())]
+        prefixes.append((f"down_blocks.{block}.downsamplers.0.conv.", f"input_blocks.{(block + 1) * (per_block + 1)}.0.op.", ()))
+    for block, kind in enumerate(config["up_block_types"]):
+        for layer in range(per_block + 1):
+            index = block * (per_block + 1) + layer
+            prefixes += [(f"up_blocks.{block}.resnets.{layer}.", f"output_blocks.{index}.0.", _RESNET),
+                         (f"up_blocks.{block}.attentions.{layer}.", f"output_blocks.{index}.1.", ())]
+        slot = 2 if "CrossAttn" in kind else 1
+        prefixes.append((f"up_blocks.{block}.upsamplers.0.conv.", f"output_blocks.{block * (per_block + 1) + per_block}.{slot}.conv.", ()))
+    fixed = dict(DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"])
+    if config.get("addition_embed_type") == "text_time":
+        fixed.update(DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"])
+    original = {"model.diffusion_model." + key: value for key, value in _rename(state, prefixes, fixed).items()}
+    back = convert_ldm_unet_checkpoint(original, config)
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    return original
+
+
+def vae_to_original(folder: Path) -> dict:
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_ldm_vae_checkpoint
+
+    config, state = _config(folder), _weights(folder)
+    blocks = len(config["down_block_types"])
+    shortcut = (("conv_shortcut", "nin_shortcut"),)
+    prefixes = []
+    for i in range(blocks):
+        for layer in range(config["layers_per_block"] + 1):
+            prefixes += [(f"encoder.down_blocks.{i}.resnets.{layer}.", f"encoder.down.{i}.block.{layer}.", shortcut),
+                         (f"decoder.up_blocks.{i}.resnets.{layer}.", f"decoder.up.{blocks - 1 - i}.block.{layer}.", shortcut)]
+        prefixes += [(f"encoder.down_blocks.{i}.downsamplers.0.conv.", f"encoder.down.{i}.downsample.conv.", ()),
+                     (f"decoder.up_blocks.{i}.upsamplers.0.conv.", f"decoder.up.{blocks - 1 - i}.upsample.conv.", ())]
+    for part in ("encoder", "decoder"):
+        prefixes += [(f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1.", shortcut),
+                     (f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2.", shortcut),
+                     (f"{part}.mid_block.attentions.0.", f"{part}.mid.attn_1.", _VAE_ATTENTION)]
+    fixed = {key: value for key, value in DIFFUSERS_TO_LDM_MAPPING["vae"].items() if key in state}
+    original = {}
+    for key, value in _rename(state, prefixes, fixed).items():
+        if ".mid.attn_1." in key and key.endswith(("q.weight", "k.weight", "v.weight", "proj_out.weight")):
+            value = value[:, :, None, None]  # the original VAE's attention is 1x1 convolutions
+        original["first_stage_model." + key] = value
+    back = convert_ldm_vae_checkpoint(original, config)
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    return original
+
+
+def clip_to_original(folder: Path, prefix: str) -> dict:
+    """A transformers CLIP text encoder under an LDM prefix (its own key names, `text_model.` included)."""
+    return {prefix + (key if key.startswith(("text_model.", "text_projection")) else "text_model." + key): value
+            for key, value in _weights(folder).items()}
+
+
+def open_clip_to_original(folder: Path, prefix: str) -> dict:
+    """A transformers CLIP text encoder as OpenCLIP's: fused q/k/v, `resblocks`, a transposed projection."""
+    state = {(key if key.startswith(("text_model.", "text_projection")) else "text_model." + key): value
+             for key, value in _weights(folder).items()}
+    out = {}
+    renames = (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"),
+               ("self_attn.out_proj", "attn.out_proj"))
+    for key, value in state.items():
+        if key == "text_projection.weight":
+            out["text_projection"] = value.T.contiguous()
+        elif key == "text_model.embeddings.position_embedding.weight":
+            out["positional_embedding"] = value
+        elif key == "text_model.embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = value
+        elif key.startswith("text_model.final_layer_norm."):
+            out["ln_final." + key.rsplit(".", 1)[1]] = value
+        elif ".self_attn.q_proj." in key:
+            layer = key.split(".")[3]
+            kind = key.rsplit(".", 1)[1]
+            parts = [state[key.replace("q_proj", name)] for name in ("q_proj", "k_proj", "v_proj")]
+            out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(parts)
+        elif ".self_attn.k_proj." in key or ".self_attn.v_proj." in key:
+            continue
+        else:
+            rest = key[len("text_model.encoder.layers."):]
+            layer, rest = rest.split(".", 1)
+            for new, old in renames:
+                rest = rest.replace(new, old)
+            out[f"transformer.resblocks.{layer}.{rest}"] = value
+    return {prefix + key: value for key, value in out.items()}
+
+
+def write_original_checkpoint(folder: Path, path: Path, family: str) -> Path:
+    """`folder` (a tiny sd, sd2, sd-inpaint, sdxl or sdxl-inpaint model) as one original-format .safetensors at `path`."""
+    folder = Path(folder)
+    state = {**unet_to_original(folder / "unet"), **vae_to_original(folder / "vae")}
+    if family in ("sd", "sd-inpaint"):
+        state.update(clip_to_original(folder / "text_encoder", "cond_stage_model.transformer."))
+    elif family == "sd2":
+        state.update(open_clip_to_original(folder / "text_encoder", "cond_stage_model.model."))
+    else:
+        state.update(clip_to_original(folder / "text_encoder", "conditioner.embedders.0.transformer."))
+        state.update(open_clip_to_original(folder / "text_encoder_2", "conditioner.embedders.1.model."))
+    save_file({key: value.contiguous() for key, value in state.items()}, str(path))
+    return Path(path)
