@@ -91,7 +91,7 @@ def evaluate_pair(result: Path, reference: Path, outputs: dict, options: PairOpt
     outside the mask, the learned metrics asked for, and the library that computed them.
     """
     from engine.evaluate.pairs import align, mask_on_grid
-    from engine.pipelines.sampling import Progress
+    from engine.progress import Progress
 
     options = options or PairOptions()
     _unknown(options.learned, PAIR_LEARNED, "learned metric(s) for a pair")
@@ -241,7 +241,7 @@ def evaluate_sets(set_a, set_b, outputs: dict, options: SetOptions | None = None
     `set_a`, `set_b`: a folder, a manifest file or a list of image paths. The Inception Score and
     CLIP score are of set A. Each metric comes with the set sizes and a bootstrap interval.
     """
-    from engine.pipelines.sampling import Progress
+    from engine.progress import Progress
 
     options = options or SetOptions()
     metrics = list(options.metrics)

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from engine import __version__
 from engine.errors import GFM4DError, InputError
 from engine.tasks import DeviceRegistry, all_tasks
+from engine.tasks.params import describe_validation_errors
 
 from .errors import UnsupportedMediaType, status_for
 from .jobs import JobManager, media_type_of, storage_refusal
@@ -34,7 +35,6 @@ from .schemas import (
     ModelEntry,
     ModelList,
     TaskList,
-    describe_validation_errors,
     job_params_schemas,
     task_entry,
 )

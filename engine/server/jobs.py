@@ -43,10 +43,11 @@ from engine import __version__
 from engine.errors import Cancelled, GFM4DError, InputError, ModelError
 from engine.progress import Progress
 from engine.tasks import DeviceRegistry, TaskSpec, check_inputs, check_required, check_window, get_task
+from engine.tasks.params import parse_job_params
 
 from .errors import Conflict, InsufficientStorage, NotFound, RequestRefused, ServiceUnavailable
 from .input_guard import check_self_contained
-from .schemas import FINISHED_STATES, JobInfo, JobState, ResultFile, parse_job_params
+from .schemas import FINISHED_STATES, JobInfo, JobState, ResultFile
 from .security import PathPolicy
 from .settings import MIN_FREE_DISK_BYTES, ServerSettings
 from .uploads import UploadedFile

@@ -2,22 +2,21 @@
 
 Job params are `{"task": NAME, "paths": {...}, ...that task's params}`: the task's own pydantic
 model (engine.tasks) validates the rest, and `paths` names files on the engine's machine for
-input slots (only where the operator allows folders). `parse_job_params` is the single place
-that reads them: the server uses it, and a client-side contract test can use it as well.
+input slots (only where the operator allows folders). `engine.tasks.params.parse_job_params` is
+the single place that reads them: the server and the command line use it, and a client-side
+contract test can use it as well.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, Field, create_model
 
-from engine.errors import InputError
-from engine.tasks import TaskParams, TaskSpec, all_tasks, get_task
+from engine.tasks import TaskSpec, all_tasks
+from engine.tasks.params import FieldError, ServerPaths
 
 
 class JobState(str, Enum):
@@ -120,91 +119,9 @@ class Health(BaseModel):
     work_dir_used_bytes: int = Field(0, description="disk space the jobs use now")
 
 
-class FieldError(BaseModel):
-    field: str
-    message: str
-
-
 class ErrorBody(BaseModel):
     detail: str = Field(description="what was wrong and what to do")
     errors: list[FieldError] | None = None
-
-
-# --- job params ----------------------------------------------------------------------------------
-
-ServerPaths = dict[str, Union[str, list[str]]]
-_paths_adapter = TypeAdapter(ServerPaths)
-
-
-class ParamsInvalid(InputError):
-    """Params that fail validation; `errors` names each field and what is wrong with it."""
-
-    def __init__(self, message: str, errors: list[FieldError]):
-        super().__init__(message)
-        self.errors = errors
-
-
-@dataclass
-class JobRequest:
-    spec: TaskSpec
-    params: TaskParams
-    paths: dict[str, str | list[str]]
-
-
-def describe_validation_errors(errors: list[dict], allowed_fields: list[str] | None = None) -> list[FieldError]:
-    """pydantic error dicts as one plain sentence per field."""
-    described = []
-    for error in errors:
-        location = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body",)) or "(value)"
-        kind = error.get("type", "")
-        message = str(error.get("msg", "invalid"))
-        if kind == "extra_forbidden":
-            message = "unknown parameter" + (f"; known parameters: {', '.join(allowed_fields)}" if allowed_fields else "")
-        elif kind == "missing":
-            message = "required, but not given"
-        else:
-            message = message.removeprefix("Value error, ")
-            given = error.get("input")
-            if kind not in ("value_error", "model_type", "dict_type") and isinstance(given, (str, int, float, bool, type(None))):
-                message += f" (got {given!r:.80})"
-        described.append(FieldError(field=location, message=message))
-    return described
-
-
-def _validation_message(prefix: str, errors: list[FieldError]) -> str:
-    return prefix + "; ".join(f"{e.field}: {e.message}" for e in errors)
-
-
-def parse_job_params(payload: str | bytes | dict) -> JobRequest:
-    """Validate job params (JSON text or a dict); InputError says which fields to fix."""
-    if isinstance(payload, (str, bytes)):
-        try:
-            payload = json.loads(payload)
-        except ValueError as exc:
-            raise InputError(f"the params are not valid JSON ({exc}); send an object like {{\"task\": \"generate\", ...}}") from None
-        except RecursionError:
-            raise InputError("the params are nested too deeply to be job params; send a flat object like "
-                             "{\"task\": \"generate\", ...}") from None
-    if not isinstance(payload, dict):
-        raise InputError(f"the params must be a JSON object like {{\"task\": \"generate\", ...}}, not {type(payload).__name__}")
-    payload = dict(payload)
-    if "task" not in payload:
-        raise InputError(f"the params name no task; add \"task\": one of {', '.join(all_tasks())}")
-    spec = get_task(payload.pop("task"))
-    try:
-        paths = _paths_adapter.validate_python(payload.pop("paths", None) or {})
-    except ValidationError as exc:
-        errors = [FieldError(field="paths", message="must map input names to a server path or a list of paths")]
-        raise ParamsInvalid(_validation_message(f"invalid params for the {spec.name} task: ", errors), errors) from exc
-    try:
-        params = spec.params.model_validate(payload)
-    except RecursionError:
-        raise InputError("the params are nested too deeply to be job params") from None
-    except ValidationError as exc:
-        fields = sorted(spec.params.model_fields)
-        errors = describe_validation_errors(exc.errors(include_url=False), fields)
-        raise ParamsInvalid(_validation_message(f"invalid params for the {spec.name} task: ", errors), errors) from None
-    return JobRequest(spec, params, paths)
 
 
 def job_params_model(spec: TaskSpec) -> type[BaseModel]:

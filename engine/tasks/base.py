@@ -263,7 +263,7 @@ def run_task_locally(
     import shutil
     import tempfile
 
-    from engine.server.schemas import parse_job_params
+    from .params import parse_job_params
 
     request = parse_job_params(payload)
     check_required(request.spec, inputs)
