@@ -26,8 +26,8 @@ from engine.pipelines.canvas import LatentCanvas
 from engine.pipelines.captions import metadata_caption
 from engine.pipelines.generate import GenerateRequest, generate, window_metadata
 from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
-from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise, predict_canvas, window_weights
-from engine.pipelines.staging import StagedRegion
+from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise, predict_canvas
+from engine.pipelines.staging import StagedRegion, window_weights
 
 PROMPT = "a fmow satellite image of a farm in italy"
 FAMILIES = ("sdxl", "sd3", "flux")

@@ -33,7 +33,6 @@ from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, 
 from engine.pipelines.staging import batch_layout
 from engine.pipelines.superres import SuperresRequest, superres
 from engine.runtime.device import RuntimeOptions, runtime_options
-from engine.runtime.precision import prepare_modules
 
 ENGINE = str(Path(__file__).resolve().parents[1] / "engine")
 TORCH = str(Path(torch.__file__).parent)

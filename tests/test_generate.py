@@ -12,8 +12,8 @@ from engine.geo.tiling import Span, plan_windows
 from engine.pipelines import canvas as canvas_module
 from engine.pipelines.canvas import LatentCanvas
 from engine.pipelines.generate import GenerateRequest, generate, window_metadata
-from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise, predict_canvas, window_weights
-from engine.pipelines.staging import StagedRegion
+from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise, predict_canvas
+from engine.pipelines.staging import StagedRegion, window_weights
 
 PROMPT = "a fmow satellite image of a farm in italy"
 

@@ -34,7 +34,7 @@ import torch
 from engine.errors import Cancelled, InputError
 from engine.geo.tiling import Span
 from engine.models.backbones.base import UNetBackbone
-from engine.pipelines.staging import StagedRegion, WindowBatch, window_weights  # noqa: F401 (window_weights: re-exported)
+from engine.pipelines.staging import StagedRegion, WindowBatch
 from engine.progress import Progress
 from engine.runtime.device import BatchSize, batch_size_for
 
@@ -180,6 +180,10 @@ def predict_canvas(
 def _guided_prediction(model, unet_input, timestep, region: StagedRegion, guidance_scale: float,
                        batch: WindowBatch) -> torch.Tensor:
     """The guided prediction (float32) of a batch of windows, both guidance halves in one model call."""
+    # Compiled networks may replay CUDA graphs, which reuse their output memory at the next replay.
+    # A batch's outputs (ControlNet residuals, then the prediction) are used up before the next
+    # batch, so each batch starts a new graph step.
+    torch.compiler.cudagraph_mark_step_begin()
     spans = [region.job.windows[i] for i in batch.windows]
     x = torch.cat([unet_input[(slice(None), slice(None)) + s.slices] for s in spans]).to(model.dtype)
     if region.guided:
@@ -190,9 +194,6 @@ def _guided_prediction(model, unet_input, timestep, region: StagedRegion, guidan
     if region.control_image is not None:
         kwargs.update(_control_residuals(model, region, spans, batch, x, timestep))
     window = (spans[0].height, spans[0].width)
-    # Compiled networks may replay CUDA graphs, which reuse their output memory at the next replay:
-    # each call's outputs are consumed (blended) before the next call, so every call starts a new step.
-    torch.compiler.cudagraph_mark_step_begin()
     out = backbone_of(model).predict(model, x, timestep, batch.hidden, batch.pooled, guidance_scale, window, kwargs).float()
     if region.guided:
         uncond, cond = out.chunk(2)
