@@ -386,6 +386,23 @@ def test_loading_compiles_unet_and_controlnet_with_the_mode_static_shapes_and_th
     assert Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) == config.compile_cache_dir() == tmp_path / "compile"
 
 
+def test_sdxl_sd3_and_flux_denoisers_are_compiled_too_but_not_when_offloaded(monkeypatch, tmp_path):
+    from engine.models.loading import load_model
+    from engine.models.registry import ModelRegistry
+    from engine.models.tiny_backbones import build_tiny_backbone
+
+    build_tiny_backbone(tmp_path / "sdxl", "sdxl")
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append((type(self).__name__, kwargs)))
+    options = RuntimeOptions(compile_backend="eager")
+    info = ModelRegistry(tmp_path).get("sdxl")
+    load_model(info, "cpu", torch.float32, None, options=options)
+    assert calls == [("UNet2DConditionModel", {"backend": "eager", "dynamic": False})]
+    monkeypatch.setenv("GFM4D_OFFLOAD", "1")  # offloaded weights move at every call: nothing to compile
+    load_model(info, "cpu", torch.float32, None, options=options)
+    assert len(calls) == 1
+
+
 def test_compiled_networks_give_the_same_latents_and_a_second_job_compiles_nothing(registry, monkeypatch):
     from torch._dynamo.utils import counters
 
