@@ -8,8 +8,10 @@ GFM4D_DEVICE         'cpu', 'cuda' or 'cuda:N' (default: cuda when available)
 GFM4D_DTYPE          'float16', 'bfloat16' or 'float32' (default: float16 on CUDA, float32 on CPU)
 GFM4D_BACKEND        'torch' or 'onnx' for every model (default: a model's gfm4d.json "backend", else torch)
 GFM4D_ONNX_CACHE     exported ONNX graphs (default: $GFM4D_HOME/onnx)
-GFM4D_COMPILE        torch.compile backend for the UNet and ControlNet: '1' (inductor), 'inductor',
-                     'eager', 'aot_eager'; '0' or unset: off
+GFM4D_COMPILE        torch.compile of the UNet and ControlNet: '0' off; '1' or 'inductor', 'eager',
+                     'aot_eager' a backend (default: inductor with CUDA graphs on CUDA, off on CPU)
+GFM4D_COMPILE_CACHE  compiled graphs kept between runs (default: $GFM4D_HOME/compile; an explicit
+                     TORCHINDUCTOR_CACHE_DIR wins)
 GFM4D_CHANNELS_LAST  '1' or '0' (default: 1 on CUDA, 0 on CPU)
 GFM4D_DEFAULT_MODEL  the model generate and inpaint use when a request names none (default: gfm4d-mini,
                      the built-in model)
@@ -76,11 +78,22 @@ def backend() -> str | None:
     return os.environ.get("GFM4D_BACKEND") or None
 
 
+OFF = "off"
+
+
 def compile_backend() -> str | None:
+    """GFM4D_COMPILE as a torch.compile backend; OFF when switched off, None when unset (the runtime decides)."""
     value = os.environ.get("GFM4D_COMPILE", "").strip().lower()
-    if value in ("", "0", "no", "false", "off"):
+    if not value:
         return None
+    if value in ("0", "no", "false", "off"):
+        return OFF
     return "inductor" if value in ("1", "yes", "true", "on") else value
+
+
+def compile_cache_dir() -> Path:
+    value = os.environ.get("GFM4D_COMPILE_CACHE")
+    return Path(value).expanduser() if value else home() / "compile"
 
 
 def channels_last() -> bool | None:

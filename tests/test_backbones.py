@@ -26,7 +26,8 @@ from engine.pipelines.canvas import LatentCanvas
 from engine.pipelines.captions import metadata_caption
 from engine.pipelines.generate import GenerateRequest, generate, window_metadata
 from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
-from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise, predict_canvas, window_weights
+from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise, predict_canvas
+from engine.pipelines.staging import StagedRegion, window_weights
 
 PROMPT = "a fmow satellite image of a farm in italy"
 FAMILIES = ("sdxl", "sd3", "flux")
@@ -154,11 +155,11 @@ def test_two_windows_blend_into_one_seamless_canvas(family, registry, tmp_path):
     scheduler.set_timesteps(STEPS) if family == "sdxl" else model.backbone.set_timesteps(scheduler, STEPS, "cpu", (8, 8))
     t = scheduler.timesteps[1]
     weights = window_weights(windows, overlap, "cpu")
-    blended = predict_canvas(model, latents, t, job, text, GUIDANCE, batch_size=2, weights=weights)
+    blended = predict_canvas(model, latents, t, StagedRegion(model, job, text), GUIDANCE, batch_size=2)
     singles = []
     for index, span in enumerate(windows):
         one = CanvasJob(noise=latents, windows=[span], window_metadata=None, overlap=overlap, window_prompts=[index])
-        alone = predict_canvas(model, latents, t, one, text, GUIDANCE, batch_size=1, weights=[weights[index]])
+        alone = predict_canvas(model, latents, t, StagedRegion(model, one, text), GUIDANCE, batch_size=1)
         singles.append(alone[(slice(None), slice(None)) + span.slices])
     left, right = windows
     w_left, w_right = weights[0][..., :, right.col:], weights[1][..., :, : left.width - right.col]

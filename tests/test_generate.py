@@ -12,7 +12,8 @@ from engine.geo.tiling import Span, plan_windows
 from engine.pipelines import canvas as canvas_module
 from engine.pipelines.canvas import LatentCanvas
 from engine.pipelines.generate import GenerateRequest, generate, window_metadata
-from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise, predict_canvas, window_weights
+from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise, predict_canvas
+from engine.pipelines.staging import StagedRegion, window_weights
 
 PROMPT = "a fmow satellite image of a farm in italy"
 
@@ -102,7 +103,7 @@ def test_blended_prediction_in_the_overlap_is_the_weighted_average_of_the_window
     text = encode_prompt(model, PROMPT, "", guidance_scale=2.0)
     t = torch.tensor(500)
     weights = window_weights(windows, overlap, "cpu")
-    blended = predict_canvas(model, latents, t, job, text, 2.0, batch_size=2, weights=weights)
+    blended = predict_canvas(model, latents, t, StagedRegion(model, job, text), 2.0, batch_size=2)
 
     singles = []
     for span, md in zip(windows, metadata):

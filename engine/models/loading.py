@@ -11,7 +11,7 @@ Runtime (whose stand-ins take the place of the UNet, ControlNet, VAE decoder and
 """
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from engine import config
 from engine.errors import ModelError
 from engine.runtime import memory
 from engine.runtime.device import RuntimeOptions, runtime_options
-from engine.runtime.precision import prepare_modules, vae_dtype
+from engine.runtime.precision import compile_module, prepare_modules, vae_dtype
 
 from .backbones.base import UNetBackbone
 from .controlnet_2d import MetadataControlNet
@@ -166,7 +166,7 @@ def load_model(
             raise ModelError("LoRAs run on the torch backend only; drop the LoRAs or the ONNX backend")
         apply_loras("StableDiffusionPipeline", {"unet": unet, "vae": vae, "text_encoder": text_encoder,
                                                 "tokenizer": tokenizer, "scheduler": make_scheduler(scheduler_config)}, loras)
-    prepare_modules(unet, controlnet, vae, dtype, options)
+    prepare_modules(unet, controlnet, vae, dtype, _without_compile(options) if offload else options)
     if options.backend == "onnx":
         from engine.runtime.onnx_models import onnx_components
 
@@ -198,6 +198,8 @@ def _load_backbone(info: ModelInfo, device, dtype, options: RuntimeOptions, lora
         components["unet" if info.family == "sdxl" else "transformer"] = parts["unet"]
         components["scheduler"] = make_scheduler(parts["scheduler_config"])
         apply_loras(backbone.pipeline_class, components, loras)
+    if options.compile_backend and not offload:
+        compile_module(parts["unet"], options.compile_backend, options.compile_mode)
     encoders = [parts.get(name) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")]
     _memory_switches(settings, [*encoders, parts["unet"], parts["vae"]], parts["vae"], device, offload)
     # SDXL runs well with the runtime's default scheduler; flow models need their own.
@@ -205,6 +207,11 @@ def _load_backbone(info: ModelInfo, device, dtype, options: RuntimeOptions, lora
     return DiffusionModel(info, parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
                           parts["scheduler_config"], device, dtype, default_scheduler=default, backbone=backbone,
                           loras=tuple(loras))
+
+
+def _without_compile(options: RuntimeOptions) -> RuntimeOptions:
+    """Offloaded networks move their weights at every call, which compiled graphs cannot follow."""
+    return replace(options, compile_backend=None, compile_mode=None)
 
 
 def _check_memory(info: ModelInfo, device: torch.device, dtype: torch.dtype, offload: bool) -> None:

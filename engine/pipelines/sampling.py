@@ -12,8 +12,10 @@ generated) are re-noised to the current noise level after every step and pasted 
 mask says so (masked latent blending), which lets any UNet continue existing content.
 
 Windows are batched (both guidance halves in one model call) as many at a time as the request
-asks and free GPU memory allows; when the GPU runs out of memory anyway, the same windows are
-retried at half the batch for the rest of the job (engine.runtime.device.BatchSize). The model's
+asks and free GPU memory allows; when the GPU runs out of memory anyway, the step is redone at
+half the batch, which the rest of the job keeps (engine.runtime.device.BatchSize). Everything the
+loop reads is put on the device before the first step, and every call of a job has the same
+shapes, the last batch padded (engine.pipelines.staging). The model's
 networks may be ONNX Runtime stand-ins (engine.runtime.onnx_models): they are called the same way.
 
 What differs between families (SD/DiffusionSat, SDXL, SD3, FLUX) is the model's `backbone`
@@ -30,8 +32,9 @@ import numpy as np
 import torch
 
 from engine.errors import Cancelled, InputError
-from engine.geo.tiling import Span, blend_weights
+from engine.geo.tiling import Span
 from engine.models.backbones.base import UNetBackbone
+from engine.pipelines.staging import StagedRegion, WindowBatch
 from engine.progress import Progress
 from engine.runtime.device import BatchSize, batch_size_for
 
@@ -144,105 +147,79 @@ def backbone_of(model) -> UNetBackbone:
 _UNET = UNetBackbone()
 
 
-def window_weights(windows: Sequence[Span], overlap: int, device) -> list[torch.Tensor]:
-    cache: dict[tuple[int, int], torch.Tensor] = {}
-    weights = []
-    for span in windows:
-        key = (span.height, span.width)
-        if key not in cache:
-            cache[key] = torch.from_numpy(blend_weights(span.height, span.width, overlap)).to(device)[None, None]
-        weights.append(cache[key])
-    return weights
-
-
 @torch.no_grad()
 def predict_canvas(
     model,
     latents: torch.Tensor,
     timestep: torch.Tensor,
-    job: CanvasJob,
-    text: TextConditioning,
+    region: StagedRegion,
     guidance_scale: float,
     batch_size: int | BatchSize,
-    weights: Sequence[torch.Tensor],
     cancel: CancelCheck | None = None,
 ) -> torch.Tensor:
     """The blended, guided model prediction for the whole canvas at one timestep (cancellable between batches)."""
     size = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size)
-    prediction = torch.zeros_like(latents)
-    weight_sum = torch.zeros_like(latents[:, :1])
-    unet_input = latents if job.extra_channels is None else torch.cat([latents, job.extra_channels], dim=1)
-    start = 0
-    while start < len(job.windows):
-        check_cancel(cancel)
-        batch = list(range(start, min(start + size.value, len(job.windows))))
+    windows = region.job.windows
+    unet_input = latents if region.extra_channels is None else torch.cat([latents, region.extra_channels], dim=1)
+    while True:
+        prediction = torch.zeros_like(latents)
         try:
-            out = _guided_prediction(model, unet_input, timestep, job, text, guidance_scale, batch)
+            for batch in region.batches(size.value):
+                check_cancel(cancel)
+                out = _guided_prediction(model, unet_input, timestep, region, guidance_scale, batch)
+                for k, i in enumerate(batch.windows[: batch.real]):
+                    prediction[(slice(None), slice(None)) + windows[i].slices] += out[k : k + 1] * region.weights[i]
+            break
         except torch.cuda.OutOfMemoryError as error:
-            size.shrink(error)  # re-raised once a single window does not fit
-            continue
-        for k, i in enumerate(batch):
-            region = (slice(None), slice(None)) + job.windows[i].slices
-            prediction[region] += out[k : k + 1] * weights[i]
-            weight_sum[region] += weights[i]
-        start += len(batch)
-    # Cells no window covers (a region's corners outside every chosen window) get no prediction.
-    return prediction / weight_sum.clamp_min(1e-12)
+            # Re-raised once a single window does not fit; else this step starts over at the smaller
+            # batch, which the rest of the job keeps.
+            size.shrink(error)
+    return prediction / region.weight_total
 
 
-def _guided_prediction(model, unet_input, timestep, job: CanvasJob, text: TextConditioning, guidance_scale: float,
-                       batch: list[int]) -> torch.Tensor:
+def _guided_prediction(model, unet_input, timestep, region: StagedRegion, guidance_scale: float,
+                       batch: WindowBatch) -> torch.Tensor:
     """The guided prediction (float32) of a batch of windows, both guidance halves in one model call."""
-    guided = text.uncond is not None
-    spans = [job.windows[i] for i in batch]
+    # Compiled networks may replay CUDA graphs, which reuse their output memory at the next replay.
+    # A batch's outputs (ControlNet residuals, then the prediction) are used up before the next
+    # batch, so each batch starts a new graph step.
+    torch.compiler.cudagraph_mark_step_begin()
+    spans = [region.job.windows[i] for i in batch.windows]
     x = torch.cat([unet_input[(slice(None), slice(None)) + s.slices] for s in spans]).to(model.dtype)
-    rows = [job.window_prompts[i] if job.window_prompts is not None else 0 for i in batch]
-    hidden = text.cond[rows]
-    pooled = text.pooled[rows] if text.pooled is not None else None
-    kwargs = {}
-    if job.window_metadata is not None:
-        kwargs["metadata"] = torch.from_numpy(np.stack([job.window_metadata[i] for i in batch])).to(model.device)
-    if guided:
+    if region.guided:
         x = torch.cat([x, x])
-        hidden = torch.cat([text.uncond.expand(len(batch), -1, -1), hidden])
-        if pooled is not None:
-            pooled = torch.cat([text.uncond_pooled.expand(len(batch), -1), pooled])
-        if "metadata" in kwargs:
-            # The unconditional half has all-zero metadata, still passed through the MLPs.
-            kwargs["metadata"] = torch.cat([torch.zeros_like(kwargs["metadata"]), kwargs["metadata"]])
-    if job.control_image is not None:
-        kwargs.update(_control_residuals(model, job, spans, batch, x, timestep, hidden, kwargs.get("metadata"), guided))
+    kwargs = {}
+    if batch.metadata is not None:
+        kwargs["metadata"] = batch.metadata
+    if region.control_image is not None:
+        kwargs.update(_control_residuals(model, region, spans, batch, x, timestep))
     window = (spans[0].height, spans[0].width)
-    out = backbone_of(model).predict(model, x, timestep, hidden, pooled, guidance_scale, window, kwargs).float()
-    if guided:
+    out = backbone_of(model).predict(model, x, timestep, batch.hidden, batch.pooled, guidance_scale, window, kwargs).float()
+    if region.guided:
         uncond, cond = out.chunk(2)
         out = uncond + guidance_scale * (cond - uncond)
     return out
 
 
-def _control_residuals(model, job: CanvasJob, spans, batch, x, timestep, hidden, metadata, guided) -> dict:
+def _control_residuals(model, region: StagedRegion, spans, batch: WindowBatch, x, timestep) -> dict:
     """The ControlNet's residuals for a batch of windows.
 
     Both guidance halves see the conditioning image (as in diffusers' ControlNet pipelines); the
     unconditional half gets all-zero conditioning metadata, like its target metadata.
     """
-    k = job.control_factor
-    cond = torch.cat([job.control_image[..., s.row * k : (s.row + s.height) * k, s.col * k : (s.col + s.width) * k] for s in spans])
-    cond_metadata = None
-    if job.window_cond_metadata is not None:
-        cond_metadata = torch.from_numpy(np.stack([job.window_cond_metadata[i] for i in batch])).to(model.device)
-    if guided:
+    k = region.job.control_factor
+    image = region.control_image
+    cond = torch.cat([image[..., s.row * k : (s.row + s.height) * k, s.col * k : (s.col + s.width) * k] for s in spans])
+    if region.guided:
         cond = torch.cat([cond, cond])
-        if cond_metadata is not None:
-            cond_metadata = torch.cat([torch.zeros_like(cond_metadata), cond_metadata])
     down, mid = model.controlnet(
         x,
         timestep,
-        encoder_hidden_states=hidden,
-        controlnet_cond=cond.to(model.device, model.dtype),
-        metadata=metadata,
-        cond_metadata=cond_metadata,
-        conditioning_scale=job.control_scale,
+        encoder_hidden_states=batch.hidden,
+        controlnet_cond=cond,
+        metadata=batch.metadata,
+        cond_metadata=batch.cond_metadata,
+        conditioning_scale=region.job.control_scale,
     )
     return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
@@ -284,12 +261,12 @@ def denoise_canvas(
     if known is not None:
         known, mask = known.to(model.device), mask.to(model.device)
         latents = mask * backbone.noised(scheduler, known, noise, skip) + (1 - mask) * latents
-    weights = window_weights(job.windows, job.overlap, model.device)
+    region = StagedRegion(model, job, text)  # nothing below copies from the host until the loop ends
     size = BatchSize(batch_size_for(model, batch_size, *_largest_window(job.windows), _passes(job, text)))
     for i, t in enumerate(timesteps):
         check_cancel(cancel)
         model_input = backbone.scale_input(scheduler, latents, t)
-        prediction = predict_canvas(model, model_input, t, job, text, guidance_scale, size, weights, cancel)
+        prediction = predict_canvas(model, model_input, t, region, guidance_scale, size, cancel)
         latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
         if known is not None:
             if i + 1 < len(timesteps):

@@ -1,9 +1,9 @@
 """Device, dtype and per-model runtime choices, and how many windows fit in GPU memory.
 
 Defaults are picked for the user and every one can be overridden (engine.config lists the
-environment variables): on CUDA, half precision, channels-last convolutions and DPM-Solver++
-when a request names no scheduler; on CPU, float32 and the model's own scheduler, so CPU runs
-stay bit-comparable with plain diffusers. A model folder's gfm4d.json may ask for the ONNX
+environment variables): on CUDA, half precision, channels-last convolutions, torch.compile with
+CUDA graphs and DPM-Solver++ when a request names no scheduler; on CPU, float32, no compile and
+the model's own scheduler, so CPU runs stay bit-comparable with plain diffusers. A model folder's gfm4d.json may ask for the ONNX
 backend ({"backend": "onnx"}); GFM4D_BACKEND (or the registry's `backend`) overrides it.
 """
 
@@ -27,6 +27,9 @@ _DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
+# Inductor with CUDA graphs: a network call is one graph replay, not hundreds of kernel launches
+# from Python. It needs every call of a job to have the same shapes (engine.pipelines.staging).
+COMPILE_MODE = "reduce-overhead"
 CUDA_SCHEDULER = "dpm++"  # as good at ~25 steps as DDIM at 50 (Lu et al. 2022)
 DEFAULT_BATCH = 4  # windows per UNet call when nothing else decides
 AUTO_BATCH_CAP = 16  # windows per call an automatic choice never exceeds: larger gains nothing
@@ -60,6 +63,7 @@ class RuntimeOptions:
     backend: str = "torch"  # "torch" or "onnx"
     channels_last: bool = False
     compile_backend: str | None = None  # a torch.compile backend for UNet and ControlNet, or None
+    compile_mode: str | None = None  # the inductor mode ("reduce-overhead": CUDA graphs), or None
     scheduler: str | None = None  # used when a request names none; None: the model's own
     onnx_cache: Path | None = None  # where exported graphs are kept (default: config.onnx_cache_dir())
 
@@ -79,10 +83,16 @@ def runtime_options(device: torch.device | str, settings: dict | None = None, ba
         scheduler = CUDA_SCHEDULER if device.type == "cuda" else None
     elif scheduler.lower() == "model":
         scheduler = None
+    compile_backend = config.compile_backend()
+    if compile_backend is None:
+        compile_backend = "inductor" if device.type == "cuda" else None
+    elif compile_backend == config.OFF:
+        compile_backend = None
     return RuntimeOptions(
         backend=chosen,
         channels_last=device.type == "cuda" if channels_last is None else channels_last,
-        compile_backend=config.compile_backend(),
+        compile_backend=compile_backend,
+        compile_mode=COMPILE_MODE if compile_backend == "inductor" and device.type == "cuda" else None,
         scheduler=scheduler,
         onnx_cache=config.onnx_cache_dir(),
     )

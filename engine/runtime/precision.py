@@ -10,15 +10,19 @@
   (`force_upcast: false`, as the "fp16-fix" VAEs ship): the SD VAE decoder's activations can
   overflow float16 and come out as NaN, i.e. black tiles.
 - Convolution weights in channels-last layout (faster tensor-core convolutions on CUDA).
-- Optional torch.compile of the UNet and ControlNet, in place so the module keeps its class and config.
+- torch.compile of the UNet and ControlNet (by default on CUDA, with CUDA graphs), in place so the
+  module keeps its class and config.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from torch import nn
 
+from engine import config
 from engine.errors import ModelError
 
 from .device import HALF, RuntimeOptions
@@ -59,15 +63,21 @@ def to_channels_last(module: nn.Module) -> None:
             layer.weight.data = layer.weight.data.contiguous(memory_format=torch.channels_last)
 
 
-def compile_module(module: nn.Module, backend: str) -> None:
+def compile_module(module: nn.Module, backend, mode: str | None = None) -> None:
     """torch.compile in place: calls go through the compiled graph, the object stays the same.
 
-    Compilation itself happens at the first call; an unknown backend is refused now, not mid-job.
+    Compilation happens at the first call of each new input shape (the first job's first step
+    warms the graphs up, CUDA graphs included) and is kept with the module, so later jobs on the
+    same loaded model replay it. Shapes are static: every call of a job has the same shapes
+    (engine.pipelines.staging), and a new window or batch size compiles once more. Inductor's
+    compiled graphs are also kept on disk (config.compile_cache_dir()), so a new process skips
+    most of the work. An unknown backend is refused now, not mid-job.
     """
     known = torch.compiler.list_backends(exclude_tags=())
-    if backend not in known:
+    if isinstance(backend, str) and backend not in known:
         raise ModelError(f"unknown torch.compile backend {backend!r} (GFM4D_COMPILE): use 1 (inductor), eager or aot_eager")
-    module.compile(backend=backend)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(config.compile_cache_dir()))
+    module.compile(backend=backend, dynamic=False, **({"mode": mode} if mode else {}))
 
 
 def prepare_modules(unet: nn.Module, controlnet: nn.Module | None, vae: nn.Module, dtype: torch.dtype,
@@ -83,4 +93,4 @@ def prepare_modules(unet: nn.Module, controlnet: nn.Module | None, vae: nn.Modul
     if options.compile_backend and not export:
         for module in (unet, controlnet):
             if module is not None:
-                compile_module(module, options.compile_backend)
+                compile_module(module, options.compile_backend, options.compile_mode)

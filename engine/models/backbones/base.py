@@ -86,7 +86,8 @@ class FlowMatchingMixin:
         return latents
 
     def noised(self, scheduler, clean: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
-        sigma = scheduler.sigmas[index].to(clean.device, clean.dtype)
+        # The scheduler keeps its sigmas on the host: read the number, do not copy a tensor per step.
+        sigma = float(scheduler.sigmas[index])
         return sigma * noise + (1.0 - sigma) * clean
 
 

@@ -10,6 +10,7 @@ channels, packed the same way.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -33,8 +34,9 @@ def unpack(tokens_: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x.reshape(b, features // 4, height, width)
 
 
+@lru_cache(maxsize=16)
 def image_ids(height: int, width: int, device, dtype) -> torch.Tensor:
-    """(h/2 * w/2, 3) position ids of a window's tokens: (0, row, column)."""
+    """(h/2 * w/2, 3) position ids of a window's tokens: (0, row, column), made on the device once per shape."""
     ids = torch.zeros(height // 2, width // 2, 3)
     ids[..., 1] += torch.arange(height // 2)[:, None]
     ids[..., 2] += torch.arange(width // 2)[None, :]

@@ -9,6 +9,7 @@ An empty negative prompt is all-zero embeddings when the model says so
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -49,6 +50,11 @@ class SDXLBackbone(UNetBackbone):
 
     def predict(self, model, x, timestep, hidden, pooled, guidance_scale: float, window, kwargs: dict) -> torch.Tensor:
         height, width = (side * model.vae_scale_factor for side in window)
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=hidden.dtype, device=x.device)
-        added = {"text_embeds": pooled, "time_ids": time_ids.expand(x.shape[0], -1)}
+        added = {"text_embeds": pooled, "time_ids": time_ids(height, width, hidden.dtype, x.device).expand(x.shape[0], -1)}
         return model.unet(x, timestep, encoder_hidden_states=hidden, added_cond_kwargs=added, **kwargs).sample
+
+
+@lru_cache(maxsize=16)
+def time_ids(height: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """SDXL's (1, 6) size conditioning of a window, made on the device once per shape, not at every call."""
+    return torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype, device=device)
