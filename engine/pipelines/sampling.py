@@ -34,6 +34,7 @@ from engine.geo.tiling import Span, blend_weights
 from engine.models.backbones.base import UNetBackbone
 from engine.progress import Progress
 from engine.runtime.device import BatchSize, batch_size_for
+from engine.runtime.denoiser_batching import predict_denoiser
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -213,7 +214,8 @@ def _guided_prediction(model, unet_input, timestep, job: CanvasJob, text: TextCo
     if job.control_image is not None:
         kwargs.update(_control_residuals(model, job, spans, batch, x, timestep, hidden, kwargs.get("metadata"), guided))
     window = (spans[0].height, spans[0].width)
-    out = backbone_of(model).predict(model, x, timestep, hidden, pooled, guidance_scale, window, kwargs).float()
+    # Through the model's cross-job batcher when the engine runs several jobs on it (engine.runtime.denoiser_batching).
+    out = predict_denoiser(backbone_of(model), model, x, timestep, hidden, pooled, guidance_scale, window, kwargs).float()
     if guided:
         uncond, cond = out.chunk(2)
         out = uncond + guidance_scale * (cond - uncond)
