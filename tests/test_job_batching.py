@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -133,6 +134,87 @@ def test_a_small_job_is_not_starved_by_a_big_one(model, batcher):
     model.denoiser_batcher = None  # the big job's calls were split across network calls: still its own result
     for name, args in jobs.items():
         torch.testing.assert_close(batched[name], canvas_latents(model, *args), rtol=0, atol=1e-5)
+
+
+class RowBackbone:
+    """A denoiser whose output row is its input row plus the row's timestep; optionally out of memory past `fits` rows."""
+
+    classifier_free_guidance = True
+
+    def __init__(self, fits: int | None = None):
+        self.fits = fits
+        self.calls: list[int] = []
+
+    def predict(self, model, x, timestep, hidden, pooled, guidance_scale, window, kwargs):
+        self.calls.append(x.shape[0])
+        if self.fits is not None and x.shape[0] > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        t = torch.as_tensor(timestep, dtype=x.dtype).reshape(-1, 1, 1, 1)
+        return x + t + kwargs["metadata"][:, :1, None, None]
+
+
+def call_together(batcher, backbone, model, calls: dict[str, tuple[torch.Tensor, int]]) -> dict:
+    """Each (x, timestep) from its own job thread at once; the outputs or errors by name."""
+    out = {}
+    ready = threading.Barrier(len(calls))
+
+    def work(name):
+        x, t = calls[name]
+        with job_scope(name) as scope:
+            batcher.join(scope)
+            ready.wait()
+            try:
+                out[name] = batcher.predict(scope, backbone, model, x, torch.tensor(t), torch.zeros(len(x), 3, 8), None,
+                                            1.0, (4, 4), {"metadata": torch.full((len(x), 7), float(t))})
+            except Exception as exc:
+                out[name] = exc
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return out
+
+
+def test_rows_keep_their_own_timestep_and_conditions_in_a_shared_call():
+    batcher, backbone = DenoiserBatcher(max_wait_s=PATIENT_S), RowBackbone()
+    calls = {"a": (torch.randn(4, 4, 4, 4), 981), "b": (torch.randn(2, 4, 4, 4), 21)}
+    out = call_together(batcher, backbone, SimpleNamespace(device=torch.device("cpu")), calls)
+    assert backbone.calls == [6]
+    for name, (x, t) in calls.items():
+        torch.testing.assert_close(out[name], (x + t) + t, rtol=0, atol=0)
+
+
+def test_a_shared_call_out_of_gpu_memory_is_retried_per_job():
+    # Together the calls do not fit; each alone does: each job gets its own result, nobody an error.
+    batcher, backbone = DenoiserBatcher(max_wait_s=PATIENT_S), RowBackbone(fits=4)
+    calls = {"a": (torch.randn(4, 4, 4, 4), 5), "b": (torch.randn(2, 4, 4, 4), 7)}
+    out = call_together(batcher, backbone, SimpleNamespace(device=torch.device("cpu")), calls)
+    assert backbone.calls[0] == 6 and sorted(backbone.calls[1:]) == [2, 4]
+    for name, (x, t) in calls.items():
+        torch.testing.assert_close(out[name], (x + t) + t, rtol=0, atol=0)
+    # A call too big on its own gets the error, so that its job halves its batch (BatchSize.shrink).
+    out = call_together(batcher, RowBackbone(fits=3), SimpleNamespace(device=torch.device("cpu")), {"a": calls["a"]})
+    assert isinstance(out["a"], torch.cuda.OutOfMemoryError)
+
+
+def test_on_a_gpu_a_shared_call_holds_what_free_memory_holds(monkeypatch, model):
+    import engine.runtime.device as device
+
+    per_row = device.window_bytes(model.unet.config, 4, 4, model.dtype, 1)
+    monkeypatch.setattr(device, "free_memory", lambda _: int(per_row * 5 / (1 - device.MEMORY_RESERVE)) + 1)
+    on_gpu = SimpleNamespace(device=torch.device("cuda"), unet=model.unet, dtype=model.dtype)
+    batcher, backbone = DenoiserBatcher(max_wait_s=PATIENT_S), RowBackbone()
+    calls = {"a": (torch.randn(4, 4, 4, 4), 5), "b": (torch.randn(4, 4, 4, 4), 7)}
+    out = call_together(batcher, backbone, on_gpu, calls)
+    assert backbone.calls == [5, 3]  # 5 rows fit: 3 of the oldest call and 2 of the other, then the rest
+    for name, (x, t) in calls.items():
+        torch.testing.assert_close(out[name], (x + t) + t, rtol=0, atol=0)
+    # Never less than one job's own call, which it would have run alone anyway.
+    backbone = RowBackbone()
+    out = call_together(batcher, backbone, on_gpu, {"a": (torch.randn(8, 4, 4, 4), 5), "b": (torch.randn(2, 4, 4, 4), 7)})
+    assert backbone.calls == [8, 2]
 
 
 # --- through the engine's job manager ------------------------------------------------------------------

@@ -11,8 +11,10 @@ How: a thread runs its job inside `job_scope()`; the sampling loop's denoiser ca
 call. Inside one, the call waits until every job on the model has a call waiting, or until
 the oldest waiting call has waited as long as a recent network call took (at least MAX_WAIT_S):
 a partner between two of its calls (blending, a scheduler step) comes back sooner than that,
-while a job busy decoding or writing costs the others at most one call's time; then one waiting thread runs the network on the waiting calls
-that fit together (same window, shapes, dtypes and condition names) and hands each its rows.
+while a job busy decoding or writing costs the others at most one call's time. Then one waiting
+thread runs the network on the waiting calls that fit together (same window, shapes, dtypes and
+condition names) and hands each its rows. ONNX stand-ins are called as before (their graphs may
+take one timestep per call).
 
 Fairness: calls are served oldest first. When the rows waiting exceed what one network call may
 hold (`max_rows`; on a GPU the most the free memory holds, and never less than the largest single
@@ -121,6 +123,12 @@ class DenoiserBatcher:
         self._call_s = 0.0  # a running average of network calls' wall time
         self.network_calls: list[tuple[tuple[str, int], ...]] = []  # (job, rows) per network call (the last 1000)
 
+    def join(self, scope: JobScope) -> None:
+        """Count the job in: from now on calls wait for its calls (a job joins with its first call anyway)."""
+        with self._cond:
+            self._participants.add(scope)
+            scope.batchers.add(self)
+
     def leave(self, scope: JobScope) -> None:
         with self._cond:
             self._participants.discard(scope)
@@ -136,23 +144,27 @@ class DenoiserBatcher:
             self._pending.append(call)
             self._arrived[call] = time.monotonic()
             self._cond.notify_all()
-            while not call.finished:
-                if self._busy:
-                    self._cond.wait()
-                    continue
-                wait = self._wait_left()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                group = self._take_group()
-                self._busy = True
-                self._cond.release()
-                try:
-                    self._run(group)
-                finally:
-                    self._cond.acquire()
-                    self._busy = False
-                    self._cond.notify_all()
+            try:
+                while not call.finished:
+                    if self._busy:
+                        self._cond.wait()
+                        continue
+                    wait = self._wait_left()
+                    if wait > 0:
+                        self._cond.wait(wait)
+                        continue
+                    group = self._take_group()
+                    self._busy = True
+                    self._cond.release()
+                    try:
+                        self._run(group)
+                    finally:
+                        self._cond.acquire()
+                        self._busy = False
+                        self._cond.notify_all()
+            finally:
+                if not call.finished and call in self._arrived:  # interrupted (KeyboardInterrupt): nobody waits for it
+                    self._drop(call)
         if call.error is not None:
             raise call.error
         return call.result
