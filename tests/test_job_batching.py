@@ -321,7 +321,7 @@ def test_threads_from_the_setting_or_the_environment(monkeypatch, restore_thread
     assert apply_threads() == 3 == torch.get_num_threads()
     assert apply_threads(2) == 2 == torch.get_num_threads()  # the option wins over the environment
     monkeypatch.setenv("GFM4D_THREADS", "many")
-    with pytest.raises(InputError, match="whole number of CPU threads"):
+    with pytest.raises(InputError, match="GFM4D_THREADS must be a whole number of CPU threads"):
         apply_threads()
 
 

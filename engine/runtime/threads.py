@@ -53,8 +53,10 @@ def apply_threads(threads: int | None = None) -> int:
 
     from engine import config
 
-    count = threads if threads is not None else config.threads()
-    count = default_threads() if count is None else check_threads(count)
+    if threads is not None:
+        count = check_threads(threads)
+    else:
+        count = default_threads() if config.threads() is None else check_threads(config.threads(), "GFM4D_THREADS")
     torch.set_num_threads(count)
     try:
         torch.set_num_interop_threads(count)
