@@ -18,6 +18,7 @@ from engine import __version__, config
 from engine.cli_args import (
     ArgumentParser,
     ExtentAction,
+    add_threads_argument,
     date,
     date_or_auto,
     fraction,
@@ -52,6 +53,9 @@ def _task_registry(args):
     if getattr(args, "_task_registry", None) is None:
         from engine.tasks import DeviceRegistry
 
+        from engine.runtime.threads import apply_threads
+
+        apply_threads(getattr(args, "threads", None))  # work runs in this process from here on
         sd21 = Path(args.sd21_dir) if args.sd21_dir else None
         args._task_registry = DeviceRegistry(Path(args.models_dir), sd21, device=args.device)
     return args._task_registry
@@ -419,6 +423,7 @@ def build_parser() -> ArgumentParser:
     gen.add_argument("-o", "--output", required=True, help="output GeoTIFF")
     gen.add_argument("--preview", help="also write a PNG preview here")
     add_engine_arguments(gen)
+    add_threads_argument(gen)
     gen.set_defaults(func=cmd_generate)
 
     inp = sub.add_parser("inpaint", help="paint disaster damage into a pre-event raster inside polygons")
@@ -445,6 +450,7 @@ def build_parser() -> ArgumentParser:
     inp.add_argument("--label", help="label raster (default: OUTPUT_label.tif)")
     inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg)")
     add_engine_arguments(inp)
+    add_threads_argument(inp)
     inp.set_defaults(func=cmd_inpaint)
 
     pre = sub.add_parser("predict", help="predict the image at a target date from a stack of dated rasters")
@@ -465,6 +471,7 @@ def build_parser() -> ArgumentParser:
     pre.add_argument("-o", "--output", required=True)
     pre.add_argument("--preview", help="also write a PNG preview here")
     add_engine_arguments(pre)
+    add_threads_argument(pre)
     pre.set_defaults(func=cmd_predict)
 
     sr = sub.add_parser("superres", help="super-resolve a Sentinel-2 scene to RGB (DiffusionSat 2D ControlNet)")
@@ -483,6 +490,7 @@ def build_parser() -> ArgumentParser:
     sr.add_argument("-o", "--output", required=True)
     sr.add_argument("--preview", help="also write a PNG preview here")
     add_engine_arguments(sr)
+    add_threads_argument(sr)
     sr.set_defaults(func=cmd_superres)
 
     from engine.evaluate.cli import add_parser as add_evaluate_parser
@@ -501,6 +509,7 @@ def build_parser() -> ArgumentParser:
     seq.add_argument("--output-dir", required=True, help="folder for frame_<date>.tif (created when missing)")
     seq.add_argument("--preview", action="store_true", help="also write a PNG preview beside each frame")
     add_engine_arguments(seq)
+    add_threads_argument(seq)
     seq.set_defaults(func=cmd_sequence)
 
     serve = sub.add_parser("serve", help="run the engine: HTTP API v1 with a job queue (see docs/api.md)")

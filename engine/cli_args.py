@@ -118,6 +118,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """`--threads N`: torch's CPU threads (engine.runtime.threads.apply_threads reads it)."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="CPU threads for torch (default: env GFM4D_THREADS, else half the cores, at most 4: "
+                             "more threads slow down sharply when other programs use the cores)")
+
+
 class ExtentAction(argparse.Action):
     """`--extent XMIN YMIN XMAX YMAX`: finite numbers with the minimum before the maximum."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.cli_args import add_threads_argument
 from engine.errors import Cancelled
 
 
@@ -32,12 +33,14 @@ class _SampleBar:
 
 def cmd_dataset(args) -> int:
     from engine.dataset import build_dataset, load_recipe, parse_recipe
+    from engine.runtime.threads import apply_threads
     from engine.tasks import DeviceRegistry
 
     recipe = load_recipe(Path(args.recipe))
     overrides = {k: v for k, v in (("model", args.model), ("steps", args.steps), ("seed", args.seed)) if v is not None}
     if overrides:
         recipe = parse_recipe({**recipe.model_dump(mode="json"), **overrides}, source=args.recipe)
+    apply_threads(args.threads)  # Ray actors, when used, take this count too (engine.scaleout.cluster)
     registry = DeviceRegistry(Path(args.models_dir), Path(args.sd21_dir) if args.sd21_dir else None, device=args.device)
     bar = _SampleBar()
     try:
@@ -63,4 +66,5 @@ def add_dataset_parser(sub) -> None:
     parser.add_argument("--model", help="override the recipe's model")
     parser.add_argument("--steps", type=int, help="override the recipe's denoising steps")
     parser.add_argument("--seed", type=int, help="override the recipe's base seed")
+    add_threads_argument(parser)
     parser.set_defaults(func=cmd_dataset)

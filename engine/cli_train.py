@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from engine.cli_args import add_threads_argument
 from engine.errors import InputError
 
 
@@ -30,7 +31,7 @@ def add_train_parser(sub) -> None:
     train.add_argument("--scales", type=int, nargs="+", help="pooling factors, e.g. 1 2 4 (native, x2, x4 coarser)")
     train.add_argument("--seed", type=int)
     train.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop (with a checkpoint) after this long")
-    train.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_threads_argument(train)
     train.set_defaults(func=cmd_train)
 
 
@@ -48,10 +49,9 @@ def cmd_train(args) -> int:
             "unet.steps": args.steps, "unet.batch": args.batch, "unet.learning_rate": args.learning_rate,
             "unet.lora_rank": args.lora_rank, "unet.seed": args.seed, "vae.steps": args.vae_steps, "vae.seed": args.seed,
         })
-    import torch
+    from engine.runtime.threads import apply_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     registry = None
     if recipe.base_model or recipe.vae_from:
         from engine.models.registry import ModelRegistry

@@ -17,6 +17,7 @@ GFM4D_DEFAULT_MODEL  the model generate and inpaint use when a request names non
                      the built-in model)
 GFM4D_SCHEDULER      the scheduler used when a request names none: a name (ddim, dpm++, ...) or 'model'
                      for the model's own (default: dpm++ on CUDA, the model's own on CPU)
+GFM4D_THREADS        CPU threads torch uses (default: half the cores, at most 4; see engine.runtime.threads)
 """
 
 from __future__ import annotations
@@ -103,3 +104,7 @@ def channels_last() -> bool | None:
 
 def default_scheduler() -> str | None:
     return os.environ.get("GFM4D_SCHEDULER") or None
+
+
+def threads() -> str | None:
+    return os.environ.get("GFM4D_THREADS") or None

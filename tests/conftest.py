@@ -9,6 +9,25 @@ import pytest
 # built-in GFM4D-mini); subprocesses and engines the tests start inherit this.
 os.environ.setdefault("GFM4D_DEFAULT_MODEL", "demo-satunet")
 
+# One CPU thread count for the engines and commands the tests start and for the tests' own
+# computations (GFM4D's default, engine.runtime.threads), so that results compared byte for byte
+# are summed in the same order everywhere.
+if "GFM4D_THREADS" not in os.environ:
+    from engine.runtime.threads import default_threads
+
+    os.environ["GFM4D_THREADS"] = str(default_threads())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_thread_count():
+    try:
+        import torch
+    except ImportError:  # the QGIS tests' Python runs no torch of its own
+        yield
+        return
+    torch.set_num_threads(int(os.environ["GFM4D_THREADS"]))
+    yield
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = REPO / "tests" / "data"
 # Non-commercial samples (xBD) are not copied into the repository; they live beside it.

@@ -37,6 +37,7 @@ from engine.models.backbones.base import UNetBackbone
 from engine.pipelines.staging import StagedRegion, WindowBatch
 from engine.progress import Progress
 from engine.runtime.device import BatchSize, batch_size_for
+from engine.runtime.denoiser_batching import predict_denoiser
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -194,7 +195,9 @@ def _guided_prediction(model, unet_input, timestep, region: StagedRegion, guidan
     if region.control_image is not None:
         kwargs.update(_control_residuals(model, region, spans, batch, x, timestep))
     window = (spans[0].height, spans[0].width)
-    out = backbone_of(model).predict(model, x, timestep, batch.hidden, batch.pooled, guidance_scale, window, kwargs).float()
+    # Through the model's cross-job batcher when the engine runs several jobs on it (engine.runtime.denoiser_batching).
+    out = predict_denoiser(backbone_of(model), model, x, timestep, batch.hidden, batch.pooled, guidance_scale, window,
+                           kwargs).float()
     if region.guided:
         uncond, cond = out.chunk(2)
         out = uncond + guidance_scale * (cond - uncond)

@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from engine import __version__
 from engine.errors import GFM4DError, InputError
+from engine.runtime.threads import apply_threads
 from engine.tasks import DeviceRegistry, all_tasks
 from engine.tasks.params import describe_validation_errors
 
@@ -71,6 +72,7 @@ _SUBMIT_BODY = {
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """The engine's HTTP application; the worker starts and stops with the app's lifespan."""
     settings = settings or ServerSettings()
+    apply_threads(settings.threads)
     tasks = all_tasks()
     registry = DeviceRegistry(settings.models_dir, settings.sd21_dir, settings.device)
     manager = JobManager(settings, registry, PathPolicy(settings.allowed_dirs))

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from engine.cli_args import engine_url, port
+from engine.cli_args import add_threads_argument, engine_url, port, positive_int
 from engine.errors import InputError
 
 from .settings import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_RESULT_TTL_HOURS, default_token
@@ -44,6 +44,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"jobs the queue holds; more are refused with 503 (default {DEFAULT_MAX_QUEUED})")
     parser.add_argument("--work-quota-gb", type=float, default=DEFAULT_WORK_QUOTA_GB,
                         help=f"disk space all job folders together may use, 0 for no quota (default {DEFAULT_WORK_QUOTA_GB:g})")
+    parser.add_argument("--concurrent-jobs", type=positive_int, default=None, metavar="N",
+                        help="jobs run at once when they use the same model, their windows batched into shared "
+                             "network calls (default: 2 on a GPU, 1 on a CPU)")
+    add_threads_argument(parser)
     parser.add_argument("--no-requeue", action="store_true", help="on start, fail jobs left queued by a previous run instead of running them")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -70,6 +74,8 @@ def run_serve(args: argparse.Namespace) -> int:
             max_output_mpx=args.max_output_mpx,
             max_queued=args.max_queued,
             work_quota_gb=args.work_quota_gb,
+            concurrent_jobs=args.concurrent_jobs,
+            threads=args.threads,
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass

@@ -7,8 +7,12 @@ The work folder holds one folder per job:
                         results/    named result files, filled only while running or on success
     <work_dir>/.incoming/<id>/      uploads still arriving (removed when refused, moved when accepted)
 
-One worker thread consumes the queue, so the device holds one job's tensors at a time and loaded
-models stay cached between jobs. A job survives its client going away; its folder stays until
+Worker threads take jobs from the queue in order. Up to `concurrent_jobs` jobs run at once when
+they run the same model (same name and LoRAs): their denoiser calls are batched together
+(engine.runtime.denoiser_batching), so small jobs fill the GPU together. A job that runs another
+model, or no diffusion model, waits until the running ones have finished and then runs alone;
+as no later job overtakes the first in the queue, no job waits for ever. Loaded models stay
+cached between jobs. A job survives its client going away; its folder stays until
 it is deleted or its results expire (`result_ttl_s` after it finished; a cleanup pass runs at
 start and every `cleanup_interval_s`).
 
@@ -23,10 +27,10 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import logging
 import mimetypes
 import os
-import queue
 import re
 import shutil
 import threading
@@ -42,7 +46,9 @@ from pydantic import BaseModel, Field, ValidationError
 from engine import __version__
 from engine.errors import Cancelled, GFM4DError, InputError, ModelError
 from engine.progress import Progress
+from engine.runtime.denoiser_batching import job_scope
 from engine.tasks import DeviceRegistry, TaskSpec, check_inputs, check_required, check_window, get_task
+from engine.tasks.base import SamplingParams
 from engine.tasks.params import parse_job_params
 
 from .errors import Conflict, InsufficientStorage, NotFound, RequestRefused, ServiceUnavailable
@@ -122,11 +128,13 @@ class JobManager:
         self._order: dict[str, int] = {}  # queue order of queued jobs
         self._sequence = itertools.count()
         self._lock = threading.RLock()
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._wake = threading.Condition(self._lock)  # a job was queued or finished, or the engine stops
         self._stopping = threading.Event()
-        self._running: str | None = None
+        self._running: dict[str, tuple | None] = {}  # running job -> what it shares with others (see _sharing)
         self._usage: tuple[float, int] | None = None  # (when measured, bytes used by the work folder)
-        self._worker = threading.Thread(target=self._work, name="gfm4d-worker", daemon=True)
+        self.concurrent_jobs = settings.concurrent_jobs or default_concurrent_jobs(registry.device)
+        self._workers = [threading.Thread(target=self._work, name=f"gfm4d-worker-{n}", daemon=True)
+                         for n in range(self.concurrent_jobs)]
         self._janitor = threading.Thread(target=self._clean_periodically, name="gfm4d-cleanup", daemon=True)
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -136,18 +144,20 @@ class JobManager:
         shutil.rmtree(self.work_dir / INCOMING, ignore_errors=True)
         self.recover()
         self.cleanup()
-        self._worker.start()
+        for worker in self._workers:
+            worker.start()
         self._janitor.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs; a running job is interrupted (and marked failed), queued ones stay queued."""
+        """Stop taking jobs; running jobs are interrupted (and marked failed), queued ones stay queued."""
         self._stopping.set()
-        with self._lock:
-            if self._running is not None:
-                self._cancel[self._running].set()
-        self._queue.put(None)
-        if self._worker.is_alive():
-            self._worker.join(timeout)
+        with self._wake:
+            for job_id in self._running:
+                self._cancel[job_id].set()
+            self._wake.notify_all()
+        for worker in self._workers:
+            if worker.is_alive():
+                worker.join(timeout)
         if self._janitor.is_alive():
             self._janitor.join(timeout)
 
@@ -387,9 +397,14 @@ class JobManager:
             return sum(1 for other in self._order.values() if other < mine)
 
     def counts(self) -> tuple[int, str | None]:
-        """(queued jobs, running job id)."""
+        """(queued jobs, the running job that started first)."""
         with self._lock:
-            return len(self._order), self._running
+            return len(self._order), next(iter(self._running), None)
+
+    def running(self) -> list[str]:
+        """The running jobs, in the order they started."""
+        with self._lock:
+            return list(self._running)
 
     def result_path(self, job_id: str, name: str) -> Path:
         record = self.get(job_id)
@@ -472,21 +487,61 @@ class JobManager:
 
     def _enqueue(self, job_id: str) -> None:
         self._order[job_id] = next(self._sequence)
-        self._queue.put(job_id)
+        self._wake.notify_all()
 
     def _work(self) -> None:
-        while not self._stopping.is_set():
-            job_id = self._queue.get()
-            if job_id is None or self._stopping.is_set():
-                break
+        while True:
+            with self._wake:
+                job_id = self._admit()
+                while job_id is None and not self._stopping.is_set():
+                    self._wake.wait()
+                    job_id = self._admit()
+                if self._stopping.is_set():
+                    return
             try:
-                self._run(job_id)
+                if self.concurrent_jobs > 1:
+                    with job_scope(job_id):  # its denoiser calls may be batched with the other running jobs'
+                        self._run(job_id)
+                else:
+                    self._run(job_id)
             except Exception as exc:  # a bug in the bookkeeping must not stop the worker, nor leave the job running
                 log.exception("job %s: unexpected error outside its task", job_id)
                 with self._lock:
                     unfinished = job_id in self._jobs and self._jobs[job_id].state not in FINISHED_STATES
                 if unfinished:
                     self._finish(job_id, JobState.failed, error=self.public(_unexpected_error_message(exc)))
+            finally:
+                with self._wake:
+                    self._running.pop(job_id, None)
+                    self._wake.notify_all()
+
+    def _admit(self) -> str | None:
+        """The first queued job, marked running, if it may start now (under the lock); None otherwise.
+
+        Only the first job in the queue is looked at, so a job that must run alone is never
+        overtaken: it waits for the running jobs to finish, and later jobs wait behind it.
+        """
+        if not self._order or self._stopping.is_set():
+            return None
+        first = min(self._order, key=self._order.__getitem__)
+        sharing = self._sharing(first)
+        if self._running and (len(self._running) >= self.concurrent_jobs or sharing is None
+                              or any(other != sharing for other in self._running.values())):
+            return None
+        self._order.pop(first)
+        self._running[first] = sharing
+        return first
+
+    def _sharing(self, job_id: str) -> tuple | None:
+        """What a job must have in common with running jobs to run beside them (its model); None: it runs alone."""
+        record = self._jobs.get(job_id)
+        try:
+            spec = get_task(record.task) if record is not None else None
+        except GFM4DError:
+            return None
+        if spec is None or not issubclass(spec.params, SamplingParams):
+            return None  # training, datasets, evaluation, fetching: their own memory and threads
+        return (record.params.get("model"), json.dumps(record.params.get("lora"), sort_keys=True))
 
     def _run(self, job_id: str) -> None:
         with self._lock:
@@ -495,7 +550,6 @@ class JobManager:
                 return
             self._order.pop(job_id, None)
             record.state, record.started_at, record.message = JobState.running, utc_now(), "starting"
-            self._running = job_id
             cancel_event = self._cancel[job_id]
             self._save(record)
         folder = self.work_dir / job_id
@@ -556,7 +610,6 @@ class JobManager:
             record.message, record.finished_at = message, utc_now()
             if state == JobState.succeeded:
                 record.done = record.total
-            self._running = None
             self._usage = None
             try:
                 self._save(record)
@@ -784,6 +837,14 @@ def _unexpected_error_message(exc: BaseException) -> str:
         f"internal error in the engine ({type(exc).__name__}: {exc}); this is a bug in GFM4D, "
         "not in the request: the engine's log has the details, please report it"
     )
+
+
+def default_concurrent_jobs(device) -> int:
+    """Jobs run at once on one model when the settings name no number: 2 on a GPU (their windows share
+    network calls), 1 elsewhere (on a CPU, a second job only takes cores from the first)."""
+    import torch
+
+    return 2 if torch.device(device).type == "cuda" else 1
 
 
 def _release_device_memory(registry: DeviceRegistry) -> None:

@@ -41,6 +41,8 @@ def serve(
     max_output_mpx: float = DEFAULT_MAX_OUTPUT_MPX,
     max_queued: int = DEFAULT_MAX_QUEUED,
     work_quota_gb: float = DEFAULT_WORK_QUOTA_GB,
+    concurrent_jobs: int | None = None,
+    threads: int | None = None,
 ) -> None:
     """Serve API v1 until interrupted. Refuses (InsecureBind) to listen beyond loopback without a token.
 
@@ -68,6 +70,8 @@ def serve(
         max_output_pixels=int(max_output_mpx * 1_000_000),
         max_queued_jobs=max_queued,
         work_dir_quota_bytes=int(work_quota_gb * 1e9),
+        concurrent_jobs=concurrent_jobs,
+        threads=threads,
     )
     if models_dir is not None:
         settings.models_dir = Path(models_dir)

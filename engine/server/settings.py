@@ -59,6 +59,8 @@ class ServerSettings:
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_MPX * 1_000_000  # per job
     max_queued_jobs: int = DEFAULT_MAX_QUEUED
     work_dir_quota_bytes: int = int(DEFAULT_WORK_QUOTA_GB * 1e9)  # job folders together (uploads and results)
+    concurrent_jobs: int | None = None  # jobs run at once on one model (batched); None: 2 on a GPU, 1 on a CPU
+    threads: int | None = None  # torch's CPU threads; None: GFM4D_THREADS, else engine.runtime.threads.default_threads()
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)
