@@ -1,6 +1,6 @@
 """Single-file checkpoints: recognised from their tensor names, converted once, and the same model as the original.
 
-Tiny random SD 1.x, SD 2.x, SDXL (and their inpainting variants) in diffusers layout are written
+Tiny random SD 1.x, SD 2.x, SDXL (and their inpainting variants) and SD3 in diffusers layout are written
 in the original single-file format (tests/original_checkpoints.py, checked against diffusers'
 forward converters), imported with a diffusers folder as `--config`, and must hold exactly the
 original weights and generate the same image as the folder they came from.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from original_checkpoints import write_original_checkpoint  # noqa: E402
 
 KINDS = {"sd": "sd-unet", "sd2": "sd-unet", "sd-inpaint": "sd-inpaint-unet", "sdxl": "sdxl-unet",
-         "sdxl-inpaint": "sdxl-inpaint-unet"}
+         "sdxl-inpaint": "sdxl-inpaint-unet", "sd3": "sd3-transformer"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,14 @@ def _generate(registry, name, path):
         return src.read().astype(int)
 
 
-@pytest.mark.parametrize("family", list(KINDS))
+def _networks(model) -> dict:
+    """Every network of a loaded model by its diffusers name (the denoiser as `unet`, SDXL/SD3's extra encoders too)."""
+    modules = model.backbone.modules() if hasattr(model.backbone, "modules") else {}
+    extra = {name: module for name, module in modules.items() if name.startswith("text_encoder")}
+    return {"unet": model.unet, "vae": model.vae, "text_encoder": model.text_encoder, **extra}
+
+
+@pytest.mark.parametrize("family", [f for f in KINDS if f != "sd3"])
 def test_checkpoints_are_recognised_from_their_tensor_names(family, originals):
     checkpoint = inspect_checkpoint(originals[family][1])
     assert checkpoint.kind == KINDS[family]
@@ -59,7 +66,13 @@ def test_checkpoints_are_recognised_from_their_tensor_names(family, originals):
     assert checkpoint.context_dim == (80 if family.startswith("sdxl") else 32)  # the UNet's cross-attention width
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_an_sd3_checkpoint_is_recognised_with_its_layer_count(originals):
+    checkpoint = inspect_checkpoint(originals["sd3"][1])
+    assert (checkpoint.kind, checkpoint.family, checkpoint.denoiser) == ("sd3-transformer", "sd3", "transformer")
+    assert checkpoint.overrides == {"num_layers": 2} and checkpoint.context_dim is None
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 def test_an_imported_checkpoint_generates_what_its_diffusers_original_does(family, originals, tmp_path, capsys):
     folder, file = originals[family]
     models = tmp_path / "models"
@@ -73,17 +86,20 @@ def test_an_imported_checkpoint_generates_what_its_diffusers_original_does(famil
     assert np.abs(original - converted).max() <= 1
 
 
-@pytest.mark.parametrize("family,base", [("sd2", "sd2"), ("sd-inpaint", "sd"), ("sdxl-inpaint", "sdxl")])
+@pytest.mark.parametrize("family,base", [("sd2", "sd2"), ("sd-inpaint", "sd"), ("sdxl-inpaint", "sdxl"), ("sd3", "sd3")])
 def test_every_weight_comes_out_as_it_went_in(family, base, originals, tmp_path):
-    """SD 2.x's OpenCLIP encoder included; an inpainting file's 9 input channels override its base model's UNet config."""
+    """SD 2.x's OpenCLIP encoder included; an inpainting file's 9 input channels override its base model's UNet config;
+    SD3's three text encoders (T5's embedding stored once, as `shared`) and its MMDiT."""
     folder, file = originals[family]
     registry = ModelRegistry(tmp_path)
     info = registry.import_model(file, name="converted", config=originals[base][0])
     assert info.kind == KINDS[family] and info.tasks == (("inpaint",) if "inpaint" in family else ("generate", "inpaint"))
     converted, original = registry.load("converted"), ModelRegistry(folder.parent).load(family)
-    for part in ("unet", "vae", "text_encoder"):
-        ours, theirs = getattr(converted, part).state_dict(), getattr(original, part).state_dict()
-        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    ours, theirs = _networks(converted), _networks(original)
+    assert ours.keys() == theirs.keys() and len(ours) == {"sdxl-inpaint": 4, "sd3": 5}.get(family, 3)
+    for part in ours:
+        mine, reference = ours[part].state_dict(), theirs[part].state_dict()
+        assert mine.keys() == reference.keys() and all(torch.equal(mine[k], reference[k]) for k in mine), part
 
 
 def test_a_dropped_checkpoint_is_listed_with_its_family_and_converted_on_first_use(originals, tmp_path, capsys):

@@ -291,6 +291,10 @@ def convert_checkpoint(checkpoint: Checkpoint, config: Path, destination: Path) 
             raise ModelError(f"cannot convert the {name} of {checkpoint.path.name} with the configs in {config}: "
                              f"{_first_line(exc)}; {hint}") from None
         module = components[name]
+        if callable(getattr(module, "tie_weights", None)):
+            # Files hold shared weights once (T5's `shared`, not `encoder.embed_tokens`); diffusers' loader leaves
+            # the other name empty, and transformers' own tying is what fills it.
+            module.tie_weights()
         if isinstance(module, torch.nn.Module) and any(t.is_meta for t in (*module.parameters(), *module.buffers())):
             raise ModelError(f"{checkpoint.path.name} does not fill the {name} described in {config} (the file is "
                              f"another variant or incomplete); {hint}")
