@@ -3,7 +3,9 @@
 Tiny random SD 1.x, SD 2.x, SDXL (and their inpainting variants) and SD3 in diffusers layout are written
 in the original single-file format (tests/original_checkpoints.py, checked against diffusers'
 forward converters), imported with a diffusers folder as `--config`, and must hold exactly the
-original weights and generate the same image as the folder they came from.
+original weights and generate the same image as the folder they came from. FLUX.1 likewise, except
+that diffusers' FLUX converter only takes FLUX.1's full width (3072): a tiny FLUX goes through the
+same converter with that one number set to its width.
 """
 
 import json
@@ -26,7 +28,7 @@ from engine.models.tiny_backbones import build_tiny_backbone
 from engine.pipelines.generate import GenerateRequest, generate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from original_checkpoints import write_original_checkpoint  # noqa: E402
+from original_checkpoints import flux_converter, write_original_checkpoint  # noqa: E402
 
 KINDS = {"sd": "sd-unet", "sd2": "sd-unet", "sd-inpaint": "sd-inpaint-unet", "sdxl": "sdxl-unet",
          "sdxl-inpaint": "sdxl-inpaint-unet", "sd3": "sd3-transformer"}
@@ -41,6 +43,25 @@ def originals(tmp_path_factory):
         folder = build_tiny_backbone(root / "configs" / family, family, seed=5)
         made[family] = (folder, write_original_checkpoint(folder, root / f"{family}-original.safetensors", family))
     return made
+
+
+@pytest.fixture(scope="module")
+def flux_originals(tmp_path_factory):
+    """flux / flux-fill -> (diffusers folder, the transformer alone as Black Forest Labs' .safetensors)."""
+    root = tmp_path_factory.mktemp("single-file-flux")
+    made = {}
+    for family in ("flux", "flux-fill"):
+        folder = build_tiny_backbone(root / "configs" / family, family, seed=5)
+        made[family] = (folder, write_original_checkpoint(folder, root / f"{family}.safetensors", family))
+    return made
+
+
+@pytest.fixture
+def flux_converter_at_tiny_width(monkeypatch):
+    """diffusers' FLUX converter with FLUX.1's fixed width 3072 replaced by the tiny model's 32 (its only change)."""
+    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
+
+    monkeypatch.setitem(SINGLE_FILE_LOADABLE_CLASSES["FluxTransformer2DModel"], "checkpoint_mapping_fn", flux_converter(32))
 
 
 def _generate(registry, name, path):
@@ -97,6 +118,51 @@ def test_every_weight_comes_out_as_it_went_in(family, base, originals, tmp_path)
     converted, original = registry.load("converted"), ModelRegistry(folder.parent).load(family)
     ours, theirs = _networks(converted), _networks(original)
     assert ours.keys() == theirs.keys() and len(ours) == {"sdxl-inpaint": 4, "sd3": 5}.get(family, 3)
+    for part in ours:
+        mine, reference = ours[part].state_dict(), theirs[part].state_dict()
+        assert mine.keys() == reference.keys() and all(torch.equal(mine[k], reference[k]) for k in mine), part
+
+
+@pytest.mark.parametrize("family", ["flux", "flux-fill"])
+def test_flux_checkpoints_are_recognised_with_their_variant_and_layer_counts(family, flux_originals):
+    checkpoint = inspect_checkpoint(flux_originals[family][1])
+    assert checkpoint.kind == f"{family}-transformer" and checkpoint.family == "flux"
+    assert checkpoint.overrides == {"in_channels": 384 if family == "flux-fill" else 64, "guidance_embeds": True,
+                                    "num_layers": 1, "num_single_layers": 1}
+
+
+def test_a_tiny_flux_reaches_diffusers_converter_which_only_takes_full_width(flux_originals, tmp_path):
+    """diffusers splits FLUX.1's fused single-block weights at the fixed width 3072: a 32-wide file is refused there,
+    with one line naming the part and the flag, and nothing is left in the models folder."""
+    folder, file = flux_originals["flux"]
+    models = tmp_path / "models"
+    with pytest.raises(ModelError, match=r"^cannot convert the transformer of flux.safetensors .*3072.*--config FOLDER") as error:
+        ModelRegistry(models).import_model(file, name="tiny", config=folder)
+    assert len(str(error.value).splitlines()) == 1
+    assert not any(models.iterdir())
+
+
+def test_an_imported_flux_generates_what_its_diffusers_original_does(flux_originals, flux_converter_at_tiny_width,
+                                                                     tmp_path):
+    """The transformer from the file; the VAE and both text encoders, which FLUX.1's files lack, from the config folder."""
+    folder, file = flux_originals["flux"]
+    registry = ModelRegistry(tmp_path / "models")
+    assert registry.import_model(file, name="imported", config=folder).kind == "flux-transformer"
+    original = _generate(ModelRegistry(folder.parent), "flux", tmp_path / "original.tif")
+    converted = _generate(registry, "imported", tmp_path / "converted.tif")
+    assert original.std() > 0
+    assert np.abs(original - converted).max() <= 1
+
+
+def test_a_flux_fill_file_keeps_every_weight_with_a_flux_dev_config(flux_originals, flux_converter_at_tiny_width,
+                                                                    tmp_path):
+    """Fill's 384 input channels override the FLUX.1 [dev] folder's transformer config."""
+    (folder, file), (base, _) = flux_originals["flux-fill"], flux_originals["flux"]
+    registry = ModelRegistry(tmp_path)
+    info = registry.import_model(file, name="converted", config=base)
+    assert info.kind == "flux-fill-transformer" and info.tasks == ("inpaint",)
+    ours, theirs = _networks(registry.load("converted")), _networks(ModelRegistry(folder.parent).load("flux-fill"))
+    assert ours.keys() == theirs.keys() == {"unet", "vae", "text_encoder", "text_encoder_2"}
     for part in ours:
         mine, reference = ours[part].state_dict(), theirs[part].state_dict()
         assert mine.keys() == reference.keys() and all(torch.equal(mine[k], reference[k]) for k in mine), part
