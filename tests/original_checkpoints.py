@@ -144,16 +144,154 @@ def open_clip_to_original(folder: Path, prefix: str) -> dict:
     return {prefix + key: value for key, value in out.items()}
 
 
-def write_original_checkpoint(folder: Path, path: Path, family: str) -> Path:
-    """`folder` (a tiny sd, sd2, sd-inpaint, sdxl or sdxl-inpaint model) as one original-format .safetensors at `path`."""
+def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
+    """diffusers' AdaLayerNormContinuous holds (scale, shift), the original (shift, scale): the swap is its own inverse."""
+    first, second = weight.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def sd3_transformer_to_original(folder: Path) -> dict:
+    """An SD3 MMDiT as the original `joint_blocks`: fused q/k/v, the last block's context side pre-only."""
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    config, state = _config(folder), _weights(folder)
+    layers = config["num_layers"]
+    fixed = {"pos_embed.pos_embed": "pos_embed", "pos_embed.proj.weight": "x_embedder.proj.weight",
+             "pos_embed.proj.bias": "x_embedder.proj.bias", "context_embedder.weight": "context_embedder.weight",
+             "context_embedder.bias": "context_embedder.bias", "proj_out.weight": "final_layer.linear.weight",
+             "proj_out.bias": "final_layer.linear.bias"}
+    for new, old in (("timestep_embedder", "t_embedder"), ("text_embedder", "y_embedder")):
+        for layer, index in (("linear_1", 0), ("linear_2", 2)):
+            for kind in ("weight", "bias"):
+                fixed[f"time_text_embed.{new}.{layer}.{kind}"] = f"{old}.mlp.{index}.{kind}"
+    original = {old: state[new] for new, old in fixed.items()}
+    for kind in ("weight", "bias"):
+        original[f"final_layer.adaLN_modulation.1.{kind}"] = _swap_halves(state[f"norm_out.linear.{kind}"])
+    for i in range(layers):
+        last = i == layers - 1
+        block, joint = f"transformer_blocks.{i}.", f"joint_blocks.{i}."
+        sides = [("x_block", ("to_q", "to_k", "to_v"), "to_out.0", "norm1", "ff")]
+        sides.append(("context_block", ("add_q_proj", "add_k_proj", "add_v_proj"), None if last else "to_add_out",
+                      "norm1_context", None if last else "ff_context"))
+        for side, qkv, out, norm, ff in sides:
+            for kind in ("weight", "bias"):
+                original[f"{joint}{side}.attn.qkv.{kind}"] = torch.cat([state[f"{block}attn.{p}.{kind}"] for p in qkv])
+                modulation = state[f"{block}{norm}.linear.{kind}"]
+                original[f"{joint}{side}.adaLN_modulation.1.{kind}"] = _swap_halves(modulation) if side == "context_block" and last else modulation
+                if out:
+                    original[f"{joint}{side}.attn.proj.{kind}"] = state[f"{block}attn.{out}.{kind}"]
+                if ff:
+                    original[f"{joint}{side}.mlp.fc1.{kind}"] = state[f"{block}{ff}.net.0.proj.{kind}"]
+                    original[f"{joint}{side}.mlp.fc2.{kind}"] = state[f"{block}{ff}.net.2.{kind}"]
+    original = {"model.diffusion_model." + key: value for key, value in original.items()}
+    back = convert_sd3_transformer_checkpoint_to_diffusers(dict(original))
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    return original
+
+
+def sd3_text_encoders_to_original(folder: Path) -> dict:
+    """SD3's encoders as its files hold them: transformers' own names under `text_encoders.clip_l|clip_g|t5xxl.transformer.`."""
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_sd3_t5_checkpoint_to_diffusers
+
     folder = Path(folder)
-    state = {**unet_to_original(folder / "unet"), **vae_to_original(folder / "vae")}
+    original = {}
+    for name, prefix in (("text_encoder", "text_encoders.clip_l.transformer."),
+                         ("text_encoder_2", "text_encoders.clip_g.transformer."),
+                         ("text_encoder_3", "text_encoders.t5xxl.transformer.")):
+        state = _weights(folder / name)
+        if name == "text_encoder":  # no projection in the file: diffusers puts back an identity
+            assert torch.equal(state.pop("text_projection.weight"), torch.eye(state["text_model.final_layer_norm.weight"].shape[0]))
+        written = {prefix + key: value for key, value in state.items()}
+        back = (convert_sd3_t5_checkpoint_to_diffusers(written) if name == "text_encoder_3"
+                else convert_ldm_clip_checkpoint(written, prefix))
+        assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+        original.update(written)
+    return original
+
+
+def write_original_checkpoint(folder: Path, path: Path, family: str) -> Path:
+    """`folder` (a tiny sd, sd2, sd-inpaint, sdxl, sdxl-inpaint or sd3 model) as one original-format .safetensors at
+    `path`; a flux or flux-fill model as its transformer alone, as FLUX.1's files come."""
+    folder = Path(folder)
+    if family in ("flux", "flux-fill"):
+        save_file({key: value.contiguous() for key, value in flux_transformer_to_original(folder / "transformer").items()},
+                  str(path))
+        return Path(path)
+    state = vae_to_original(folder / "vae")
+    if family == "sd3":
+        state.update(sd3_transformer_to_original(folder / "transformer"))
+        state.update(sd3_text_encoders_to_original(folder))
+    else:
+        state.update(unet_to_original(folder / "unet"))
     if family in ("sd", "sd-inpaint"):
         state.update(clip_to_original(folder / "text_encoder", "cond_stage_model.transformer."))
     elif family == "sd2":
         state.update(open_clip_to_original(folder / "text_encoder", "cond_stage_model.model."))
-    else:
+    elif family in ("sdxl", "sdxl-inpaint"):
         state.update(clip_to_original(folder / "text_encoder", "conditioner.embedders.0.transformer."))
         state.update(open_clip_to_original(folder / "text_encoder_2", "conditioner.embedders.1.model."))
     save_file({key: value.contiguous() for key, value in state.items()}, str(path))
     return Path(path)
+
+
+def flux_converter(inner_dim: int):
+    """diffusers' FLUX converter with its one fixed number, FLUX.1's width 3072, replaced by `inner_dim`.
+
+    The converter splits each single block's fused `linear1` at 3072 (q, k, v) and 4 x 3072 (MLP) instead
+    of reading the width from the weights, so only full-size FLUX.1 passes through it unchanged; a tiny
+    one passes through this copy of the same code, which differs in that number only.
+    """
+    import inspect
+    import textwrap
+
+    from diffusers.loaders import single_file_utils
+
+    source = textwrap.dedent(inspect.getsource(single_file_utils.convert_flux_transformer_checkpoint_to_diffusers))
+    assert source.count("inner_dim = 3072") == 1, "diffusers' FLUX converter changed: check whether it still fixes the width"
+    namespace = dict(vars(single_file_utils))
+    exec(compile(source.replace("inner_dim = 3072", f"inner_dim = {int(inner_dim)}"), single_file_utils.__file__, "exec"),
+         namespace)
+    return namespace["convert_flux_transformer_checkpoint_to_diffusers"]
+
+
+def flux_transformer_to_original(folder: Path) -> dict:
+    """A FLUX.1 transformer as Black Forest Labs' file holds it: `double_blocks`/`single_blocks`, fused q/k/v(/MLP)."""
+    config, state = _config(folder), _weights(folder)
+    embedders = {"timestep_embedder": "time_in", "text_embedder": "vector_in", "guidance_embedder": "guidance_in"}
+    original = {}
+    for new, old in embedders.items():
+        for layer, name in (("linear_1", "in_layer"), ("linear_2", "out_layer")):
+            for kind in ("weight", "bias"):
+                if f"time_text_embed.{new}.{layer}.{kind}" in state:
+                    original[f"{old}.{name}.{kind}"] = state[f"time_text_embed.{new}.{layer}.{kind}"]
+    for kind in ("weight", "bias"):
+        original[f"txt_in.{kind}"] = state[f"context_embedder.{kind}"]
+        original[f"img_in.{kind}"] = state[f"x_embedder.{kind}"]
+        original[f"final_layer.linear.{kind}"] = state[f"proj_out.{kind}"]
+        original[f"final_layer.adaLN_modulation.1.{kind}"] = _swap_halves(state[f"norm_out.linear.{kind}"])
+    for i in range(config["num_layers"]):
+        block, double = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        for kind in ("weight", "bias"):
+            pairs = {"img_mod.lin": "norm1.linear", "txt_mod.lin": "norm1_context.linear", "img_mlp.0": "ff.net.0.proj",
+                     "img_mlp.2": "ff.net.2", "txt_mlp.0": "ff_context.net.0.proj", "txt_mlp.2": "ff_context.net.2",
+                     "img_attn.proj": "attn.to_out.0", "txt_attn.proj": "attn.to_add_out"}
+            for old, new in pairs.items():
+                original[f"{double}{old}.{kind}"] = state[f"{block}{new}.{kind}"]
+            original[f"{double}img_attn.qkv.{kind}"] = torch.cat([state[f"{block}attn.to_{p}.{kind}"] for p in "qkv"])
+            original[f"{double}txt_attn.qkv.{kind}"] = torch.cat([state[f"{block}attn.add_{p}_proj.{kind}"] for p in "qkv"])
+        for side, added in (("img_attn", ""), ("txt_attn", "added_")):
+            original[f"{double}{side}.norm.query_norm.scale"] = state[f"{block}attn.norm_{added}q.weight"]
+            original[f"{double}{side}.norm.key_norm.scale"] = state[f"{block}attn.norm_{added}k.weight"]
+    for i in range(config["num_single_layers"]):
+        block, single = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        for kind in ("weight", "bias"):
+            original[f"{single}modulation.lin.{kind}"] = state[f"{block}norm.linear.{kind}"]
+            original[f"{single}linear2.{kind}"] = state[f"{block}proj_out.{kind}"]
+            fused = [state[f"{block}attn.to_{p}.{kind}"] for p in "qkv"] + [state[f"{block}proj_mlp.{kind}"]]
+            original[f"{single}linear1.{kind}"] = torch.cat(fused)
+        original[f"{single}norm.query_norm.scale"] = state[f"{block}attn.norm_q.weight"]
+        original[f"{single}norm.key_norm.scale"] = state[f"{block}attn.norm_k.weight"]
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    back = flux_converter(width)(dict(original))
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+    return original

@@ -291,6 +291,10 @@ def convert_checkpoint(checkpoint: Checkpoint, config: Path, destination: Path) 
             raise ModelError(f"cannot convert the {name} of {checkpoint.path.name} with the configs in {config}: "
                              f"{_first_line(exc)}; {hint}") from None
         module = components[name]
+        if callable(getattr(module, "tie_weights", None)):
+            # Files hold shared weights once (T5's `shared`, not `encoder.embed_tokens`); diffusers' loader leaves
+            # the other name empty, and transformers' own tying is what fills it.
+            module.tie_weights()
         if isinstance(module, torch.nn.Module) and any(t.is_meta for t in (*module.parameters(), *module.buffers())):
             raise ModelError(f"{checkpoint.path.name} does not fill the {name} described in {config} (the file is "
                              f"another variant or incomplete); {hint}")
@@ -308,11 +312,14 @@ def convert_checkpoint(checkpoint: Checkpoint, config: Path, destination: Path) 
 
 
 def _from_config_folder(cls, config: Path, name: str, dtype):
-    """A component the file lacks, from the config folder's weights; None when it has no weights either."""
-    from .weights import has_weights_file
+    """A component the file lacks, from the config folder's weights; None when it has no weights either.
 
+    Weights under diffusers' names (diffusion_pytorch_model.*) or transformers' (model.safetensors, a text
+    encoder's), whole or sharded.
+    """
     folder = Path(config) / name
-    if not folder.is_dir() or not (has_weights_file(folder) or any(folder.glob("*.safetensors.index.json"))):
+    weights = ("*.safetensors", "*.bin", "*.safetensors.index.json")
+    if not folder.is_dir() or not any(any(folder.glob(pattern)) for pattern in weights):
         return None
     try:
         return cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)

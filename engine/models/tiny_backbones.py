@@ -22,6 +22,7 @@ from .demo import CAPTION_WORDS, MAX_TOKENS, _write_tokenizer, clip_bpe_vocabula
 
 TEXT_HIDDEN = 32
 SDXL_TEXT_HIDDEN_2 = 48
+SD3_CLIP_G_HIDDEN = 16
 T5_HIDDEN = 64
 FAMILIES = ("sdxl", "sd3", "flux", "flux-fill", "sdxl-inpaint", "sd", "sd2", "sd-inpaint")
 _PUNCTUATION = list(".,-:;'()/")
@@ -60,7 +61,8 @@ def _vae(folder: Path, seed: int, latent_channels: int, **config) -> None:
     ).save_pretrained(folder / "vae")
 
 
-def _clip(folder: Path, name: str, seed: int, with_projection: bool, hidden: int = TEXT_HIDDEN) -> None:
+def _clip(folder: Path, name: str, seed: int, with_projection: bool, hidden: int = TEXT_HIDDEN,
+          identity_projection: bool = False) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     vocab, merges = clip_bpe_vocabulary(CAPTION_WORDS + _CAPTION_FORM[:-1] + _PUNCTUATION)
@@ -72,6 +74,9 @@ def _clip(folder: Path, name: str, seed: int, with_projection: bool, hidden: int
         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["!"],
     )
     model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+    if identity_projection:  # SD3's CLIP-L has no projection of its own: its pooled output is the hidden state
+        with torch.no_grad():
+            model.text_projection.weight.copy_(torch.eye(TEXT_HIDDEN))
     model.save_pretrained(folder / name)
 
 
@@ -136,8 +141,10 @@ def _sd3(folder: Path, seed: int) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     _vae(folder, seed, 16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
-    _clip(folder, "text_encoder", seed + 1, with_projection=True)
-    _clip(folder, "text_encoder_2", seed + 2, with_projection=True)
+    # SD3's two CLIPs differ in width (768 and 1280): single-file loading tells them apart so. Here the second is
+    # the narrower one, so that both hidden states side by side (32 + 16) fit into T5's width, as 768 + 1280 do in 4096.
+    _clip(folder, "text_encoder", seed + 1, with_projection=True, identity_projection=True)
+    _clip(folder, "text_encoder_2", seed + 2, with_projection=True, hidden=SD3_CLIP_G_HIDDEN)
     _t5(folder, "text_encoder_3", "tokenizer_3", seed + 4)
     torch.manual_seed(seed + 3)
     SD3Transformer2DModel(
