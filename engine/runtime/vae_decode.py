@@ -82,10 +82,6 @@ class VaeDecoder:
             self._exact = copy.deepcopy(self.fast).float()
         return self._exact
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return (self.fast if self.fast is not None else self._exact).dtype
-
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         self.decoded += latents.shape[0]
