@@ -13,6 +13,8 @@ GFM4D_COMPILE        torch.compile of the UNet and ControlNet: '0' off; '1' or '
 GFM4D_COMPILE_CACHE  compiled graphs kept between runs (default: $GFM4D_HOME/compile; an explicit
                      TORCHINDUCTOR_CACHE_DIR wins)
 GFM4D_CHANNELS_LAST  '1' or '0' (default: 1 on CUDA, 0 on CPU)
+GFM4D_VAE_HALF       '1' or '0': VAE decoding in float16 with a float32 redo of overflowing blocks
+                     (default: 1 on CUDA for half-precision models, 0 otherwise)
 GFM4D_DEFAULT_MODEL  the model generate and inpaint use when a request names none (default: gfm4d-mini,
                      the built-in model)
 GFM4D_SCHEDULER      the scheduler used when a request names none: a name (ddim, dpm++, ...) or 'model'
@@ -99,6 +101,11 @@ def compile_cache_dir() -> Path:
 
 def channels_last() -> bool | None:
     value = os.environ.get("GFM4D_CHANNELS_LAST", "").strip().lower()
+    return None if not value else value in ("1", "yes", "true", "on")
+
+
+def vae_half() -> bool | None:
+    value = os.environ.get("GFM4D_VAE_HALF", "").strip().lower()
     return None if not value else value in ("1", "yes", "true", "on")
 
 

@@ -12,6 +12,7 @@ Runtime (whose stand-ins take the place of the UNet, ControlNet, VAE decoder and
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from engine.errors import ModelError
 from engine.runtime import memory
 from engine.runtime.device import RuntimeOptions, runtime_options
 from engine.runtime.precision import compile_module, prepare_modules, vae_dtype
+from engine.runtime.vae_decode import VaeDecoder, decode_size
 
 from .backbones.base import UNetBackbone
 from .controlnet_2d import MetadataControlNet
@@ -90,6 +92,15 @@ class DiffusionModel:
                 "leave the scheduler unset (FlowMatchEulerDiscreteScheduler) or name another FlowMatch scheduler"
             )
         return make_scheduler(self.scheduler_config, name)
+
+    @cached_property
+    def vae_decoder(self) -> VaeDecoder:
+        """Decodes latents: in half precision on a GPU, float32 where a block overflows (made at first use)."""
+        return VaeDecoder.for_model(self.vae, self.device, self.dtype)
+
+    def decode_size(self, margin: int, block: int | None = None) -> tuple[int, int]:
+        """(cells per decoding block side, blocks per VAE call) on this model's device; see vae_decode.decode_size."""
+        return decode_size(self.vae, self.device, margin, block)
 
     @property
     def vae_shift_factor(self) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,8 +19,10 @@ import torch
 from rasterio.windows import Window
 
 from engine.geo.grid import OutputGrid
+from engine.geo.queued_writer import DEFAULT_DEPTH, QueuedWriter
 from engine.geo.tiling import Span
 from engine.pipelines.sampling import CancelCheck, check_cancel
+from engine.runtime.vae_decode import CPU_DECODE_BATCH
 
 # Canvases larger than this (bytes) are kept in a memory-mapped scratch file.
 IN_MEMORY_LIMIT = 512 * 2**20
@@ -91,9 +94,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def decode_latents(model, latents: torch.Tensor) -> torch.Tensor:
-    """VAE decode of (B, C, h, w) latents to images in [-1, 1]."""
-    latents = latents.to(model.device, model.vae.dtype) / model.vae_scaling_factor + _shift(model)
-    return model.vae.decode(latents).sample
+    """VAE decode of (B, C, h, w) latents to float32 images in [-1, 1].
+
+    Through the model's VaeDecoder: half precision on a GPU, float32 for any image that overflows
+    (engine.runtime.vae_decode).
+    """
+    latents = latents.to(model.device, torch.float32) / model.vae_scaling_factor + _shift(model)
+    return model.vae_decoder(latents)
 
 
 def _shift(model) -> float:
@@ -143,14 +150,11 @@ def encode_pixels(model, pixels: torch.Tensor, block: int = 64, margin: int = 8)
     return latents
 
 
-DECODE_BATCH = 4
-
-
 def decode_in_blocks(model, read: Callable[[Span], torch.Tensor], pairs: list[tuple[Span, Span]],
-                     cancel: CancelCheck | None = None) -> Iterator[tuple[Span, torch.Tensor]]:
+                     cancel: CancelCheck | None = None, batch: int = CPU_DECODE_BATCH) -> Iterator[tuple[Span, torch.Tensor]]:
     """Decode (core, context) blocks; yields each core with its decoded pixels in [-1, 1] (C, h*f, w*f).
 
-    Blocks whose contexts have the same shape (all but the edge ones) are decoded several at a time
+    Blocks whose contexts have the same shape (all but the edge ones) are decoded `batch` at a time
     in one VAE call; only the core of each context is kept.
     """
     f = model.vae_scale_factor
@@ -158,26 +162,30 @@ def decode_in_blocks(model, read: Callable[[Span], torch.Tensor], pairs: list[tu
     for core, context in pairs:
         groups.setdefault((context.height, context.width), []).append((core, context))
     for members in groups.values():
-        for start in range(0, len(members), DECODE_BATCH):
+        for start in range(0, len(members), batch):
             check_cancel(cancel)
-            batch = members[start : start + DECODE_BATCH]
-            images = decode_latents(model, torch.cat([read(context) for _, context in batch]))
-            for (core, context), image in zip(batch, images):
+            chunk = members[start : start + batch]
+            images = decode_latents(model, torch.cat([read(context) for _, context in chunk]))
+            for (core, context), image in zip(chunk, images):
                 inner = core.relative_to(context)
                 yield core, image[:, inner.row * f : (inner.row + inner.height) * f, inner.col * f : (inner.col + inner.width) * f]
 
 
 def decode_to_writer(model, canvas: LatentCanvas, store: LatentStore, writer, *, block: int, margin: int,
-                     valid_mask=None, on_block=None, cancel: CancelCheck | None = None) -> None:
+                     batch: int = CPU_DECODE_BATCH, valid_mask=None, on_block=None, cancel: CancelCheck | None = None,
+                     queue_depth: int | None = DEFAULT_DEPTH) -> None:
     """Decode a stored canvas block by block straight into a GeoTIFF writer.
 
-    `valid_mask(window)`, when given, returns the validity mask written for each block.
+    The writes go to the writer on a thread of their own through a queue of `queue_depth` blocks
+    (None: written here, in turn with decoding), so decoding never waits on the disk and the file is
+    the same bytes either way. `valid_mask(window)`, when given, returns each block's validity mask.
     """
-    for core, image in decode_in_blocks(model, store.read, decode_blocks(canvas, block, margin), cancel):
-        pixels = to_uint8(image[None])[0]
-        window = canvas.pixel_window(core)
-        writer.write(pixels[:, : int(window.height), : int(window.width)], window)
-        if valid_mask is not None:
-            writer.write_mask(valid_mask(window), window)
-        if on_block is not None:
-            on_block()
+    with QueuedWriter(writer, queue_depth) if queue_depth is not None else nullcontext(writer) as sink:
+        for core, image in decode_in_blocks(model, store.read, decode_blocks(canvas, block, margin), cancel, batch):
+            pixels = to_uint8(image[None])[0]
+            window = canvas.pixel_window(core)
+            sink.write(pixels[:, : int(window.height), : int(window.width)], window)
+            if valid_mask is not None:
+                sink.write_mask(valid_mask(window), window)
+            if on_block is not None:
+                on_block()

@@ -50,7 +50,7 @@ class GenerateRequest(SamplerSettings):
     prompt: str
     date: dt.date | None = None
     max_region_cells: int = 2048  # latent cells per region side before splitting the canvas
-    decode_block_cells: int = 64
+    decode_block_cells: int | None = None  # None: by device (64 on the CPU, larger on a GPU; vae_decode.decode_size)
     decode_margin_cells: int = 8
     aoi: list | None = None  # polygons in the grid's CRS; pixels outside them are masked
 
@@ -84,6 +84,9 @@ def _validate(request: GenerateRequest, model) -> tuple[int, int]:
     cells, overlap = request.window_cells(model)
     if request.max_region_cells < 2 * cells:
         raise InputError(f"regions must be at least two windows wide ({2 * cells} latent cells)")
+    if request.decode_block_cells is not None and request.decode_block_cells < 1:
+        raise InputError(f"decode_block_cells must be at least 1 latent cell, not {request.decode_block_cells}; "
+                         "leave it unset to size decoding blocks for the device")
     return cells, overlap
 
 
@@ -171,6 +174,7 @@ def denoise_region(
 def write_canvas(model, request: GenerateRequest, canvas: LatentCanvas, store: LatentStore, output: Path,
                  tags: dict[str, str], on_block=None, cancel: CancelCheck | None = None) -> None:
     """Decode a finished canvas block by block into the output GeoTIFF (written atomically)."""
+    block, batch = model.decode_size(request.decode_margin_cells, request.decode_block_cells)
     with GeoTIFFWriter(
         output,
         request.grid,
@@ -185,8 +189,9 @@ def write_canvas(model, request: GenerateRequest, canvas: LatentCanvas, store: L
             canvas,
             store,
             writer,
-            block=request.decode_block_cells,
+            block=block,
             margin=request.decode_margin_cells,
+            batch=batch,
             valid_mask=_aoi_mask(request) if request.aoi is not None else None,
             on_block=on_block,
             cancel=cancel,
@@ -208,7 +213,8 @@ def generate(
     request = replace(request, date=parse_date(request.date) if request.date else None)
     canvas, regions, per_region, overlap_cells = plan_regions(request, model)
     n_windows = sum(len(w) for w in per_region)
-    decode_total = len(decode_blocks(canvas, request.decode_block_cells, request.decode_margin_cells))
+    decode_block, _ = model.decode_size(request.decode_margin_cells, request.decode_block_cells)
+    decode_total = len(decode_blocks(canvas, decode_block, request.decode_margin_cells))
     total = len(regions) * request.steps + decode_total
     done = 0
 

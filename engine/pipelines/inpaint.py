@@ -308,13 +308,15 @@ def _method(model) -> str:
     return "masked-latent-blending"
 
 
-def _decode(model, latents: torch.Tensor, block: int = 64, margin: int = 8) -> np.ndarray:
-    """Decode region latents in blocks with context -> (3, H, W) float32 in [-1, 1]."""
+def _decode(model, latents: torch.Tensor, margin: int = 8) -> np.ndarray:
+    """Decode region latents in blocks with context (sized for the device) -> (3, H, W) float32 in [-1, 1]."""
     f = model.vae_scale_factor
     rows, cols = latents.shape[-2:]
     out = np.empty((3, rows * f, cols * f), dtype=np.float32)
+    block, batch = model.decode_size(margin)
     pairs = context_blocks(rows, cols, rows, cols, block, margin)
-    for core, image in decode_in_blocks(model, lambda span: latents[(slice(None), slice(None)) + span.slices], pairs):
+    for core, image in decode_in_blocks(model, lambda span: latents[(slice(None), slice(None)) + span.slices], pairs,
+                                        batch=batch):
         out[:, core.row * f : (core.row + core.height) * f, core.col * f : (core.col + core.width) * f] = (
             image.float().clamp(-1, 1).cpu().numpy()
         )

@@ -6,9 +6,10 @@
   half inputs unless `allow_fp16_bf16_reduction_math_sdp` is switched on; where that switch is on,
   or for a graph exported to ONNX (where SDPA becomes plain MatMul/Softmax in the graph's dtype),
   those attention layers use diffusers' AttnProcessor, which computes the scores in float32.
-- The VAE of a half-precision model stays float32 unless its config says half is safe
+- The VAE of a half-precision model is loaded in float32 unless its config says half is safe
   (`force_upcast: false`, as the "fp16-fix" VAEs ship): the SD VAE decoder's activations can
-  overflow float16 and come out as NaN, i.e. black tiles.
+  overflow float16 and come out as NaN, i.e. black tiles. Decoding still runs in half precision on
+  a GPU, block by block with a float32 redo of any block that overflows (vae_decode.py).
 - Convolution weights in channels-last layout (faster tensor-core convolutions on CUDA).
 - torch.compile of the UNet and ControlNet (by default on CUDA, with CUDA graphs), in place so the
   module keeps its class and config.
