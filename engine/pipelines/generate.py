@@ -83,7 +83,8 @@ def window_metadata(canvas: LatentCanvas, spans: list[Span], offset: Span, reque
 def _validate(request: GenerateRequest, model) -> tuple[int, int]:
     cells, overlap = request.window_cells(model)
     if request.max_region_cells < 2 * cells:
-        raise InputError(f"regions must be at least two windows wide ({2 * cells} latent cells)")
+        raise InputError(f"regions must be at least two windows wide ({2 * cells} latent cells, "
+                         f"{2 * cells * model.vae_scale_factor} px): give a larger region size")
     return cells, overlap
 
 

@@ -72,7 +72,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """The engine's HTTP application; the worker starts and stops with the app's lifespan."""
     settings = settings or ServerSettings()
     tasks = all_tasks()
-    registry = DeviceRegistry(settings.models_dir, settings.sd21_dir, settings.device)
+    registry = DeviceRegistry(settings.models_dir, settings.sd21_dir, settings.device, ray_address=settings.ray_address)
     manager = JobManager(settings, registry, PathPolicy(settings.allowed_dirs))
 
     @asynccontextmanager

@@ -46,6 +46,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"disk space all job folders together may use, 0 for no quota (default {DEFAULT_WORK_QUOTA_GB:g})")
     parser.add_argument("--no-requeue", action="store_true", help="on start, fail jobs left queued by a previous run instead of running them")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run generate, inpaint and dataset jobs on Ray actors: no ADDRESS starts a local cluster, "
+                             "'auto' joins a running one, or host:port (needs pip install 'gfm4d[ray]')")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -70,6 +73,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_output_mpx=args.max_output_mpx,
             max_queued=args.max_queued,
             work_quota_gb=args.work_quota_gb,
+            ray_address=getattr(args, "ray", None),
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass

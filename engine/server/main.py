@@ -41,6 +41,7 @@ def serve(
     max_output_mpx: float = DEFAULT_MAX_OUTPUT_MPX,
     max_queued: int = DEFAULT_MAX_QUEUED,
     work_quota_gb: float = DEFAULT_WORK_QUOTA_GB,
+    ray_address: str | None = None,
 ) -> None:
     """Serve API v1 until interrupted. Refuses (InsecureBind) to listen beyond loopback without a token.
 
@@ -52,6 +53,10 @@ def serve(
             from engine.errors import InputError
 
             raise InputError(f"allowed folder {folder} does not exist or is not a folder")
+    if ray_address is not None:  # connect now: a missing Ray or an unreachable cluster is one line at start
+        from engine.scaleout.cluster import connect
+
+        connect(ray_address)
     import uvicorn
 
     from .app import create_app
@@ -68,6 +73,7 @@ def serve(
         max_output_pixels=int(max_output_mpx * 1_000_000),
         max_queued_jobs=max_queued,
         work_dir_quota_bytes=int(work_quota_gb * 1e9),
+        ray_address=ray_address,
     )
     if models_dir is not None:
         settings.models_dir = Path(models_dir)
@@ -78,6 +84,8 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     log.info("GFM4D engine: models %s, jobs %s, listening on %s:%d", settings.models_dir, settings.work_dir, host, port)
+    if ray_address is not None:
+        log.info("generate, inpaint and dataset jobs run on the Ray cluster at %s", ray_address)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=10)
     uvicorn.Server(config).run()

@@ -59,6 +59,7 @@ class ServerSettings:
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_MPX * 1_000_000  # per job
     max_queued_jobs: int = DEFAULT_MAX_QUEUED
     work_dir_quota_bytes: int = int(DEFAULT_WORK_QUOTA_GB * 1e9)  # job folders together (uploads and results)
+    ray_address: str | None = None  # generate, inpaint and dataset jobs run on this Ray cluster ("local": one of its own)
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)
