@@ -170,7 +170,7 @@ def generate_on_ray(registry, model_name: str, request: GenerateRequest, output:
     started = time.perf_counter()
     output = check_destination(output)
     request = replace(request, date=parse_date(request.date) if request.date else None)
-    model = registry.load(model_name, loras=tuple(loras)) if loras else registry.load(model_name)  # plans and decodes
+    model = registry.load(model_name, loras=tuple(loras))  # the driver plans and decodes
     canvas, regions, per_region, _ = plan_regions(request, model)
     total = len(regions) + len(decode_blocks(canvas, request.decode_block_cells, request.decode_margin_cells))
     if progress is not None:
@@ -218,7 +218,7 @@ def inpaint_on_ray(registry, model_name: str, request, outputs, *, address=None,
 
     started = time.perf_counter()
     request = prepare_request(request, outputs)
-    model = registry.load(model_name, loras=tuple(loras)) if loras else registry.load(model_name)  # plans and writes
+    model = registry.load(model_name, loras=tuple(loras))  # the driver plans and writes
     with open_raster(request.image, rgb_bands=request.rgb_bands) as source:
         job = plan_inpaint(model, request, source)
         spans = [region for region, _ in job.regions]
