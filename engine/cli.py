@@ -19,6 +19,7 @@ from engine.cli_args import (
     ArgumentParser,
     ExtentAction,
     add_threads_argument,
+    add_ray_arguments,
     date,
     date_or_auto,
     fraction,
@@ -57,7 +58,8 @@ def _task_registry(args):
 
         apply_threads(getattr(args, "threads", None))  # work runs in this process from here on
         sd21 = Path(args.sd21_dir) if args.sd21_dir else None
-        args._task_registry = DeviceRegistry(Path(args.models_dir), sd21, device=args.device)
+        args._task_registry = DeviceRegistry(Path(args.models_dir), sd21, device=args.device,
+                                             ray_address=getattr(args, "ray", None), ray_workers=getattr(args, "workers", None))
     return args._task_registry
 
 
@@ -104,6 +106,8 @@ def _run_task(args, task: str, params: dict, files: dict[str, Path], outputs: di
     """
     params = {key: value for key, value in params.items() if value is not None}
     outputs = {name: Path(path) for name, path in outputs.items() if path}
+    if getattr(args, "ray", None) is not None:
+        _check_ray(args)
     if not checked:
         _preflight(args, task, params, files, outputs, size, **size_options)
     bar = _progress_bar(f"{label} {task}" if label else task)
@@ -122,6 +126,16 @@ def _run_task(args, task: str, params: dict, files: dict[str, Path], outputs: di
         return run_task_locally(registry, {"task": task, **params}, files, outputs, progress=bar)
     finally:
         bar.close()
+
+
+def _check_ray(args) -> None:
+    """`--ray` runs here: refused with `--engine` (whose Ray is the engine's own), and Ray must be installed."""
+    if getattr(args, "engine", None):
+        raise InputError("--ray runs the job's regions from this process; an engine has its own: "
+                         "drop --ray, or start the engine with `gfm4d serve --ray`")
+    from engine.scaleout.cluster import require_ray
+
+    require_ray()
 
 
 def _report(written: dict[str, Path]) -> None:
@@ -189,7 +203,7 @@ def _where_size(where: dict, files: dict[str, Path]) -> tuple[int, int] | None:
 
 def cmd_generate(args) -> int:
     where, files = _where_params(args)
-    params = {**_sampling_params(args), **where, "prompt": args.prompt, "date": args.date}
+    params = {**_sampling_params(args), **where, "prompt": args.prompt, "date": args.date, "region_size": args.region_size}
     outputs = {"image": args.output, "preview": args.preview}
     _report(_run_task(args, "generate", params, files, outputs, size=_where_size(where, files)))
     return 0
@@ -422,6 +436,10 @@ def build_parser() -> ArgumentParser:
     add_lora_argument(gen)
     gen.add_argument("-o", "--output", required=True, help="output GeoTIFF")
     gen.add_argument("--preview", help="also write a PNG preview here")
+    gen.add_argument("--region-size", type=positive_int, metavar="PX",
+                     help="side of a region in pixels: larger outputs are made region by region, seam-free "
+                          "(default: 2048 latent cells); smaller regions use less memory and run in parallel with --ray")
+    add_ray_arguments(gen, "denoise the regions of a large extent")
     add_engine_arguments(gen)
     add_threads_argument(gen)
     gen.set_defaults(func=cmd_generate)
@@ -449,6 +467,7 @@ def build_parser() -> ArgumentParser:
     inp.add_argument("-o", "--output", required=True, help="post-event GeoTIFF")
     inp.add_argument("--label", help="label raster (default: OUTPUT_label.tif)")
     inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg)")
+    add_ray_arguments(inp, "inpaint the masked regions")
     add_engine_arguments(inp)
     add_threads_argument(inp)
     inp.set_defaults(func=cmd_inpaint)

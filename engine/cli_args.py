@@ -141,6 +141,15 @@ class ExtentAction(argparse.Action):
         setattr(namespace, self.dest, list(values))
 
 
+def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--ray [ADDRESS]` and `--workers`: run `what` on Ray actors (Ray is imported only when given)."""
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help=f"{what} on Ray actors: no ADDRESS starts a local cluster, 'auto' joins a running one, "
+                             "or host:port / ray://host:10001 (needs pip install 'gfm4d[ray]')")
+    parser.add_argument("--workers", type=positive_int,
+                        help="Ray actors at most (default: one per GPU, or per CPU without GPUs)")
+
+
 def stderr_line(text: str) -> None:
     """A status line for the user (not part of the command's output)."""
     print(text, file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.cli_args import add_threads_argument
+from engine.cli_args import add_ray_arguments, add_threads_argument
 from engine.errors import Cancelled
 
 
@@ -60,9 +60,7 @@ def add_dataset_parser(sub) -> None:
     parser = sub.add_parser("dataset", help="build a labelled synthetic disaster dataset from a recipe (YAML/JSON)")
     parser.add_argument("recipe", help="recipe file: scenes, damage sources, model, chips, splits, layout")
     parser.add_argument("-o", "--output", required=True, help="dataset folder (created; re-run to resume)")
-    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                        help="make samples on Ray actors: no ADDRESS starts a local cluster, 'auto' joins a running one")
-    parser.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, or per CPU without GPUs)")
+    add_ray_arguments(parser, "make samples")
     parser.add_argument("--model", help="override the recipe's model")
     parser.add_argument("--steps", type=int, help="override the recipe's denoising steps")
     parser.add_argument("--seed", type=int, help="override the recipe's base seed")

@@ -50,3 +50,13 @@ def xbd_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"xBD samples (non-commercial licence, not in the repository) not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPU workers) for every Ray test: its start-up is slow, its reuse is not."""
+    from engine.scaleout.cluster import connect
+
+    ray = connect("local", init_options={"num_cpus": 2})
+    yield ray
+    ray.shutdown()

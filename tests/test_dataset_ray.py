@@ -33,16 +33,6 @@ def registry(models_dir):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """One local cluster for the module: Ray's start-up is slow, its reuse is not."""
-    from engine.scaleout.cluster import connect
-
-    ray = connect("local", init_options={"num_cpus": 2})
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def reference(registry, tmp_path_factory):
     """The dataset made in this process, without Ray."""
     root = tmp_path_factory.mktemp("reference") / "ds"

@@ -83,7 +83,8 @@ def window_metadata(canvas: LatentCanvas, spans: list[Span], offset: Span, reque
 def _validate(request: GenerateRequest, model) -> tuple[int, int]:
     cells, overlap = request.window_cells(model)
     if request.max_region_cells < 2 * cells:
-        raise InputError(f"regions must be at least two windows wide ({2 * cells} latent cells)")
+        raise InputError(f"regions must be at least two windows wide ({2 * cells} latent cells, "
+                         f"{2 * cells * model.vae_scale_factor} px): give a larger region size")
     if request.decode_block_cells is not None and request.decode_block_cells < 1:
         raise InputError(f"decode_block_cells must be at least 1 latent cell, not {request.decode_block_cells}; "
                          "leave it unset to size decoding blocks for the device")

@@ -176,6 +176,75 @@ def _region_pixels(source: RasterSource, plan: _Plan, window: Window) -> tuple[n
     return unit * 2.0 - 1.0, valid
 
 
+@dataclass
+class InpaintPlan:
+    """A request resolved on its raster: the mask's plan and the disjoint regions of windows it reaches.
+
+    Regions share no latent cell and each depends only on the request and the raster, so they
+    may be inpainted in any order and in any process (engine.scaleout) with the same pixels.
+    """
+
+    plan: _Plan
+    regions: list[tuple[Span, list[Span]]]  # each region and its windows (absolute latent cells)
+    windows: int
+    windows_total: int
+    overlap_cells: int
+    steps_run: int  # denoising steps per region (fewer than `steps` when strength < 1)
+
+
+def prepare_request(request: InpaintRequest, outputs: InpaintOutputs) -> InpaintRequest:
+    """The request with its date parsed, once its destinations are known to be writable."""
+    for path in (outputs.image, outputs.label):
+        check_destination(path)
+    return replace(request, date=parse_date(request.date) if request.date else None)
+
+
+def plan_inpaint(model, request: InpaintRequest, source: RasterSource) -> InpaintPlan:
+    """Which windows the (dilated, feathered) mask reaches on `source`, grouped into disjoint regions."""
+    window_cells, overlap_cells = _validate(request, model)
+    f = model.vae_scale_factor
+    plan = _plan(request, source)
+    grid = plan.grid
+    rows, cols = max(math.ceil(grid.height / f), window_cells), max(math.ceil(grid.width / f), window_cells)
+    all_windows = plan_windows(rows, cols, window_cells, overlap_cells)
+    touched = windows_touching_mask(plan.inpaint_mask_polygons, grid, [_cell_window(s, f) for s in all_windows],
+                                    0.0, plan.feather_m, only=plan.only)
+    touched_set = {(int(w.row_off), int(w.col_off)) for w in touched}
+    chosen = [s for s in all_windows if (s.row * f, s.col * f) in touched_set]
+    return InpaintPlan(plan, group_overlapping(chosen), len(chosen), len(all_windows), overlap_cells,
+                       request.steps - effective_start(request.steps, request.strength))
+
+
+def prompt_text(model, request: InpaintRequest, job: InpaintPlan):
+    """The embedded class prompts every region shares (None: the backbone reads per-window captions)."""
+    if model.info.metadata_caption:
+        return None
+    return encode_prompt(model, job.plan.prompts, request.negative_prompt, request.guidance(model))
+
+
+def inpaint_region(model, request: InpaintRequest, job: InpaintPlan, source: RasterSource, index: int, text,
+                   on_step=None, cancel: CancelCheck | None = None) -> tuple[Window, np.ndarray, np.ndarray]:
+    """Region number `index`: its pixel window, composited pixels (visible bands, input dtype) and soft mask."""
+    region, windows = job.regions[index]
+    pixels, soft = _inpaint_region(model, request, job.plan, source, region, windows, job.overlap_cells, text,
+                                   on_step, cancel)
+    return _cell_window(region, model.vae_scale_factor), pixels, soft
+
+
+def write_inpaint(model, request: InpaintRequest, job: InpaintPlan, source: RasterSource, results, outputs: InpaintOutputs,
+                  cancel: CancelCheck | None, started: float, timings: dict[str, float]) -> InpaintResult:
+    """Write the outputs from the regions' results (atomically) and describe them."""
+    written = time.perf_counter()
+    tags = _tags(request, model, job.plan, source)
+    _write_outputs(source, job.plan, results, outputs, tags, cancel)
+    finished = time.perf_counter()
+    return InpaintResult(
+        outputs=outputs, regions=len(job.regions), windows=job.windows, windows_total=job.windows_total,
+        polygons_used=job.plan.placed.report.used, report=job.plan.placed.report.summary(),
+        seconds=finished - started, tags=tags, timings={**timings, "write": finished - written},
+    )
+
+
 def inpaint(
     model,
     request: InpaintRequest,
@@ -185,23 +254,11 @@ def inpaint(
 ) -> InpaintResult:
     """Inpaint the request's polygons into its raster; write the outputs atomically."""
     started = time.perf_counter()
-    for path in (outputs.image, outputs.label):
-        check_destination(path)
-    request = replace(request, date=parse_date(request.date) if request.date else None)
-    window_cells, overlap_cells = _validate(request, model)
-    f = model.vae_scale_factor
+    request = prepare_request(request, outputs)
     with open_raster(request.image, rgb_bands=request.rgb_bands) as source:
-        plan = _plan(request, source)
-        grid = plan.grid
-        rows, cols = max(math.ceil(grid.height / f), window_cells), max(math.ceil(grid.width / f), window_cells)
-        all_windows = plan_windows(rows, cols, window_cells, overlap_cells)
-        touched = windows_touching_mask(plan.inpaint_mask_polygons, grid, [_cell_window(s, f) for s in all_windows],
-                                        0.0, plan.feather_m, only=plan.only)
-        touched_set = {(int(w.row_off), int(w.col_off)) for w in touched}
-        chosen = [s for s in all_windows if (s.row * f, s.col * f) in touched_set]
-        regions = group_overlapping(chosen)
-        steps_run = request.steps - effective_start(request.steps, request.strength)
-        total = len(regions) * steps_run + len(regions) + 1
+        job = plan_inpaint(model, request, source)
+        count = len(job.regions)
+        total = count * job.steps_run + count + 1
         done = 0
 
         def report(message: str) -> None:
@@ -210,34 +267,25 @@ def inpaint(
 
         report("starting")  # the job's size is known before its first step
         planned = time.perf_counter()
-        text = None if model.info.metadata_caption else encode_prompt(model, plan.prompts, request.negative_prompt,
-                                                                       request.guidance(model))
+        text = prompt_text(model, request, job)
         results: list[tuple[Window, np.ndarray, np.ndarray]] = []
-        for index, (region, windows) in enumerate(regions):
+        for index in range(count):
             check_cancel(cancel)
 
             def on_step(step: int, index=index) -> None:
                 nonlocal done
                 done += 1
-                report(f"region {index + 1}/{len(regions)}: step {step}/{steps_run}")
+                report(f"region {index + 1}/{count}: step {step}/{job.steps_run}")
 
-            pixels, soft = _inpaint_region(model, request, plan, source, region, windows, overlap_cells, text, on_step, cancel)
-            results.append((_cell_window(region, f), pixels, soft))
+            results.append(inpaint_region(model, request, job, source, index, text, on_step, cancel))
             done += 1
-            report(f"region {index + 1}/{len(regions)} decoded")
+            report(f"region {index + 1}/{count} decoded")
 
-        modelled = time.perf_counter()
-        tags = _tags(request, model, plan, source)
-        _write_outputs(source, plan, results, outputs, tags, cancel)
-        finished = time.perf_counter()
+        result = write_inpaint(model, request, job, source, results, outputs, cancel, started,
+                               {"plan": planned - started, "model": time.perf_counter() - planned})
         done = total
         report("written")
-        return InpaintResult(
-            outputs=outputs, regions=len(regions), windows=len(chosen), windows_total=len(all_windows),
-            polygons_used=plan.placed.report.used, report=plan.placed.report.summary(),
-            seconds=finished - started, tags=tags,
-            timings={"plan": planned - started, "model": modelled - planned, "write": finished - modelled},
-        )
+        return result
 
 
 def _inpaint_region(model, request, plan: _Plan, source, region: Span, windows: list[Span], overlap_cells: int,

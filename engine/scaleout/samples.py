@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.errors import Cancelled, GFM4DError
 
-from .cluster import MAX_RESTARTS, MAX_TASK_RETRIES, actor_resources, connect, default_workers
+from .cluster import MAX_RESTARTS, MAX_TASK_RETRIES, WorkerModel, actor_resources, connect, default_workers, user_error
 
 IN_FLIGHT_PER_ACTOR = 2
 MAX_ATTEMPTS = 3  # driver-side redos of a sample after Ray's own retries are spent
@@ -23,15 +23,13 @@ MAX_ATTEMPTS = 3  # driver-side redos of a sample after Ray's own retries are sp
 class SampleWorker:
     """A Ray actor holding one loaded model and the recipe's scenes."""
 
-    def __init__(self, models_dir: str, sd21_dir: str | None, recipe_data: dict, root: str, device: str) -> None:
+    def __init__(self, model: WorkerModel, recipe_data: dict, root: str, device: str) -> None:
         from engine.dataset.build import SampleMaker
         from engine.dataset.recipe import Recipe
         from engine.dataset.scenes import resolve_scenes
-        from engine.tasks import DeviceRegistry
 
         recipe = Recipe.model_validate(recipe_data)
-        registry = DeviceRegistry(Path(models_dir), Path(sd21_dir) if sd21_dir else None, device=device)
-        self.maker = SampleMaker(registry.load(recipe.model), recipe, resolve_scenes(recipe), Path(root))
+        self.maker = SampleMaker(model.load(device), recipe, resolve_scenes(recipe), Path(root))
 
     def pid(self) -> int:
         return os.getpid()
@@ -50,21 +48,12 @@ class SamplePool:
         resources, device = actor_resources(ray)
         remote = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES, **resources)(SampleWorker)
         count = workers or default_workers(ray)
-        args = (str(registry.models_dir), str(registry.sd21_dir) if registry.sd21_dir else None,
-                recipe.model_dump(mode="json"), str(root), device)
+        args = (WorkerModel.of(registry, recipe.model), recipe.model_dump(mode="json"), str(root), device)
         self.actors = [remote.remote(*args) for _ in range(count)]
 
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor, no_restart=True)
-
-
-def _user_error(ray, error: BaseException) -> GFM4DError | None:
-    """The GFM4DError inside a Ray task error (bad input fails the run; it is not retried)."""
-    cause = getattr(error, "cause", None)
-    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(cause, GFM4DError):
-        return cause
-    return None
 
 
 def run_samples_on_ray(recipe, root: Path, todo, registry, finished, *, cancel=None, address=None, workers=None,
@@ -100,9 +89,9 @@ def run_samples_on_ray(recipe, root: Path, todo, registry, finished, *, cancel=N
                 try:
                     record = ray.get(future)
                 except ray.exceptions.RayError as error:
-                    user_error = _user_error(ray, error)
-                    if user_error is not None:
-                        raise user_error from None
+                    cause = user_error(ray, error)
+                    if cause is not None:
+                        raise cause from None
                     attempts[spec.sample_id] += 1
                     if attempts[spec.sample_id] > MAX_ATTEMPTS:
                         raise GFM4DError(f"sample {spec.sample_id} failed {MAX_ATTEMPTS} times on Ray workers: {error}") from None

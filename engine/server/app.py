@@ -74,7 +74,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     apply_threads(settings.threads)
     tasks = all_tasks()
-    registry = DeviceRegistry(settings.models_dir, settings.sd21_dir, settings.device)
+    registry = DeviceRegistry(settings.models_dir, settings.sd21_dir, settings.device, ray_address=settings.ray_address)
     manager = JobManager(settings, registry, PathPolicy(settings.allowed_dirs))
 
     @asynccontextmanager

@@ -50,6 +50,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(parser)
     parser.add_argument("--no-requeue", action="store_true", help="on start, fail jobs left queued by a previous run instead of running them")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run generate, inpaint and dataset jobs on Ray actors: no ADDRESS starts a local cluster, "
+                             "'auto' joins a running one, or host:port (needs pip install 'gfm4d[ray]')")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -76,6 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
             work_quota_gb=args.work_quota_gb,
             concurrent_jobs=args.concurrent_jobs,
             threads=args.threads,
+            ray_address=getattr(args, "ray", None),
         )
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         pass

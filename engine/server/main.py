@@ -43,6 +43,7 @@ def serve(
     work_quota_gb: float = DEFAULT_WORK_QUOTA_GB,
     concurrent_jobs: int | None = None,
     threads: int | None = None,
+    ray_address: str | None = None,
 ) -> None:
     """Serve API v1 until interrupted. Refuses (InsecureBind) to listen beyond loopback without a token.
 
@@ -54,6 +55,12 @@ def serve(
             from engine.errors import InputError
 
             raise InputError(f"allowed folder {folder} does not exist or is not a folder")
+    if ray_address is not None:  # connect now: a missing Ray or an unreachable cluster is one line at start
+        from engine.runtime.threads import apply_threads
+        from engine.scaleout.cluster import connect
+
+        apply_threads(threads)  # before connecting: Ray's workers take the engine's thread count
+        connect(ray_address)
     import uvicorn
 
     from .app import create_app
@@ -72,6 +79,7 @@ def serve(
         work_dir_quota_bytes=int(work_quota_gb * 1e9),
         concurrent_jobs=concurrent_jobs,
         threads=threads,
+        ray_address=ray_address,
     )
     if models_dir is not None:
         settings.models_dir = Path(models_dir)
@@ -82,6 +90,8 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     log.info("GFM4D engine: models %s, jobs %s, listening on %s:%d", settings.models_dir, settings.work_dir, host, port)
+    if ray_address is not None:
+        log.info("generate, inpaint and dataset jobs run on the Ray cluster at %s", ray_address)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log,
                             timeout_graceful_shutdown=10)
     uvicorn.Server(config).run()

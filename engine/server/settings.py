@@ -61,6 +61,7 @@ class ServerSettings:
     work_dir_quota_bytes: int = int(DEFAULT_WORK_QUOTA_GB * 1e9)  # job folders together (uploads and results)
     concurrent_jobs: int | None = None  # jobs run at once on one model (batched); None: 2 on a GPU, 1 on a CPU
     threads: int | None = None  # torch's CPU threads; None: GFM4D_THREADS, else engine.runtime.threads.default_threads()
+    ray_address: str | None = None  # generate, inpaint and dataset jobs run on this Ray cluster ("local": one of its own)
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)

@@ -218,7 +218,9 @@ class DeviceRegistry(ModelRegistry):
     """A model registry whose `load` defaults to one device and dtype: the worker's.
 
     Tasks call `registry.load(params.model)`; with a plain ModelRegistry that is the CPU in float32,
-    under the server it is the device the engine was started on.
+    under the server it is the device the engine was started on. With `ray_address` set (`--ray`),
+    the tasks that can split their work (generate, inpaint, dataset) run it on that Ray cluster's
+    actors instead, `ray_workers` of them at most (default: one per GPU, or per CPU without GPUs).
     """
 
     def __init__(
@@ -227,10 +229,14 @@ class DeviceRegistry(ModelRegistry):
         sd21_dir: Path | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        ray_address: str | None = None,
+        ray_workers: int | None = None,
     ):
         super().__init__(models_dir, sd21_dir)
         self.device = torch.device(device) if device is not None else config.device()
         self.dtype = dtype if dtype is not None else config.dtype_for(self.device)
+        self.ray_address = ray_address
+        self.ray_workers = ray_workers
 
     def load(self, name: str, device=None, dtype=None, backend=None, loras=()) -> DiffusionModel:
         return super().load(name, device if device is not None else self.device, dtype if dtype is not None else self.dtype,

@@ -97,7 +97,8 @@ def run(registry, params: DatasetParams, inputs, out_dir: Path, progress, cancel
         overrides["model"] = params.model
     recipe = parse_recipe({**data, **overrides}, staged, source="the recipe")
     root = out_dir / "dataset"
-    summary = build_dataset(recipe, root, registry=registry, progress=progress, cancel=cancel)
+    summary = build_dataset(recipe, root, registry=registry, progress=progress, cancel=cancel,
+                            ray_address=getattr(registry, "ray_address", None), ray_workers=getattr(registry, "ray_workers", None))
     archive = Path(shutil.make_archive(str(out_dir / recipe.name), "zip", root_dir=root))
     # results are files directly in out_dir: the card and preview move out of the zipped folder
     results = {"dataset": archive, "card": Path(shutil.move(summary.outputs["card"], out_dir / "README.md"))}

@@ -36,6 +36,12 @@ class GenerateParams(SamplingParams):
     pixel_size: float | None = Field(None, gt=0, description="output pixel size in CRS units")
     prompt: str = Field(..., max_length=2000, description="text prompt, e.g. 'a fmow satellite image of a farm in italy'")
     date: dt.date | None = Field(None, description="acquisition date to condition on (ISO 8601)")
+    region_size: int | None = Field(
+        None, ge=16, le=1 << 20,
+        description="side of a region in pixels: a larger output is made region by region, each continuing the ones "
+                    "before it (default: 2048 latent cells, 16384 px with SD's VAE); smaller regions use less memory "
+                    "and, on Ray, run in parallel on more workers",
+    )
 
     _parse_date = field_validator("date", mode="before")(date_field)
 
@@ -122,7 +128,19 @@ def run(registry, params: GenerateParams, inputs, out_dir: Path, progress, cance
 
     grid, aoi = output_grid(params, inputs)
     check_size(grid)
-    model = params.load_model(registry)
-    request = GenerateRequest(grid=grid, prompt=params.prompt, date=params.date, aoi=aoi, **params.sampler_fields())
-    result = generate(model, request, out_dir / "image.tif", progress=progress, cancel=cancel)
+    regions = {}
+    if params.region_size is not None:
+        from .base import latent_cell
+
+        regions["max_region_cells"] = params.region_size // latent_cell(registry.get(params.model))
+    request = GenerateRequest(grid=grid, prompt=params.prompt, date=params.date, aoi=aoi, **regions,
+                              **params.sampler_fields())
+    if getattr(registry, "ray_address", None) is not None:
+        from engine.scaleout.regions import generate_on_ray
+
+        loras = registry.lora_specs([entry.model_dump() for entry in params.lora or ()])
+        result = generate_on_ray(registry, params.model, request, out_dir / "image.tif", address=registry.ray_address,
+                                 workers=registry.ray_workers, loras=loras, progress=progress, cancel=cancel)
+    else:
+        result = generate(params.load_model(registry), request, out_dir / "image.tif", progress=progress, cancel=cancel)
     return {"image": result.path, "preview": write_preview_png(result.path, out_dir / "preview.png")}

@@ -63,7 +63,6 @@ def run(registry, params: InpaintParams, inputs, out_dir: Path, progress, cancel
 
     if "image" not in inputs or "polygons" not in inputs:
         raise InputError("the inpaint task needs an `image` raster and a `polygons` file")
-    model = params.load_model(registry)
     request = InpaintRequest(
         image=inputs["image"], polygons=inputs["polygons"], class_field=params.class_field,
         class_prompts=_classes(params.class_prompts), inpaint_classes=_classes(params.inpaint_classes),
@@ -72,7 +71,14 @@ def run(registry, params: InpaintParams, inputs, out_dir: Path, progress, cancel
     )
     outputs = InpaintOutputs(out_dir / "image.tif", out_dir / "label.tif",
                              out_dir / "polygons.gpkg" if params.label_polygons else None)
-    inpaint(model, request, outputs, progress=progress, cancel=cancel)
+    if getattr(registry, "ray_address", None) is not None:
+        from engine.scaleout.regions import inpaint_on_ray
+
+        loras = registry.lora_specs([entry.model_dump() for entry in params.lora or ()])
+        inpaint_on_ray(registry, params.model, request, outputs, address=registry.ray_address,
+                       workers=registry.ray_workers, loras=loras, progress=progress, cancel=cancel)
+    else:
+        inpaint(params.load_model(registry), request, outputs, progress=progress, cancel=cancel)
     results = {"image": outputs.image, "label": outputs.label}
     if outputs.polygons is not None:
         results["polygons"] = outputs.polygons
