@@ -17,6 +17,7 @@ from engine.geo.tiling import plan_windows
 from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise
 from engine.runtime import device as runtime_device
 from engine.runtime.device import BatchSize, choose_dtype, fit_batch_size, runtime_options, window_bytes
+from engine.runtime.onnx_attention import OnnxAttnProcessor
 from engine.runtime.precision import compile_module, set_attention, to_channels_last, vae_dtype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_upcast_attention_keeps_half_precision_finite():
     half.set_processor(AttnProcessor())
     assert not torch.isfinite(half(x.half())).all()  # what happens without the upcast
     half.upcast_attention = True
-    for processor in (AttnProcessor(), AttnProcessor2_0()):  # float32 scores / SDPA's float32 math
+    for processor in (AttnProcessor(), AttnProcessor2_0(), OnnxAttnProcessor()):  # float32 scores / SDPA's float32 math
         half.set_processor(processor)
         out = half(x.half()).float()
         assert torch.isfinite(out).all()
@@ -129,11 +130,11 @@ def test_attention_processors(model):
     unet = model.unet
     assert set_attention(unet, torch.float32) == 0
     assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
-    # A half-precision graph for ONNX gets float32 scores in every upcast layer. The demo UNet
-    # (upcast_attention) has one transformer in its down block, one in the mid block and two in its
-    # up block (layers_per_block + 1), each with self- and cross-attention: 8 layers.
+    # A graph for ONNX gets the fused-attention export processor in every layer. The demo UNet has
+    # one transformer in its down block, one in the mid block and two in its up block
+    # (layers_per_block + 1), each with self- and cross-attention: 8 layers.
     assert set_attention(unet, torch.float16, for_export=True) == 8
-    assert sum(isinstance(p, AttnProcessor) for p in unet.attn_processors.values()) == 8
+    assert all(isinstance(p, OnnxAttnProcessor) for p in unet.attn_processors.values())
     set_attention(unet, torch.float32)
     assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
 
