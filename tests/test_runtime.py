@@ -17,6 +17,7 @@ from engine.geo.tiling import plan_windows
 from engine.pipelines.sampling import CanvasJob, denoise_canvas, encode_prompt, position_noise
 from engine.runtime import device as runtime_device
 from engine.runtime.device import BatchSize, choose_dtype, fit_batch_size, runtime_options, window_bytes
+from engine.runtime.onnx_attention import OnnxAttnProcessor
 from engine.runtime.precision import compile_module, set_attention, to_channels_last, vae_dtype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_upcast_attention_keeps_half_precision_finite():
     half.set_processor(AttnProcessor())
     assert not torch.isfinite(half(x.half())).all()  # what happens without the upcast
     half.upcast_attention = True
-    for processor in (AttnProcessor(), AttnProcessor2_0()):  # float32 scores / SDPA's float32 math
+    for processor in (AttnProcessor(), AttnProcessor2_0(), OnnxAttnProcessor()):  # float32 scores / SDPA's float32 math
         half.set_processor(processor)
         out = half(x.half()).float()
         assert torch.isfinite(out).all()
@@ -129,11 +130,11 @@ def test_attention_processors(model):
     unet = model.unet
     assert set_attention(unet, torch.float32) == 0
     assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
-    # A half-precision graph for ONNX gets float32 scores in every upcast layer. The demo UNet
-    # (upcast_attention) has one transformer in its down block, one in the mid block and two in its
-    # up block (layers_per_block + 1), each with self- and cross-attention: 8 layers.
+    # A graph for ONNX gets the fused-attention export processor in every layer. The demo UNet has
+    # one transformer in its down block, one in the mid block and two in its up block
+    # (layers_per_block + 1), each with self- and cross-attention: 8 layers.
     assert set_attention(unet, torch.float16, for_export=True) == 8
-    assert sum(isinstance(p, AttnProcessor) for p in unet.attn_processors.values()) == 8
+    assert all(isinstance(p, OnnxAttnProcessor) for p in unet.attn_processors.values())
     set_attention(unet, torch.float32)
     assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
 
@@ -269,19 +270,26 @@ def test_speed_benchmark_demo_run_produces_its_table(tmp_path):
     output.write_text("# Performance\n\nbefore\n<!-- speed-table:start -->\nold\n<!-- speed-table:end -->\nafter\n")
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--demo", "--quick", "--work", str(tmp_path / "work"),
-         "--output", str(output)],
-        check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,  # ~30 s on 2 idle cores
+         "--output", str(output), "--backends", "torch,onnx"],
+        check=False, capture_output=True, text=True, timeout=900, cwd=tmp_path,  # ~1 min on 2 idle cores
     )
     assert result.returncode == 0, result.stderr[-3000:]
     text = output.read_text()
     assert text.startswith("# Performance\n\nbefore\n") and text.rstrip().endswith("after") and "old" not in text
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    assert header[3:] == ["diffusers windows/s", "GFM4D torch windows/s", "GFM4D torch / diffusers",
+                          "GFM4D onnx windows/s", "GFM4D onnx / diffusers"]
+    rows = {}
+    for line in lines:
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        rows[cells[0] if len(cells) < 7 else (cells[0], cells[1])] = cells
     for workload in ("generate (SatUNet with metadata)", "inpaint (masked latent blending)", "3D ControlNet, 3 frames"):
-        cells = [c.strip() for c in rows[workload].split("|")[2:-1]]
-        windows, ours, theirs, ratio = int(cells[0]), *map(float, cells[1:])
-        assert windows == 2 and ours > 0 and theirs > 0
-        assert ratio == pytest.approx(ours / theirs, rel=0.01)  # 4 and 3 significant digits printed
-    total = float(rows["total: submit, run, result downloaded"].split("|")[2])
-    run = float(rows["engine run time"].split("|")[2])
-    assert total >= run > 0
-    assert "192 x 192 px generate job through the HTTP engine" in text
+        windows, theirs, torch_side, torch_ratio, onnx_side, onnx_ratio = rows[(workload, "2")][2:]  # demo: batch 2
+        assert int(windows) == 2 and float(theirs) > 0 and float(torch_side) > 0 and float(onnx_side) > 0
+        # 4 and 3 significant digits printed
+        assert float(torch_ratio) == pytest.approx(float(torch_side) / float(theirs), rel=0.01)
+        assert float(onnx_ratio) == pytest.approx(float(onnx_side) / float(theirs), rel=0.01)
+    for backend_total, backend_run in zip(rows["total: submit, run, result downloaded"][1:], rows["engine run time"][1:]):
+        assert float(backend_total) >= float(backend_run) > 0
+    assert "192 x 192 px generate job through the HTTP engine, 2 windows per call" in text

@@ -7,9 +7,14 @@ in a folder named by a hash of everything that shapes it: the weights it was tra
 static part of its input shapes and dtypes, the opset, and the torch / diffusers / GFM4D
 versions. Graphs over 2 GB keep their weights as external data files beside `model.onnx`.
 
+Attention layers export as onnxruntime's fused MultiHeadAttention operator (onnx_attention), so
+no graph holds an (N, N) score matrix.
+
 Sessions run on the CUDA execution provider (onnxruntime-gpu) for CUDA models and on the CPU
 provider otherwise. Inputs and outputs are bound to torch tensors where they are (I/O binding and
-DLPack), so a CUDA model's tensors never leave the GPU.
+DLPack), so a CUDA model's tensors never leave the GPU, and a CUDA session queues its kernels on
+torch's CUDA stream: they run after the torch kernels that wrote their inputs and before the ones
+that read their outputs without the host waiting for the GPU before or after a call.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +35,10 @@ import torch
 from engine import __version__
 from engine.errors import ModelError
 
+from .onnx_attention import OPSET_IMPORTS, uses_fused_attention
+
 OPSET = 17
+EXPORT_FORM = "attention as com.microsoft MultiHeadAttention"  # part of the cache key: graphs exported otherwise are stale
 GRAPH_FILE = "model.onnx"
 _SAMPLE_BYTES = 1 << 20  # bytes read from each end of a weights file for its fingerprint
 _ELEMENT_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64, torch.int32: np.int32}
@@ -70,6 +79,7 @@ def graph_key(component: str, fingerprint: str, signature: list, device: torch.d
         "inputs": signature,
         "device": torch.device(device).type,
         "opset": opset,
+        "export": EXPORT_FORM,
         "versions": [torch.__version__, diffusers.__version__, __version__],
     }
     return f"{component}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]}"
@@ -113,6 +123,7 @@ def export_graph(module: torch.nn.Module, examples: Sequence[torch.Tensor], inpu
         torch.onnx.export(
             module, tuple(examples), str(path), dynamo=False, input_names=list(input_names),
             output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True,
+            custom_opsets=OPSET_IMPORTS if uses_fused_attention(module) else None,
         )
     return path
 
@@ -128,18 +139,45 @@ def _onnxruntime():
     return onnxruntime
 
 
-def providers_for(device: torch.device) -> list:
-    """onnxruntime execution providers for a torch device (ModelError when CUDA is asked for but missing)."""
+def providers_for(device: torch.device, stream: int | None = None) -> list:
+    """onnxruntime execution providers for a torch device (ModelError when CUDA is asked for but missing).
+
+    `stream`: a CUDA stream handle for the session's kernels (torch's, so the two stay in order).
+    """
     ort = _onnxruntime()
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        options = {"device_id": device.index or 0}
+        if stream is not None:
+            options.update(has_user_compute_stream="1", user_compute_stream=str(stream))
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     raise ModelError(
         f"the ONNX backend cannot run on {device}: this onnxruntime has {', '.join(ort.get_available_providers())}. "
         "Install onnxruntime-gpu instead of onnxruntime (pip uninstall onnxruntime; pip install 'gfm4d[onnx-gpu]') "
         "or use the torch backend (GFM4D_BACKEND=torch)"
     )
+
+
+class StreamOrder:
+    """Keeps a session's kernels, queued on `stream`, in order with torch's work on whatever stream is
+    current at a call, without blocking the host: the session's stream waits for the current one
+    before the run, the current one for the session's after it. On the same stream (the usual case)
+    the order is already right and nothing is added."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    @contextmanager
+    def around(self, current, inputs: Sequence[torch.Tensor]):
+        other = current != self.stream
+        if other:
+            self.stream.wait_stream(current)
+            for tensor in inputs:  # torch must not reuse their memory before the session's stream has read it
+                tensor.record_stream(self.stream)
+        yield
+        if other:
+            current.wait_stream(self.stream)
 
 
 class OnnxGraph:
@@ -150,8 +188,16 @@ class OnnxGraph:
         self.device = torch.device(device)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: the CUDA provider warns about every CPU-placed shape op
+        self.run_options = ort.RunOptions()
+        self.order = None
+        stream = None
+        if self.device.type == "cuda":
+            self.order = StreamOrder(torch.cuda.current_stream(self.device))
+            stream = self.order.stream.cuda_stream
+            # The outputs are read on the same stream: the host need not wait for the GPU at the end of a run.
+            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers_for(self.device))
+            self.session = ort.InferenceSession(str(path), options, providers=providers_for(self.device, stream))
         except ModelError:
             raise
         except Exception as exc:  # onnxruntime's own error types derive from Exception only
@@ -174,10 +220,10 @@ class OnnxGraph:
                                tuple(tensor.shape), tensor.data_ptr())
         for name in self.output_names:
             binding.bind_output(name, self.device.type, self.device.index or 0)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # torch's kernels that wrote the inputs are done before onnxruntime reads
+        ordered = self.order.around(torch.cuda.current_stream(self.device), kept) if self.order else nullcontext()
         try:
-            self.session.run_with_iobinding(binding)
+            with ordered:
+                self.session.run_with_iobinding(binding, self.run_options)
         except Exception as exc:
             if self.device.type == "cuda" and "allocat" in str(exc).lower():
                 raise torch.OutOfMemoryError(f"onnxruntime ran out of GPU memory: {exc}") from exc

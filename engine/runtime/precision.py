@@ -4,8 +4,9 @@
   SD-2.1-class UNets set `upcast_attention`: in float16 their attention scores overflow unless
   computed in float32. SDPA's fused kernels accumulate in float32 and its math fallback upcasts
   half inputs unless `allow_fp16_bf16_reduction_math_sdp` is switched on; where that switch is on,
-  or for a graph exported to ONNX (where SDPA becomes plain MatMul/Softmax in the graph's dtype),
   those attention layers use diffusers' AttnProcessor, which computes the scores in float32.
+  Modules bound for ONNX export get onnx_attention's processor in every attention layer instead:
+  one fused MultiHeadAttention node, no (N, N) score matrix in the graph, float32 accumulation.
 - The VAE of a half-precision model is loaded in float32 unless its config says half is safe
   (`force_upcast: false`, as the "fp16-fix" VAEs ship): the SD VAE decoder's activations can
   overflow float16 and come out as NaN, i.e. black tiles. Decoding still runs in half precision on
@@ -27,6 +28,7 @@ from engine import config
 from engine.errors import ModelError
 
 from .device import HALF, RuntimeOptions
+from .onnx_attention import set_export_attention
 
 
 def vae_dtype(dtype: torch.dtype, vae_config: dict) -> torch.dtype:
@@ -36,20 +38,22 @@ def vae_dtype(dtype: torch.dtype, vae_config: dict) -> torch.dtype:
     return dtype
 
 
-def needs_upcast_processor(dtype: torch.dtype, for_export: bool) -> bool:
+def needs_upcast_processor(dtype: torch.dtype) -> bool:
     """Whether SDPA would not give upcast attention its float32 scores (see the module docstring)."""
-    if dtype not in HALF:
-        return False
-    return for_export or torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    return dtype in HALF and torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
 
 
 def set_attention(module: nn.Module, dtype: torch.dtype, for_export: bool = False) -> int:
-    """SDPA in every attention layer, the float32-score processor where upcast attention needs it; how many use the latter."""
+    """SDPA in every attention layer, the float32-score processor where upcast attention needs it; how
+    many layers got another processor than SDPA. For export, every layer gets the processor that
+    exports as one MultiHeadAttention node, whatever the dtype."""
     if not hasattr(module, "set_attn_processor"):
         return 0
+    if for_export:
+        return set_export_attention(module)
     module.set_attn_processor(AttnProcessor2_0())
     upcast = 0
-    if needs_upcast_processor(dtype, for_export):
+    if needs_upcast_processor(dtype):
         for layer in module.modules():
             if isinstance(layer, Attention) and layer.upcast_attention:
                 layer.set_processor(AttnProcessor())
