@@ -172,7 +172,8 @@ def generate_on_ray(registry, model_name: str, request: GenerateRequest, output:
     request = replace(request, date=parse_date(request.date) if request.date else None)
     model = registry.load(model_name, loras=tuple(loras))  # the driver plans and decodes
     canvas, regions, per_region, _ = plan_regions(request, model)
-    total = len(regions) + len(decode_blocks(canvas, request.decode_block_cells, request.decode_margin_cells))
+    decode_block, _ = model.decode_size(request.decode_margin_cells, request.decode_block_cells)
+    total = len(regions) + len(decode_blocks(canvas, decode_block, request.decode_margin_cells))
     if progress is not None:
         progress(Progress(0, total, "starting Ray workers"))
     ray = connect(address)
