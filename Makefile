@@ -40,13 +40,9 @@ test-qgis: setup qgis-setup
 	QT_QPA_PLATFORM=offscreen GFM4D_ENGINE_PYTHON=$(abspath $(PY)) $(QGIS_PYTHON) -m pytest tests/qgis -p no:cacheprovider
 
 # Reproduce the built-in model's weights (hours on a CPU; resumable: run it again to continue).
-# Stage 1 trains the VAE and a SatUNet from scratch; stage 2 trains that SatUNet further.
 gfm4d-mini: setup
 	$(VENV)/bin/gfm4d train recipes/gfm4d-mini/sources.yaml --recipe recipes/gfm4d-mini/recipe.yaml \
-		-o .gfm4d/models/gfm4d-mini-stage1 --run-dir .gfm4d/train/gfm4d-mini
-	$(VENV)/bin/gfm4d --models-dir .gfm4d/models train recipes/gfm4d-mini/sources.yaml \
-		--recipe recipes/gfm4d-mini/continue.yaml -o engine/models/builtin/gfm4d-mini \
-		--run-dir .gfm4d/train/gfm4d-mini-continue
+		-o engine/models/builtin/gfm4d-mini --run-dir .gfm4d/train/gfm4d-mini
 
 plugin:
 	$(QGIS_PYTHON) scripts/build_plugin.py --output-dir dist
