@@ -1,5 +1,6 @@
 """Shared fixtures: the real sample data."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,8 +12,9 @@ os.environ.setdefault("GFM4D_DEFAULT_MODEL", "demo-satunet")
 
 # One CPU thread count for the engines and commands the tests start and for the tests' own
 # computations (GFM4D's default, engine.runtime.threads), so that results compared byte for byte
-# are summed in the same order everywhere.
-if "GFM4D_THREADS" not in os.environ:
+# are summed in the same order everywhere. Not in the QGIS tests' Python, which has no torch and
+# must never import the engine (tests/qgis check that).
+if "GFM4D_THREADS" not in os.environ and importlib.util.find_spec("torch") is not None:
     from engine.runtime.threads import default_threads
 
     os.environ["GFM4D_THREADS"] = str(default_threads())
@@ -20,11 +22,11 @@ if "GFM4D_THREADS" not in os.environ:
 
 @pytest.fixture(scope="session", autouse=True)
 def engine_thread_count():
-    try:
-        import torch
-    except ImportError:  # the QGIS tests' Python runs no torch of its own
+    if importlib.util.find_spec("torch") is None or "GFM4D_THREADS" not in os.environ:  # QGIS's Python: no torch
         yield
         return
+    import torch
+
     torch.set_num_threads(int(os.environ["GFM4D_THREADS"]))
     yield
 
