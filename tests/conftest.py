@@ -36,6 +36,16 @@ TEST_DATA = REPO / "tests" / "data"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    """A folder of the demo models, built afresh for each test module (modules may add models to it)."""
+    from engine.models.demo import build_demo_models
+
+    folder = tmp_path_factory.mktemp("models")
+    build_demo_models(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def rasters_dir() -> Path:
     return TEST_DATA / "rasters"

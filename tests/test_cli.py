@@ -12,15 +12,6 @@ import rasterio.windows
 from engine.cli import main
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from engine.models.demo import build_demo_models
-
-    path = tmp_path_factory.mktemp("cli-models")
-    build_demo_models(path)
-    return path
-
-
 def test_generate_over_an_aoi_masks_outside_the_polygon(models_dir, tmp_path):
     aoi = tmp_path / "aoi.geojson"
     # A triangle in UTM 32N: half of its bounding box lies outside it.

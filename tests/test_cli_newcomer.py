@@ -30,15 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 UTM_EXTENT = ["500000", "4000000", "500256", "4000256"]
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from engine.models.demo import build_demo_models
-
-    path = tmp_path_factory.mktemp("newcomer-models")
-    build_demo_models(path)
-    return path
-
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

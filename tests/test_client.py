@@ -28,15 +28,6 @@ def tiny(seed: int = 1, **kw) -> dict:
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory) -> Path:
-    from engine.models.demo import build_demo_models
-
-    folder = tmp_path_factory.mktemp("models")
-    build_demo_models(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def engine(models_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     process = start_engine(models_dir, work, extra_args=["--max-upload-mb", "1"], env={"GFM4D_DEVICE": "cpu"})

@@ -30,15 +30,6 @@ JOPLIN = DATA / "vectors" / "xview2_deploy_joplin"
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from engine.models.demo import build_demo_models
-
-    path = tmp_path_factory.mktemp("dataset-models")
-    build_demo_models(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def model(models_dir):
     from engine.models.registry import ModelRegistry
 

@@ -17,15 +17,6 @@ from test_dataset import _records, _sample_files, recipe_data
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from engine.models.demo import build_demo_models
-
-    path = tmp_path_factory.mktemp("ray-models")
-    build_demo_models(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def registry(models_dir):
     from engine.tasks import DeviceRegistry
 

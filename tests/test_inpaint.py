@@ -17,15 +17,6 @@ from engine.pipelines.inpaint import LABEL_NODATA, InpaintOutputs, InpaintReques
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from engine.models.demo import build_demo_models
-
-    path = tmp_path_factory.mktemp("inpaint-models")
-    build_demo_models(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def satunet(models_dir):
     from engine.models.registry import ModelRegistry
 

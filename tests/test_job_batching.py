@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -35,15 +34,6 @@ def one_thread_per_job():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory) -> Path:
-    from engine.models.demo import build_demo_models
-
-    folder = tmp_path_factory.mktemp("models")
-    build_demo_models(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

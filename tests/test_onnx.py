@@ -33,15 +33,6 @@ def close(onnx_out: torch.Tensor, torch_out: torch.Tensor) -> bool:
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from engine.models.demo import build_demo_models
-
-    path = tmp_path_factory.mktemp("onnx-models")
-    build_demo_models(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def cache(tmp_path_factory, models_dir):
     return tmp_path_factory.mktemp("onnx-cache")
 

@@ -19,15 +19,6 @@ HTTP_GENERATE = {"extent": [500000, 4099632, 500512, 4100000], "crs": "EPSG:3261
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from engine.models.demo import build_demo_models
-
-    path = tmp_path_factory.mktemp("ray-cli-models")
-    build_demo_models(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def single_generate(models_dir, tmp_path_factory):
     """The reference: `gfm4d generate` in this process, without Ray."""
     out = tmp_path_factory.mktemp("single") / "single.tif"

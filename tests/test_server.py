@@ -94,15 +94,6 @@ def read_raster(path: Path):
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory) -> Path:
-    from engine.models.demo import build_demo_models
-
-    folder = tmp_path_factory.mktemp("models")
-    build_demo_models(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("files")
     allowed, outside = root / "allowed", root / "outside"

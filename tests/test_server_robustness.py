@@ -56,15 +56,6 @@ def wait(url: str, job_id: str, until=lambda job: job["state"] in ("succeeded", 
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory) -> Path:
-    from engine.models.demo import build_demo_models
-
-    folder = tmp_path_factory.mktemp("models")
-    build_demo_models(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def engine(models_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     process = start_engine(models_dir, work, env={"GFM4D_DEVICE": "cpu"}, extra_args=[

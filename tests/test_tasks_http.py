@@ -13,15 +13,6 @@ from engine.server.launcher import start_engine
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    from engine.models.demo import build_demo_models
-
-    path = tmp_path_factory.mktemp("http-models")
-    build_demo_models(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def engine(models_dir, tmp_path_factory):
     process = start_engine(models_dir, tmp_path_factory.mktemp("work"))
     yield process

@@ -172,6 +172,12 @@ def denoise_region(
     )
 
 
+def count_decode_blocks(model, request: GenerateRequest, canvas: LatentCanvas) -> int:
+    """How many blocks `write_canvas` decodes (for progress totals); blocks are sized for the model's device."""
+    block, _ = model.decode_size(request.decode_margin_cells, request.decode_block_cells)
+    return len(decode_blocks(canvas, block, request.decode_margin_cells))
+
+
 def write_canvas(model, request: GenerateRequest, canvas: LatentCanvas, store: LatentStore, output: Path,
                  tags: dict[str, str], on_block=None, cancel: CancelCheck | None = None) -> None:
     """Decode a finished canvas block by block into the output GeoTIFF (written atomically)."""
@@ -214,9 +220,7 @@ def generate(
     request = replace(request, date=parse_date(request.date) if request.date else None)
     canvas, regions, per_region, overlap_cells = plan_regions(request, model)
     n_windows = sum(len(w) for w in per_region)
-    decode_block, _ = model.decode_size(request.decode_margin_cells, request.decode_block_cells)
-    decode_total = len(decode_blocks(canvas, decode_block, request.decode_margin_cells))
-    total = len(regions) * request.steps + decode_total
+    total = len(regions) * request.steps + count_decode_blocks(model, request, canvas)
     done = 0
 
     def report(message: str) -> None:

@@ -260,10 +260,8 @@ class DenoiserBatcher:
         x = torch.cat([call.args[0][s] for call, s in rows])
         hidden = torch.cat([call.args[2][s] for call, s in rows])
         pooled = None if first.args[3] is None else torch.cat([call.args[3][s] for call, s in rows])
-        steps = [_row_timesteps(call.args[1], call.rows)[s] for call, s in rows]
-        timestep = torch.cat(steps)
-        if bool((timestep == timestep[0]).all()):
-            timestep = first.args[1]  # one timestep for all rows: passed as the jobs pass it
+        # One timestep per row, even where the jobs' are equal: finding out would read the device.
+        timestep = torch.cat([_row_timesteps(call.args[1], call.rows)[s] for call, s in rows])
         kwargs = {}
         for name, value in first.args[6].items():
             if isinstance(value, torch.Tensor):

@@ -25,10 +25,11 @@ from engine.errors import GFM4DError
 from engine.geo.dates import parse_date
 from engine.geo.tiling import Span
 from engine.geo.writer import check_destination
-from engine.pipelines.canvas import LatentStore, decode_blocks
+from engine.pipelines.canvas import LatentStore
 from engine.pipelines.generate import (
     GenerateRequest,
     GenerateResult,
+    count_decode_blocks,
     denoise_region,
     finished_cells,
     plan_regions,
@@ -172,8 +173,7 @@ def generate_on_ray(registry, model_name: str, request: GenerateRequest, output:
     request = replace(request, date=parse_date(request.date) if request.date else None)
     model = registry.load(model_name, loras=tuple(loras))  # the driver plans and decodes
     canvas, regions, per_region, _ = plan_regions(request, model)
-    decode_block, _ = model.decode_size(request.decode_margin_cells, request.decode_block_cells)
-    total = len(regions) + len(decode_blocks(canvas, decode_block, request.decode_margin_cells))
+    total = len(regions) + count_decode_blocks(model, request, canvas)
     if progress is not None:
         progress(Progress(0, total, "starting Ray workers"))
     ray = connect(address)
