@@ -24,6 +24,8 @@ def add_train_parser(sub) -> None:
     train.add_argument("--vae-from", help="with --mode scratch: reuse this model's VAE instead of training one")
     train.add_argument("--steps", type=int, help="SatUNet steps (default: the recipe's)")
     train.add_argument("--vae-steps", type=int, help="VAE steps (default: the recipe's)")
+    train.add_argument("--decoder-steps", type=int,
+                       help="then train the VAE's decoder alone against a patch discriminator (sharper; latents unchanged)")
     train.add_argument("--batch", type=int, help="SatUNet batch size")
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--lora-rank", type=int)
@@ -48,6 +50,7 @@ def cmd_train(args) -> int:
         vae_from=args.vae_from, chip_size=args.chip_size, scales=args.scales, **{
             "unet.steps": args.steps, "unet.batch": args.batch, "unet.learning_rate": args.learning_rate,
             "unet.lora_rank": args.lora_rank, "unet.seed": args.seed, "vae.steps": args.vae_steps, "vae.seed": args.seed,
+            "decoder.steps": args.decoder_steps, "decoder.seed": args.seed,
         })
     from engine.runtime.threads import apply_threads
 
@@ -74,7 +77,7 @@ def cmd_train(args) -> int:
 
 
 class _StageBars:
-    """One tqdm bar per stage (vae, unet) with the running loss and an ETA."""
+    """One tqdm bar per stage (vae, unet, decoder) with the running loss and an ETA."""
 
     def __init__(self) -> None:
         self.bars = {}

@@ -202,6 +202,141 @@ def test_a_full_fine_tune_continues_the_base_model_and_exports_a_model_with_its_
     ModelRegistry(tmp_path / "models").load("tuned")
 
 
+def test_the_decoder_stage_trains_the_decoder_alone_keeps_the_latents_and_resumes_bit_for_bit(tmp_path):
+    _needs_data()
+    sources = load_sources([_sources(tmp_path)])
+    stage = {"decoder": {"steps": 6, "crop": 32, "batch": 2, "discriminator_channels": [8, 8, 8],
+                           "learning_rate": 1e-3, "adversarial_ramp": 2, "checkpoint_every": 2, "eval_every": 6}}
+    (tmp_path / "plain").mkdir()
+    plain = _recipe(tmp_path / "plain", quality_chips=0)
+    sharp = _recipe(tmp_path, quality_chips=0, **stage)
+    run_training(sources, load_recipe(plain), tmp_path / "run", tmp_path / "models" / "plain", log=lambda line: None)
+
+    calls = {"n": 0}
+
+    def cancel_inside_the_decoder_stage() -> bool:  # VAE and UNet are in the run folder already: only the decoder trains
+        calls["n"] += 1
+        return calls["n"] > 3  # after 3 of its 6 steps; the checkpoint is at step 2
+
+    with pytest.raises(Cancelled):
+        run_training(sources, load_recipe(sharp), tmp_path / "run", tmp_path / "models" / "sharp",
+                     log=lambda line: None, cancel=cancel_inside_the_decoder_stage)
+    assert not (tmp_path / "models" / "sharp").exists()
+    run_training(sources, load_recipe(sharp), tmp_path / "run", tmp_path / "models" / "sharp", log=lambda line: None)
+    run_training(sources, load_recipe(sharp), tmp_path / "straight", tmp_path / "models" / "straight",
+                 log=lambda line: None)
+
+    from safetensors.torch import load_file
+
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    before, after, straight = (load_file(tmp_path / "models" / name / vae) for name in ("plain", "sharp", "straight"))
+    decoder = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert decoder and all(not torch.equal(before[k], after[k]) for k in decoder if k.endswith("conv_out.weight"))
+    assert sum(not torch.equal(before[k], after[k]) for k in decoder) > len(decoder) // 2
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in decoder)  # encoder: the same latents
+    assert all(torch.equal(after[k], straight[k]) for k in after)  # resumed = uninterrupted
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    plain_unet, sharp_unet = (load_file(tmp_path / "models" / name / unet) for name in ("plain", "sharp"))
+    assert all(torch.equal(plain_unet[k], sharp_unet[k]) for k in plain_unet)  # the UNet is not retrained
+    from engine.models.registry import ModelRegistry
+
+    plain_vae, sharp_vae = (ModelRegistry(tmp_path / "models").load(n).vae.float() for n in ("plain", "sharp"))
+    assert plain_vae.config.latent_shift == sharp_vae.config.latent_shift
+    assert "decoder stage" in (tmp_path / "models" / "sharp" / "README.md").read_text()
+    with pytest.raises(InputError, match="LoRA keeps its base model's VAE"):
+        load_recipe(_recipe(tmp_path, mode="lora", base_model="plain", **stage))
+
+
+def test_a_zero_terminal_snr_model_is_trained_and_sampled_from_pure_noise(tmp_path):
+    _needs_data()
+    from diffusers import DDIMScheduler
+
+    recipe = load_recipe(_recipe(tmp_path, zero_terminal_snr=True, quality_chips=0))
+    run_training(load_sources([_sources(tmp_path)]), recipe, tmp_path / "run", tmp_path / "models" / "zsnr",
+                 log=lambda line: None)
+    config = json.loads((tmp_path / "models" / "zsnr" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["rescale_betas_zero_snr"] is True and config["timestep_spacing"] == "trailing"
+    scheduler = DDIMScheduler.from_config(config)
+    assert float(scheduler.alphas_cumprod[-1]) == 0.0  # the last training step is pure noise
+    scheduler.set_timesteps(4)
+    assert int(scheduler.timesteps[0]) == 999  # and sampling starts there
+    trained = DDIMScheduler.from_pretrained(tmp_path / "run" / "components" / "scheduler")
+    assert torch.equal(trained.alphas_cumprod, scheduler.alphas_cumprod)  # trained on the schedule it samples with
+
+    from engine.geo.grid import grid_from_extent
+    from engine.models.registry import ModelRegistry
+    from engine.pipelines.generate import GenerateRequest, generate
+
+    grid = grid_from_extent((400000, 3280000, 400032, 3280032), "EPSG:32617", pixel_size=1.0)
+    out = generate(ModelRegistry(tmp_path / "models").load("zsnr"), GenerateRequest(grid=grid, prompt="", steps=3),
+                   tmp_path / "g.tif")
+    with rasterio.open(out.path) as ds:
+        pixels = ds.read()
+    assert np.isfinite(pixels).all() and pixels.std() > 0
+    with pytest.raises(InputError, match="only a model trained from scratch"):
+        load_recipe(_recipe(tmp_path, zero_terminal_snr=True, mode="full", base_model="zsnr"))
+
+
+class _AnyCaption(dict):
+    def __init__(self, embedding):
+        super().__init__()
+        self.embedding = embedding
+
+    def __missing__(self, caption):
+        return self.embedding
+
+
+def test_latents_are_drawn_from_the_posterior_or_taken_at_its_mean():
+    from dataclasses import replace
+
+    from engine.training.diffusion import DiffusionData, UNetConfig, make_batch
+
+    means = torch.randn(3, 1, 4, 4, 4).half()
+    stds = torch.full_like(means, 5.0)  # a wide posterior: draws are mostly noise
+    data = DiffusionData(means=means, stds=stds, metadata=torch.zeros(3, 7), land_covers=["forest"] * 3,
+                         countries=[None] * 3, weights=torch.full((3,), 1 / 3, dtype=torch.float64),
+                         embeddings=_AnyCaption(torch.zeros(2, 8)),
+                         scaling_factor=0.5)
+    config = UNetConfig(batch=4)
+    drawn = make_batch(data, config, torch.Generator().manual_seed(0))[0]
+    at_mean = make_batch(data, replace(config, sample_latents=False), torch.Generator().manual_seed(0))[0]
+    generator = torch.Generator().manual_seed(0)
+    from engine.training.batches import dihedral, draw
+
+    chosen = draw(data.weights, 4, generator)
+    codes = torch.randint(0, 8, (4,), generator=generator)
+    expected = dihedral(means[chosen, 0].float(), codes) * 0.5
+    assert torch.equal(at_mean, expected)
+    assert (drawn - expected).std() > 1.0  # the draws carry the posterior's width
+
+
+def test_the_unconditional_pair_guidance_uses_is_trained_empty_caption_with_all_zero_metadata():
+    from dataclasses import replace
+
+    from engine.training.diffusion import DiffusionData, UNetConfig, make_batch
+
+    captions = ["", "a fmow satellite image of a forest", "a fmow satellite image of a forest in the united states",
+                "a fmow satellite image in the united states"]
+    data = DiffusionData(means=torch.zeros(2, 1, 4, 2, 2).half(), stds=torch.zeros(2, 1, 4, 2, 2).half(),
+                         metadata=torch.rand(2, 7) + 1, land_covers=["forest"] * 2, countries=["the united states"] * 2,
+                         weights=torch.full((2,), 0.5, dtype=torch.float64),
+                         embeddings={t: torch.full((2, 3), float(i)) for i, t in enumerate(captions)}, scaling_factor=1.0)
+    plain = UNetConfig(batch=400, metadata_dropout=0.0, caption_dropout=0.0, caption_part_dropout=0.0)
+
+    def unconditional_rows(config):
+        _, metadata, hidden = make_batch(data, config, torch.Generator().manual_seed(3))
+        empty, all_zero = hidden[:, 0, 0] == 0, (metadata == 0).all(dim=1)
+        return empty, all_zero
+
+    empty, all_zero = unconditional_rows(replace(plain, unconditional_dropout=0.0))
+    assert not empty.any() and not all_zero.any()
+    empty, all_zero = unconditional_rows(replace(plain, unconditional_dropout=0.25))
+    assert torch.equal(empty, all_zero)  # dropped together, never one without the other
+    assert 0.15 < float(all_zero.float().mean()) < 0.35
+    empty, all_zero = unconditional_rows(replace(plain, metadata_dropout=0.1, caption_dropout=0.1))
+    assert 0.05 < float(empty.float().mean()) and float(all_zero.float().mean()) > 0.05  # the default keeps the pair
+
+
 def test_bad_training_data_gets_one_clear_line(tmp_path):
     _needs_data()
     with pytest.raises(InputError, match="does not exist"):

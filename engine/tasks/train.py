@@ -66,10 +66,12 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
                              "unet.steps": params.steps, "unet.batch": params.batch, "unet.seed": params.seed,
                              "unet.lora_rank": params.lora_rank, "unet.learning_rate": params.learning_rate,
                              "vae.steps": params.vae_steps, "vae.seed": params.seed})
-    total = recipe.unet.steps + (recipe.vae.steps if recipe.mode == "scratch" else 0)
+    stage_steps = {"vae": recipe.vae.steps if recipe.mode == "scratch" else 0, "unet": recipe.unet.steps,
+                   "decoder": recipe.decoder.steps}
+    total = sum(stage_steps.values())
 
     def report(stage: str, done: int, _total: int, record: dict) -> None:
-        offset = recipe.vae.steps if stage == "unet" and recipe.mode == "scratch" else 0
+        offset = sum(stage_steps[s] for s in list(stage_steps)[:list(stage_steps).index(stage)])
         progress(Progress(offset + done, total, f"{stage} step {done}, loss {record['loss']:.4f}"))
 
     result = run_training(sources, recipe, out_dir / "run", target, registry=registry, log=lambda line: None,

@@ -2,7 +2,10 @@
 
 DiffusionSat's recipe: v-prediction on SD's scaled-linear schedule, min-SNR-5 loss weights, EMA
 weights for sampling, every metadata field dropped (zeroed: "unknown") with probability 0.1 and
-the caption with 0.1 (so classifier-free guidance has an unconditional model), AdamW.
+the caption with 0.1, AdamW. Classifier-free guidance's unconditional half is the empty caption
+with all-zero metadata, so that pair is trained too (`unconditional_dropout`, 0.1): with only
+independent drops the model would almost never see it, and guidance would push every scene
+towards a flat, saturated average.
 
 Latents are computed once per chip, before the UNet trains, so a step costs only the UNet. Flips
 and quarter turns are applied to the latents: exact for the residual VAE's colour channels (mean
@@ -47,14 +50,20 @@ class UNetConfig:
     warmup: int = 200
     ema_decay: float = 0.999
     snr_gamma: float = 5.0
-    metadata_dropout: float = 0.1
+    metadata_dropout: float = 0.1  # each field on its own
     caption_dropout: float = 0.1
+    # The caption and every metadata field at once: the unconditional half of classifier-free guidance
+    # (empty prompt, all-zero metadata, as in DiffusionSat's pipelines), which the model must have seen.
+    unconditional_dropout: float = 0.1
     caption_part_dropout: float = 0.25
     seed: int = 0
     mode: str = "scratch"  # "scratch" | "full" (fine-tune the base model's UNet) | "lora"
     lora_rank: int = 8
     gradient_checkpointing: bool = False
     encode_orientations: int = 1  # 1: turn latents; 8: encode each flip/rotation of every chip
+    # Draw latents from the VAE's posterior (SD's way); false: its mean, for a VAE whose unused channel's
+    # posterior has grown wide (the draws would be mostly noise the decoder ignores and the UNet must learn)
+    sample_latents: bool = True
     checkpoint_every: int = 250
     extra: dict = field(default_factory=dict)
 
@@ -149,12 +158,18 @@ def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generat
         mean, std = data.means[chosen, codes].float(), data.stds[chosen, codes].float()
     else:
         mean, std = dihedral(data.means[chosen, 0].float(), codes), dihedral(data.stds[chosen, 0].float(), codes)
-    latents = (mean + std * torch.randn(mean.shape, generator=generator)) * data.scaling_factor
+    if config.sample_latents:
+        mean = mean + std * torch.randn(mean.shape, generator=generator)
+    latents = mean * data.scaling_factor
     metadata = drop_metadata(data.metadata[chosen], config.metadata_dropout, generator)
     texts = []
     for index in chosen.tolist():
         text = training_caption(data.land_covers[index], data.countries[index], config.caption_part_dropout, generator)
         texts.append("" if float(torch.rand(1, generator=generator)) < config.caption_dropout else text)
+    if config.unconditional_dropout:
+        unconditional = torch.rand(config.batch, generator=generator) < config.unconditional_dropout
+        metadata = metadata * ~unconditional[:, None]
+        texts = ["" if drop else text for drop, text in zip(unconditional.tolist(), texts)]
     hidden = torch.stack([data.embeddings[t] for t in texts])
     return latents, metadata, hidden
 

@@ -30,8 +30,12 @@ from engine.errors import InputError
 from .chips import ChipBank, build_chip_bank
 from .diffusion import (DiffusionData, UNetConfig, all_captions, build_unet, caption_embeddings, encode_bank,
                         train_unet)
+from .decoder import DecoderConfig, train_decoder
 from .sources import SourceList
 from .vae import VAEConfig, heldout_scores, train_vae
+
+
+MIN_LATENT_STD = 0.01  # raw latent units; the mean-colour channels spread about 0.3
 
 
 @dataclass
@@ -56,6 +60,8 @@ class TrainRecipe:
     mode: str = "scratch"
     base_model: str | None = None  # for full / lora: a model in the registry
     vae_from: str | None = None  # scratch: reuse this model's VAE instead of training one
+    # scratch: a schedule whose last step is pure noise, as sampling starts (Lin et al. 2024), sampled from t = 999
+    zero_terminal_snr: bool = False
     default_guidance: float = 2.5
     default_steps: int = 30
     sample_every: int = 1000
@@ -64,6 +70,7 @@ class TrainRecipe:
     samples: list[SamplePlace] = field(default_factory=list)
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # the decoder alone, after the UNet (latents unchanged)
 
 
 def load_recipe(path: Path | None, **overrides) -> TrainRecipe:
@@ -94,6 +101,7 @@ def _recipe_from(document: dict, where: str) -> TrainRecipe:
     try:
         values["vae"] = _section(VAEConfig, values.get("vae", {}), f"{where} vae")
         values["unet"] = _section(UNetConfig, values.get("unet", {}), f"{where} unet")
+        values["decoder"] = _section(DecoderConfig, values.get("decoder", {}), f"{where} decoder")
         values["samples"] = [SamplePlace(**s) for s in values.get("samples", [])]
         if "scales" in values:
             values["scales"] = tuple(int(s) for s in values["scales"])
@@ -106,6 +114,10 @@ def _recipe_from(document: dict, where: str) -> TrainRecipe:
         raise InputError(f"{where}: mode {recipe.mode} fine-tunes a model: name it with base_model (--base)")
     if recipe.chip_size % 8 or recipe.chip_size < 32:
         raise InputError(f"{where}: chip_size must be a multiple of 8 and at least 32, not {recipe.chip_size}")
+    if recipe.mode != "scratch" and recipe.zero_terminal_snr:
+        raise InputError(f"{where}: zero_terminal_snr changes the noise schedule: only a model trained from scratch can have it")
+    if recipe.mode == "lora" and recipe.decoder.steps:
+        raise InputError(f"{where}: a LoRA keeps its base model's VAE: drop the decoder section or use mode full")
     recipe.unet.mode = recipe.mode
     return recipe
 
@@ -212,6 +224,17 @@ def run_training(
     if steps < recipe.unet.steps:
         log(f"stopped at step {steps} of {recipe.unet.steps}; run the same command again to continue")
         return TrainResult(output, steps, vae_scores, files)
+    if recipe.decoder.steps:
+        vae, decoded = train_decoder(vae, bank, run_dir / "decoder", recipe.decoder, log=log, cancel=cancel,
+                                     time_limit_s=remaining(), device=device,
+                                     progress=(lambda d, t, h: progress("decoder", d, t, h)) if progress else None)
+        if decoded["steps_done"] < recipe.decoder.steps:
+            log(f"stopped training the decoder at step {decoded['steps_done']}; run the same command again to continue")
+            return TrainResult(output, steps, vae_scores, files)
+        vae_scores = {**vae_scores, "decoder": _cached_json(run_dir / "decoder_scores.json",
+                                                            lambda: heldout_scores(vae, heldout))}
+        log(f"VAE with the new decoder on held-out chips: PSNR {vae_scores['decoder']['psnr']:.2f} dB, "
+            f"SSIM {vae_scores['decoder']['ssim']:.3f}")
     card = model_card(recipe, sources, bank, vae_scores, steps, {})
     if recipe.mode == "lora":
         _export_lora(unet, output, card)
@@ -258,10 +281,23 @@ def _text_components(recipe: TrainRecipe, base, run_dir: Path) -> Path:
         from .export import write_text_components
 
         write_text_components(staging, recipe.unet.seed + 1234)
+        if recipe.zero_terminal_snr:
+            _zero_terminal_snr(staging / "scheduler" / "scheduler_config.json")
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)
     return folder
+
+
+def _zero_terminal_snr(config_path: Path) -> None:
+    """Rescale the betas so the last training step is pure noise, and sample from that step ("trailing").
+
+    SD's schedule leaves a little of the image in its noisiest step, so a model trained on it leans on
+    that trace of the layout and, started from pure noise, paints a flat mean-coloured scene.
+    """
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def _load_text(components: Path):
@@ -303,7 +339,9 @@ def _normalise_latents(vae, means: torch.Tensor, stds: torch.Tensor):
         vae.register_to_config(scaling_factor=scaling)
         return means, stds, scaling
     channels = raw.transpose(0, 2).reshape(raw.shape[2], -1)
-    shift, scale = channels.mean(dim=1), 1.0 / channels.std(dim=1)
+    # A channel the encoder has not learned to use yet is nearly constant: unit variance would blow its
+    # posterior noise up to thousands, so its spread counts as at least MIN_LATENT_STD.
+    shift, scale = channels.mean(dim=1), 1.0 / channels.std(dim=1).clamp(min=MIN_LATENT_STD)
     vae.set_latent_normalisation(shift.tolist(), scale.tolist())
     view = (1, 1, -1, 1, 1)
     return ((raw - shift.view(view)) * scale.view(view)).half(), (stds.float() * scale.view(view)).half(), 1.0
@@ -396,15 +434,23 @@ def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_sco
               "(one strip per place), never trained on.", "", "## Recipe", "",
               f"- VAE: {recipe.vae.block_out_channels} channels, f = 8, 4 latent channels; loss L1 + MSE + colour "
               f"(8x-pooled) + edges + KL {recipe.vae.kl_weight:g}; {recipe.vae.steps} steps of {recipe.vae.batch} x "
-              f"{recipe.vae.crop}^2 crops.",
+              f"{recipe.vae.crop}^2 crops."
+              + (f" Then the decoder alone ({'new' if recipe.decoder.restart else 'continued'}; encoder and latents "
+                 f"unchanged): {recipe.decoder.steps} steps of pixel losses and a "
+                 f"PatchGAN {recipe.decoder.discriminator_channels}, hinge loss, adversarial weight "
+                 f"{recipe.decoder.adversarial_weight:g} balanced against the pixel loss." if recipe.decoder.steps else ""),
               f"- SatUNet: {recipe.unet.block_out_channels} channels, {recipe.unet.layers_per_block} layers per block, "
               f"attention {recipe.unet.attention_levels}; v-prediction, min-SNR gamma {recipe.unet.snr_gamma:g}, EMA "
-              f"{recipe.unet.ema_decay}, metadata dropout {recipe.unet.metadata_dropout}, caption dropout "
-              f"{recipe.unet.caption_dropout}, AdamW lr {recipe.unet.learning_rate:g}, batch {recipe.unet.batch}.",
+              f"{recipe.unet.ema_decay}, metadata dropout {recipe.unet.metadata_dropout} per field, caption dropout "
+              f"{recipe.unet.caption_dropout}, both at once (unconditional) {recipe.unet.unconditional_dropout}, "
+              f"AdamW lr {recipe.unet.learning_rate:g}, batch {recipe.unet.batch}"
+              + ("" if recipe.unet.sample_latents else ", on the posterior means") + ".",
               f"- Default sampling: guidance {recipe.default_guidance:g}, {recipe.default_steps} steps.", ""]
     if vae_scores:
         lines += ["## Held-out figures", "", "| | PSNR (dB) | SSIM |", "|---|---|---|",
                   f"| VAE reconstruction | {vae_scores['psnr']:.2f} | {vae_scores['ssim']:.3f} |",
+                  *([f"| VAE reconstruction, decoder stage (shipped) | {vae_scores['decoder']['psnr']:.2f} | "
+                     f"{vae_scores['decoder']['ssim']:.3f} |"] if "decoder" in vae_scores else []),
                   f"| shrink 8x, enlarge bicubic (baseline) | {vae_scores['baseline_psnr']:.2f} | {vae_scores['baseline_ssim']:.3f} |",
                   "", f"({vae_scores['chips']} held-out chips, scikit-image metrics.)", ""]
     if metrics:

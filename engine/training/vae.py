@@ -63,20 +63,31 @@ def build_vae(config: VAEConfig) -> AutoencoderKL:
     return vae
 
 
-def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VAEConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+def sampled_latents(vae: AutoencoderKL, images: torch.Tensor, generator: torch.Generator):
+    """A draw from the posterior (the latents a UNet learns on) and the posterior itself."""
     posterior = vae.encode(images).latent_dist
     noise = torch.randn(posterior.mean.shape, generator=generator).to(images.device)
-    latents = posterior.mean + posterior.std * noise
-    recon = vae.decode(latents).sample
+    return posterior.mean + posterior.std * noise, posterior
+
+
+def pixel_loss(recon: torch.Tensor, images: torch.Tensor, colour_weight: float, edge_weight: float) -> tuple[torch.Tensor, dict]:
+    """L1 + MSE + the colour term on 8x-pooled images + the edge term on image gradients."""
     l1 = (recon - images).abs().mean()
     mse = F.mse_loss(recon, images)
     colour = (F.avg_pool2d(recon, 8) - F.avg_pool2d(images, 8)).abs().mean()
     edges = sum(
         (torch.diff(recon, dim=d) - torch.diff(images, dim=d)).abs().mean() for d in (-1, -2)
     )
+    loss = l1 + mse + colour_weight * colour + edge_weight * edges
+    return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "colour": float(colour.detach())}
+
+
+def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VAEConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    latents, posterior = sampled_latents(vae, images, generator)
+    recon = vae.decode(latents).sample
+    loss, parts = pixel_loss(recon, images, config.colour_weight, config.edge_weight)
     kl = posterior.kl().mean() / images[0].numel()
-    loss = l1 + mse + config.colour_weight * colour + config.edge_weight * edges + config.kl_weight * kl
-    return loss, {"l1": float(l1.detach()), "mse": float(mse.detach()), "colour": float(colour.detach()), "kl": float(kl.detach())}
+    return loss + config.kl_weight * kl, {**parts, "kl": float(kl.detach())}
 
 
 @torch.no_grad()
@@ -133,9 +144,8 @@ def train_vae(
         history, start = state["history"], state["step"]
         log(f"resuming the VAE at step {start}")
     vae.to(device)
-    train = bank.indices("train")
+    train, weights = training_weights(bank)
     heldout = bank.images[bank.indices("heldout")]
-    weights = place_weights([_group(bank.records[i]) for i in train])
     started = time.monotonic()
     step = start
     vae.train()
@@ -143,9 +153,7 @@ def train_vae(
         if cancel is not None and cancel():
             raise Cancelled("training cancelled; its last checkpoint is kept, run again to resume")
         generator = step_generator(config.seed, step)
-        chosen = torch.as_tensor(train)[draw(weights, config.batch, generator)]
-        images = random_crops(unit_images(bank.images, chosen), config.crop, generator)
-        images = dihedral(images, torch.randint(0, 8, (config.batch,), generator=generator))
+        images = image_batch(bank, train, weights, config.batch, config.crop, generator)
         for group in optimiser.param_groups:
             group["lr"] = warmup_cosine(config.learning_rate, config.warmup, config.steps, step)
         loss, parts = vae_loss(vae, images.to(device), config, generator)
@@ -176,6 +184,20 @@ def train_vae(
             break
     vae.eval().cpu()
     return vae, {"history": history, "steps_done": step + 1 if config.steps > start else start}
+
+
+def image_batch(bank: ChipBank, train: np.ndarray, weights: torch.Tensor, batch: int, crop: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """Random crops of training chips (places balanced), each flipped or turned at random."""
+    chosen = torch.as_tensor(train)[draw(weights, batch, generator)]
+    images = random_crops(unit_images(bank.images, chosen), crop, generator)
+    return dihedral(images, torch.randint(0, 8, (batch,), generator=generator))
+
+
+def training_weights(bank: ChipBank) -> tuple[np.ndarray, torch.Tensor]:
+    """The training chips' indices and their draw weights (each place's share grows with sqrt(chips))."""
+    train = bank.indices("train")
+    return train, place_weights([_group(bank.records[i]) for i in train])
 
 
 def _group(record) -> str:
