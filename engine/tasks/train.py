@@ -7,6 +7,7 @@ right after the job.
 
 from __future__ import annotations
 
+from itertools import accumulate
 from pathlib import Path
 
 from pydantic import Field
@@ -69,10 +70,10 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
     stage_steps = {"vae": recipe.vae.steps if recipe.mode == "scratch" else 0, "unet": recipe.unet.steps,
                    "decoder": recipe.decoder.steps}
     total = sum(stage_steps.values())
+    offsets = dict(zip(stage_steps, accumulate(stage_steps.values(), initial=0)))  # steps of the stages before
 
     def report(stage: str, done: int, _total: int, record: dict) -> None:
-        offset = sum(stage_steps[s] for s in list(stage_steps)[:list(stage_steps).index(stage)])
-        progress(Progress(offset + done, total, f"{stage} step {done}, loss {record['loss']:.4f}"))
+        progress(Progress(offsets[stage] + done, total, f"{stage} step {done}, loss {record['loss']:.4f}"))
 
     result = run_training(sources, recipe, out_dir / "run", target, registry=registry, log=lambda line: None,
                           progress=report, cancel=cancel, device=getattr(registry, "device", None))
