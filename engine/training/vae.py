@@ -39,6 +39,7 @@ class VAEConfig:
     residual: bool = True
     warmup: int = 100
     kl_weight: float = 1e-6
+    sample_posterior: bool = True
     colour_weight: float = 1.0
     edge_weight: float = 0.5
     seed: int = 0
@@ -83,10 +84,23 @@ def pixel_loss(recon: torch.Tensor, images: torch.Tensor, colour_weight: float, 
 
 
 def vae_loss(vae: AutoencoderKL, images: torch.Tensor, config: VAEConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    latents, posterior = sampled_latents(vae, images, generator)
+    """Pixel losses + the KL term; with `sample_posterior` off, decode the mean and keep only the KL's pull on it.
+
+    A channel the decoder does not use yet gets only the KL's gradient, which Adam turns into full-size
+    steps whatever the KL weight: its posterior widens until draws from it are noise, and a decoder fed
+    that noise learns to paint nothing. Decoding the mean (a deterministic autoencoder, as inference
+    encodes with the mode) leaves the log-variance at its start and the decoder free to use every channel.
+    """
+    if config.sample_posterior:
+        latents, posterior = sampled_latents(vae, images, generator)
+        kl = posterior.kl().mean()
+    else:
+        posterior = vae.encode(images).latent_dist
+        latents = posterior.mean
+        kl = 0.5 * latents.pow(2).sum(dim=(1, 2, 3)).mean()
     recon = vae.decode(latents).sample
     loss, parts = pixel_loss(recon, images, config.colour_weight, config.edge_weight)
-    kl = posterior.kl().mean() / images[0].numel()
+    kl = kl / images[0].numel()
     return loss + config.kl_weight * kl, {**parts, "kl": float(kl.detach())}
 
 
