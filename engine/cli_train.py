@@ -15,7 +15,8 @@ def add_train_parser(sub) -> None:
         description="Cut chips from the rasters at several ground resolutions, with the metadata inference uses; "
                     "train; write a model folder (or a LoRA) with its model card. Run the same command again to resume.",
     )
-    train.add_argument("data", nargs="+", help="raster files, folders, or a sources .yaml (paths, bands, land cover, licence)")
+    train.add_argument("data", nargs="+", help="raster files, folders, STAC item .json files, or a sources .yaml "
+                       "(paths or STAC items, bands, land cover, polygons with classes, licence)")
     train.add_argument("-o", "--output", required=True, help="the model folder to write (or the LoRA folder with --mode lora)")
     train.add_argument("--recipe", help="a recipe .yaml (chip size, scales, VAE and UNet settings, sample places)")
     train.add_argument("--run-dir", help="where checkpoints, chips and samples are kept (default: OUTPUT.run)")

@@ -379,6 +379,127 @@ def test_the_residual_vae_starts_at_the_shrink_and_enlarge_baseline_and_normalis
     assert torch.allclose(latents[:, 1], (pooled[:, 1] + 0.2) * 3.0, atol=1e-5)
 
 
+def test_a_deterministic_vae_decodes_the_posterior_mean_and_leaves_its_log_variance_alone():
+    from dataclasses import replace
+
+    from engine.training.vae import VAEConfig, build_vae, vae_loss
+
+    config = VAEConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, sample_posterior=False, kl_weight=1.0)
+    vae = build_vae(config)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    first, _ = vae_loss(vae, images, config, torch.Generator().manual_seed(0))
+    second, _ = vae_loss(vae, images, config, torch.Generator().manual_seed(1))
+    assert torch.equal(first, second)  # no draw: the same images give the same loss whatever the seed
+    first.backward()
+    channels = config.latent_channels
+    weight, bias = vae.encoder.conv_out.weight.grad, vae.encoder.conv_out.bias.grad
+    assert weight[:channels].abs().sum() > 0  # the means learn
+    assert weight[channels:].abs().sum() == 0 and bias[channels:].abs().sum() == 0  # the log-variance gets nothing
+    vae.zero_grad()
+    sampled, _ = vae_loss(vae, images, replace(config, sample_posterior=True), torch.Generator().manual_seed(0))
+    sampled.backward()
+    assert vae.encoder.conv_out.bias.grad[channels:].abs().sum() > 0  # drawing from the posterior widens or narrows it
+
+
+JOPLIN = SHARED_DATA / "rasters" / "xv2deploy_pre_tile_1361-10160.tif"
+JOPLIN_DAMAGE = SHARED_DATA / "vectors" / "xview2_deploy_joplin" / "damage.shp"
+
+
+def test_polygons_with_classes_caption_the_chips_they_cover_as_inpainting_prompts_them(tmp_path):
+    if not JOPLIN_DAMAGE.is_file():
+        pytest.skip("the Joplin damage polygons are not in the shared data")
+    import pyproj
+    import shapely
+
+    from engine.geo.damage_classes import classify_polygons
+    from engine.geo.vectors import read_polygons
+    from engine.training.labels import MIN_CLASS_SHARE
+
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(f"sources:\n  - {{path: {JOPLIN}, polygons: {JOPLIN_DAMAGE}, class_field: dmg, "
+                       "disaster_type: tornado, land_cover: town}\n", encoding="utf-8")
+    (source,) = load_sources([sources]).sources
+    assert source.disaster_type == "wind"
+    chips = [record for _, record in cut_source(source, 64, (1, 2), 0.2)]
+    layer = read_polygons(JOPLIN_DAMAGE)
+    classes = classify_polygons(layer, "dmg", disaster_type="wind")  # what inpaint conditions each class on
+    to_tile = pyproj.Transformer.from_crs(layer.crs, "EPSG:26915", always_xy=True).transform
+    moved = [shapely.transform(g, lambda xy: np.column_stack(to_tile(xy[:, 0], xy[:, 1]))) for g in layer.geometries]
+    polygons = [(g.buffer(0), int(c)) for g, c in zip(moved, classes.codes)]
+    captioned = [r for r in chips if r.caption]
+    assert 0 < len(captioned) < len(chips)
+    for record in chips:
+        a, b, c, d, e, f = record.transform
+        box = shapely.box(c, f + 64 * e, c + 64 * a, f)
+        areas = {}
+        for polygon, code in polygons:
+            areas[code] = areas.get(code, 0.0) + polygon.intersection(box).area
+        code, area = max(areas.items(), key=lambda item: (item[1], item[0]))
+        share = area / box.area
+        if record.caption:
+            assert record.caption == classes.prompt(code) and share > MIN_CLASS_SHARE - 0.05
+            assert record.land_cover == "town"
+        else:
+            assert share < MIN_CLASS_SHARE + 0.05 and record.land_cover == "town"
+    with pytest.raises(InputError, match="without 'polygons'"):
+        sources.write_text(f"sources:\n  - {{path: {JOPLIN}, class_field: dmg}}\n", encoding="utf-8")
+        load_sources([sources])
+
+
+def test_a_chip_with_a_class_caption_trains_on_that_caption():
+    from dataclasses import replace
+
+    from engine.training.diffusion import DiffusionData, UNetConfig, make_batch
+
+    burnt = "a fmow satellite image after being affected by a fire natural disaster with burnt areas"
+    texts = ["", burnt, "a fmow satellite image of a forest", "a fmow satellite image"]
+    data = DiffusionData(means=torch.zeros(2, 1, 4, 2, 2).half(), stds=torch.zeros(2, 1, 4, 2, 2).half(),
+                         metadata=torch.rand(2, 7) + 1, land_covers=["forest"] * 2, countries=[None] * 2,
+                         weights=torch.tensor([1.0, 0.0], dtype=torch.float64),
+                         embeddings={t: torch.full((2, 3), float(i)) for i, t in enumerate(texts)}, scaling_factor=1.0,
+                         captions=[burnt, None])
+    config = UNetConfig(batch=200, metadata_dropout=0.0, caption_dropout=0.1, caption_part_dropout=0.5,
+                        unconditional_dropout=0.0)
+    hidden = make_batch(data, config, torch.Generator().manual_seed(0))[2][:, 0, 0]
+    assert set(hidden.tolist()) == {0.0, 1.0}  # the whole class caption, or (caption dropout) none
+    assert 0.03 < float((hidden == 0).float().mean()) < 0.2
+    data = replace(data, weights=torch.tensor([0.0, 1.0], dtype=torch.float64))
+    hidden = make_batch(data, config, torch.Generator().manual_seed(0))[2][:, 0, 0]
+    assert {2.0, 3.0} <= set(hidden.tolist()) and 1.0 not in hidden.tolist()  # its land cover, parts dropped
+
+
+def _stac_item(assets: dict, **properties) -> dict:
+    return {"type": "Feature", "stac_version": "1.0.0", "id": "LC81070352015122LGN00", "geometry": None,
+            "properties": {"datetime": "2015-05-02T01:23:45Z", **properties}, "assets": assets, "links": []}
+
+
+def test_a_stac_item_is_a_training_source_with_its_rgb_assets_date_and_cloud_cover(tmp_path):
+    _needs_data()
+    bands = {colour: TRAIN_DATA / f"LC81070352015122LGN00_B{n}.tif" for colour, n in (("red", 4), ("green", 3), ("blue", 2))}
+    assets = {f"B{n}": {"href": str(bands[colour]), "eo:bands": [{"name": f"B{n}", "common_name": colour}]}
+              for colour, n in (("blue", 2), ("red", 4), ("green", 3))}
+    item = tmp_path / "item.json"
+    item.write_text(json.dumps(_stac_item(assets, **{"eo:cloud_cover": 12.0})), encoding="utf-8")
+    (source,) = load_sources([item]).sources
+    assert source.paths == (bands["red"], bands["green"], bands["blue"])
+    assert source.date == "2015-05-02" and source.cloud_cover == pytest.approx(0.12)
+    listed = tmp_path / "sources.yaml"
+    listed.write_text(f"sources:\n  - {{stac: {item.name}, land_cover: mountain, licence: public domain}}\n", encoding="utf-8")
+    (entry,) = load_sources([listed]).sources
+    assert entry.paths == source.paths and entry.land_cover == "mountain" and entry.date == "2015-05-02"
+    visual = tmp_path / "visual.json"
+    visual.write_text(json.dumps(_stac_item({"visual": {"href": str(OSBS), "roles": ["visual"]}})), encoding="utf-8")
+    assert load_sources([visual]).sources[0].paths == (OSBS,)
+    remote = tmp_path / "remote.json"
+    remote.write_text(json.dumps(_stac_item({"visual": {"href": "https://example.com/a.tif"}})), encoding="utf-8")
+    with pytest.raises(InputError, match="not a local file"):
+        load_sources([remote])
+    del assets["B3"]
+    item.write_text(json.dumps(_stac_item(assets)), encoding="utf-8")
+    with pytest.raises(InputError, match="red, green and blue"):
+        load_sources([item])
+
+
 def test_the_train_task_fits_a_lora_on_uploaded_rasters_and_installs_it(tmp_path):
     _needs_data()
     run_training(load_sources([_sources(tmp_path)]), load_recipe(_recipe(tmp_path)), tmp_path / "base-run",
@@ -394,6 +515,21 @@ def test_the_train_task_fits_a_lora_on_uploaded_rasters_and_installs_it(tmp_path
     assert "OSBS_029.tif" in written["card"].read_text()
     assert (tmp_path / "models" / "loras" / "my-lora.safetensors").is_file()
     assert progress and progress[-1].done == progress[-1].total == 3
+    served = registry.load("base", device="cpu", dtype=torch.float32).unet  # what the engine's generate jobs use
+    assert not getattr(served, "peft_config", None)  # training worked on its own copy
     with pytest.raises(InputError, match="exists already"):
         run_task_locally(registry, {"task": "train", "name": "my-lora", "model": "base", "mode": "lora"},
                          {"rasters.0": OSBS}, {"card": tmp_path / "card2.md"})
+    with rasterio.open(OSBS) as ds:  # a burn perimeter over the raster's west half
+        (left, bottom, right, top), crs = ds.bounds, ds.crs.to_string()
+    west = [[left, bottom], [(left + right) / 2, bottom], [(left + right) / 2, top], [left, top], [left, bottom]]
+    perimeter = tmp_path / "perimeter.geojson"
+    perimeter.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": crs}},
+                                     "features": [{"type": "Feature", "properties": {}, "geometry": {
+                                         "type": "Polygon", "coordinates": [west]}}]}), encoding="utf-8")
+    burn = {"task": "train", "name": "burn", "model": "base", "mode": "lora", "chip_size": 32, "scales": [1], "steps": 2,
+            "batch": 2, "land_cover": "forest", "polygon_class": "burnt-area", "disaster_type": "wildfire"}
+    with pytest.raises(InputError, match="upload the polygons"):
+        run_task_locally(registry, burn, {"rasters.0": OSBS}, {"card": tmp_path / "card3.md"})
+    written = run_task_locally(registry, burn, {"rasters.0": OSBS, "polygons": perimeter}, {"card": tmp_path / "card4.md"})
+    assert "'a fmow satellite image after being affected by a fire natural disaster with burnt areas'" in written["card"].read_text()

@@ -25,6 +25,9 @@ class TrainParams(TaskParams):
     land_cover: str | None = Field(None, max_length=100, description="caption words for the imagery, e.g. farm, forest, town")
     country: str | None = Field(None, max_length=100)
     licence: str = Field("unknown", max_length=200, description="licence of the imagery, for the model card")
+    class_field: str | None = Field(None, max_length=100, description="the polygons' class attribute (notation, subtype, dmg)")
+    polygon_class: str | None = Field(None, max_length=100, description="the class of every polygon without a class_field, e.g. burnt-area")
+    disaster_type: str | None = Field(None, max_length=100, description="fire, flooding, ... for the captions of damage classes")
     chip_size: int = Field(128, ge=32, le=1024, multiple_of=8)
     scales: list[int] = Field([1, 2, 4], min_length=1, max_length=6)
     holdout: float = Field(0.2, gt=0, lt=0.9)
@@ -39,7 +42,9 @@ class TrainParams(TaskParams):
 @task(
     "train",
     TrainParams,
-    inputs={"rasters": Input("raster", "georeferenced RGB training rasters", many=True, required=True)},
+    inputs={"rasters": Input("raster", "georeferenced RGB training rasters", many=True, required=True),
+            "polygons": Input("vector", "optional: polygons with classes over every raster; the chips they cover are "
+                                        "captioned with their class as inpainting prompts it")},
     summary="rasters -> a SatUNet trained or fine-tuned on them, installed in the models folder (results: card, loss_curve, samples)",
     model_task="generate",  # the base model of a fine-tune is a generation model
 )
@@ -58,8 +63,15 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
     target = models_dir / LORA_DIR / f"{params.name}.safetensors" if params.mode == "lora" else models_dir / params.name
     if target.exists() or (models_dir / params.name).exists():
         raise InputError(f"a model named {params.name!r} exists already; choose another name")
+    polygons = inputs.get("polygons")
+    if not polygons and (params.class_field or params.polygon_class or params.disaster_type):
+        raise InputError("class_field, polygon_class and disaster_type describe `polygons`: upload the polygons too")
+    from engine.geo.damage_classes import normalise_disaster_type
+
     sources = SourceList(tuple(
-        TrainingSource(paths=(Path(p),), land_cover=params.land_cover, country=params.country, licence=params.licence)
+        TrainingSource(paths=(Path(p),), land_cover=params.land_cover, country=params.country, licence=params.licence,
+                       polygons=Path(polygons) if polygons else None, class_field=params.class_field,
+                       polygon_class=params.polygon_class, disaster_type=normalise_disaster_type(params.disaster_type))
         for p in rasters
     ))
     recipe = load_recipe(None, name=params.name, mode=params.mode, base_model=params.model, chip_size=params.chip_size,

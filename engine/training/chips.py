@@ -31,6 +31,7 @@ from engine.geo.metadata import SatMetadata, centre_lonlat, gsd_metres
 from engine.geo.radiometry import _PERCENTILES as PERCENTILES, Stretch, stretch_for
 from engine.geo.raster import RasterSource, open_raster, require_rgb
 
+from .labels import SourceLabels
 from .sources import TrainingSource
 
 MIN_VALID_FRACTION = 0.99
@@ -54,6 +55,7 @@ class ChipRecord:
     lon: float
     lat: float
     gsd_m: float
+    caption: str | None = None  # from the class of the polygons covering the chip (labels.py)
 
 
 def chip_metadata(crs, transform: Affine, size: int, date, cloud_cover) -> SatMetadata:
@@ -153,6 +155,7 @@ def cut_source(
         info = reader.info
         acquisition = acquisition_for_raster(source.paths[0], explicit_date=source.date, explicit_cloud=source.cloud_cover)
         split_col = int(round(info.width * (1 - holdout)))
+        labels = SourceLabels(source, info) if source.polygons else None
         crs_text = info.crs.to_wkt()
         for scale in scales:
             span = size * scale
@@ -164,11 +167,13 @@ def cut_source(
                         continue
                     transform = info.transform @ Affine.translation(col, row) @ Affine.scale(scale)
                     meta = chip_metadata(info.crs, transform, size, acquisition.date, acquisition.cloud_cover)
+                    label = labels.chip_label(col, row, span) if labels else None
                     record = ChipRecord(
                         source=source.name, place=source.group, split=split, scale=scale, col=col, row=row, crs=crs_text,
-                        transform=tuple(transform)[:6], land_cover=source.land_cover, country=source.country,
-                        date=acquisition.date.isoformat() if acquisition.date else None,
+                        transform=tuple(transform)[:6], land_cover=(label and label.land_cover) or source.land_cover,
+                        country=source.country, date=acquisition.date.isoformat() if acquisition.date else None,
                         cloud_cover=acquisition.cloud_cover, lon=meta.lon, lat=meta.lat, gsd_m=meta.gsd_m,
+                        caption=label.caption if label else None,
                     )
                     yield np.round(rgb * 255).astype(np.uint8), record
     finally:
@@ -252,6 +257,10 @@ def _signature(sources, size, scales, holdout) -> str:
     for source in sources:
         stats = [f"{p}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in source.paths]
         parts.append(f"{stats}|{source.bands}|{source.land_cover}|{source.country}|{source.date}|{source.cloud_cover}|{source.nodata}")
+        if source.polygons:
+            labelled = source.polygons.stat()
+            parts.append(f"{source.polygons}:{labelled.st_size}:{int(labelled.st_mtime)}|{source.class_field}|"
+                         f"{source.polygon_class}|{source.disaster_type}")
     import hashlib
 
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -118,6 +118,8 @@ def all_captions(bank: ChipBank) -> list[str]:
 
     texts = {""}
     for r in bank.records:
+        if r.caption:
+            texts.add(r.caption)
         for cover in (r.land_cover, None):
             for country in (r.country, None):
                 texts.add(caption(cover, country))
@@ -149,6 +151,7 @@ class DiffusionData:
     weights: torch.Tensor
     embeddings: dict[str, torch.Tensor]
     scaling_factor: float
+    captions: list | None = None  # a chip's whole caption from its polygons' class, else None
 
 
 def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generator):
@@ -164,7 +167,8 @@ def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generat
     metadata = drop_metadata(data.metadata[chosen], config.metadata_dropout, generator)
     texts = []
     for index in chosen.tolist():
-        text = training_caption(data.land_covers[index], data.countries[index], config.caption_part_dropout, generator)
+        fixed = data.captions[index] if data.captions else None
+        text = fixed or training_caption(data.land_covers[index], data.countries[index], config.caption_part_dropout, generator)
         texts.append("" if float(torch.rand(1, generator=generator)) < config.caption_dropout else text)
     if config.unconditional_dropout:
         unconditional = torch.rand(config.batch, generator=generator) < config.unconditional_dropout

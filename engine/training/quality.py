@@ -60,7 +60,8 @@ def samples_for_chips(model, bank: ChipBank, indices: np.ndarray, steps: int, se
         for k, index in enumerate(indices):
             record = bank.records[int(index)]
             grid = OutputGrid(CRS.from_wkt(record.crs), Affine(*record.transform), bank.size, bank.size)
-            request = GenerateRequest(grid=grid, prompt=caption(record.land_cover, record.country), date=record.date,
+            request = GenerateRequest(grid=grid, prompt=record.caption or caption(record.land_cover, record.country),
+                                      date=record.date,
                                       cloud_cover=record.cloud_cover, steps=steps, seed=seed + k,
                                       window=min(bank.size, model.info.native_resolution), overlap=0)
             path = Path(scratch) / f"{k}.tif"

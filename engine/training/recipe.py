@@ -192,6 +192,7 @@ def run_training(
     data = DiffusionData(
         means=means, stds=stds, metadata=torch.from_numpy(np.asarray(bank.metadata[train_idx])),
         land_covers=[r.land_cover for r in records], countries=[r.country for r in records],
+        captions=[r.caption for r in records],
         weights=place_weights([r.place for r in records]),
         embeddings=caption_embeddings(text_encoder, tokenizer, all_captions(bank)), scaling_factor=scaling,
     )
@@ -262,10 +263,15 @@ def run_training(
 
 
 def _load_base(recipe: TrainRecipe, registry):
+    """The base model with its own copies of the UNet and VAE: the registry's cached model (which an
+    engine keeps serving generate jobs from) must not be fine-tuned or given adapters in place."""
+    import copy
+
     name = recipe.base_model or recipe.vae_from
     if registry is None:
         raise InputError(f"training on {name} needs the models folder it is in (--models-dir)")
-    return registry.load(name, device="cpu", dtype=torch.float32)
+    cached = registry.load(name, device="cpu", dtype=torch.float32)
+    return dataclasses.replace(cached, unet=copy.deepcopy(cached.unet), vae=copy.deepcopy(cached.vae))
 
 
 def _text_components(recipe: TrainRecipe, base, run_dir: Path) -> Path:
@@ -428,12 +434,22 @@ def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_sco
     for source in sources.sources:
         lines.append(f"| {', '.join(p.name for p in source.paths)} | {source.licence} | {source.attribution} | "
                      f"{source.land_cover or ''} | {per_source[(source.name, 'train')]} / {per_source[(source.name, 'heldout')]} |")
+    cover_of = {source.name: source.land_cover for source in sources.sources}
+    labelled = Counter((r.source, r.caption or r.land_cover) for r in bank.records
+                       if r.caption or r.land_cover != cover_of.get(r.source))
+    for source in sources.sources:
+        if source.polygons:
+            found = ", ".join(f"{count} '{text}'" for (name, text), count in sorted(labelled.items()) if name == source.name)
+            lines.append(f"\n{source.name}: chips captioned by the class of the polygons in {source.polygons.name}: "
+                         f"{found or 'none (no class covers a quarter of any chip)'}.")
     gsds = sorted({round(r.gsd_m, 2) for r in bank.records})
     lines += ["", f"Chips of {recipe.chip_size} px at pooling scales {list(recipe.scales)}; ground resolutions seen: "
               f"{', '.join(f'{g:g}' for g in gsds)} m. Held out: the east {recipe.holdout:.0%} of every source "
               "(one strip per place), never trained on.", "", "## Recipe", "",
               f"- VAE: {recipe.vae.block_out_channels} channels, f = 8, 4 latent channels; loss L1 + MSE + colour "
-              f"(8x-pooled) + edges + KL {recipe.vae.kl_weight:g}; {recipe.vae.steps} steps of {recipe.vae.batch} x "
+              f"(8x-pooled) + edges + KL {recipe.vae.kl_weight:g}"
+              + ("" if recipe.vae.sample_posterior else " on the means (deterministic: decodes the posterior mean)")
+              + f"; {recipe.vae.steps} steps of {recipe.vae.batch} x "
               f"{recipe.vae.crop}^2 crops."
               + (f" Then the decoder alone ({'new' if recipe.decoder.restart else 'continued'}; encoder and latents "
                  f"unchanged): {recipe.decoder.steps} steps of pixel losses and a "

@@ -1,9 +1,9 @@
 """Training sources: which rasters to learn from, how to read RGB from them, what they show.
 
-A source is one multi-band raster, or one single-band file per colour (Landsat's B4 B3 B2), plus
-what a caption can say about it (land cover, country) and its licence for the model card. Sources
-come from a YAML/JSON file (relative paths are relative to that file) or straight from raster
-paths and folders.
+A source is one multi-band raster, one single-band file per colour (Landsat's B4 B3 B2), or the
+RGB assets of a STAC item, plus what a caption can say about it (land cover, country, polygons
+with classes) and its licence for the model card. Sources come from a YAML/JSON file (relative
+paths are relative to that file), STAC item files, or straight from raster paths and folders.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 
 from engine.errors import InputError
+from engine.geo.damage_classes import normalise_disaster_type
+
+from .stac_sources import is_stac_file, stac_sources
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
@@ -34,6 +37,10 @@ class TrainingSource:
     attribution: str = ""
     place: str = ""  # sources of one place (a time series, a band stack) share a held-out area
     nodata: float | None = None  # a fill value the file does not declare (Landsat's 0 outside the scene)
+    polygons: Path | None = None  # classes for the captions of the chips they cover (see labels.py)
+    class_field: str | None = None  # the polygons' class attribute, as inpaint's class field
+    polygon_class: str | None = None  # the class of every polygon when there is no class field
+    disaster_type: str | None = None  # for the captions of damage classes (fire, flooding, ...)
 
     @property
     def name(self) -> str:
@@ -61,7 +68,9 @@ def load_sources(items: list[str | Path]) -> SourceList:
         path = Path(item)
         if not path.exists():
             raise InputError(f"training data {path} does not exist")
-        if path.is_file() and path.suffix.lower() in (".yaml", ".yml", ".json"):
+        if path.is_file() and path.suffix.lower() == ".json" and is_stac_file(path):
+            sources.extend(TrainingSource(**fields) for fields in stac_sources(path))
+        elif path.is_file() and path.suffix.lower() in (".yaml", ".yml", ".json"):
             listed = _read_sources_file(path)
             sources.extend(listed.sources)
             description = description or listed.description
@@ -90,37 +99,59 @@ def _read_sources_file(path: Path) -> SourceList:
     return SourceList(sources, str(document.get("description", "")), extra)
 
 
-_ENTRY_KEYS = {"path", "band_files", "bands", "land_cover", "country", "date", "cloud_cover", "licence", "attribution", "place", "nodata"}
+_ENTRY_KEYS = {"path", "band_files", "stac", "bands", "land_cover", "country", "date", "cloud_cover", "licence",
+               "attribution", "place", "nodata", "polygons", "class_field", "class", "disaster_type"}
+_IMAGE_KEYS = ("path", "band_files", "stac")
 
 
 def _source_from_entry(entry: Any, base: Path, file: Path, index: int) -> TrainingSource:
     where = f"{file} sources[{index}]"
     if not isinstance(entry, dict):
-        raise InputError(f"{where} must be a mapping with 'path' (or 'band_files')")
+        raise InputError(f"{where} must be a mapping with 'path', 'band_files' or 'stac'")
     unknown = set(entry) - _ENTRY_KEYS
     if unknown:
         raise InputError(f"{where} has unknown keys {sorted(unknown)}; known: {sorted(_ENTRY_KEYS)}")
-    if ("path" in entry) == ("band_files" in entry):
-        raise InputError(f"{where} needs exactly one of 'path' (a multi-band raster) or 'band_files' (R, G, B files)")
-    names = [entry["path"]] if "path" in entry else list(entry["band_files"])
-    if "band_files" in entry and len(names) != 3:
-        raise InputError(f"{where} 'band_files' lists {len(names)} files; give the red, green and blue files")
-    paths = tuple((base / str(name)).resolve() for name in names)
-    for path in paths:
-        if not path.is_file():
-            raise InputError(f"{where}: {path} does not exist")
+    given = [key for key in _IMAGE_KEYS if key in entry]
+    if len(given) != 1:
+        raise InputError(f"{where} needs exactly one of 'path' (a multi-band raster), 'band_files' (R, G, B files) "
+                         f"or 'stac' (a STAC item with RGB assets); it has {given or 'none'}")
+    if "stac" in entry:
+        items = stac_sources(_existing(base, entry["stac"], where))
+        if len(items) != 1:
+            raise InputError(f"{where}: {entry['stac']} holds {len(items)} STAC items; name one item file per source")
+        image = items[0]
+    else:
+        names = [entry["path"]] if "path" in entry else list(entry["band_files"])
+        if "band_files" in entry and len(names) != 3:
+            raise InputError(f"{where} 'band_files' lists {len(names)} files; give the red, green and blue files")
+        image = {"paths": tuple(_existing(base, name, where) for name in names)}
     bands = entry.get("bands")
     if bands is not None and (not isinstance(bands, list) or len(bands) != 3 or not all(isinstance(b, int) and b > 0 for b in bands)):
         raise InputError(f"{where} 'bands' must be three 1-based band numbers [R, G, B]")
+    polygons = _existing(base, entry["polygons"], where) if entry.get("polygons") else None
+    if not polygons and any(entry.get(key) for key in ("class_field", "class", "disaster_type")):
+        raise InputError(f"{where} gives 'class_field', 'class' or 'disaster_type' without 'polygons' to apply them to")
+    disaster_type = normalise_disaster_type(entry.get("disaster_type"))
     return TrainingSource(
-        paths=paths,
-        bands=tuple(bands) if bands else None,
+        paths=image["paths"],
+        bands=tuple(bands) if bands else image.get("bands"),
         land_cover=entry.get("land_cover"),
         country=entry.get("country"),
-        date=str(entry["date"]) if entry.get("date") else None,
-        cloud_cover=entry.get("cloud_cover"),
+        date=str(entry["date"]) if entry.get("date") else image.get("date"),
+        cloud_cover=entry["cloud_cover"] if entry.get("cloud_cover") is not None else image.get("cloud_cover"),
         licence=str(entry.get("licence", "unknown")),
         attribution=str(entry.get("attribution", "")),
         place=str(entry.get("place", "")),
         nodata=entry.get("nodata"),
+        polygons=polygons,
+        class_field=str(entry["class_field"]) if entry.get("class_field") else None,
+        polygon_class=str(entry["class"]) if entry.get("class") else None,
+        disaster_type=disaster_type,
     )
+
+
+def _existing(base: Path, name: Any, where: str) -> Path:
+    path = (base / str(name)).resolve()
+    if not path.is_file():
+        raise InputError(f"{where}: {path} does not exist")
+    return path

@@ -1,0 +1,58 @@
+"""Chip captions from polygons with classes: what a labelled chip shows, in the words inpainting uses.
+
+A training source may carry polygons (burn perimeters, flood extents, xBD buildings, land-cover
+maps). They are classified exactly as `inpaint` classifies its polygons (`classify_polygons`: the
+class field, CEMS/xBD names, a constant class) and burned onto the source's own pixel grid. A chip
+takes the class that covers the largest part of it, when that is at least `MIN_CLASS_SHARE`:
+
+- a damage or event class (xBD grades, "burnt-area", "flooded-area", ...) gives the chip the
+  caption inpainting conditions that class on (DiffusionSat's xBD caption plus the class's wording),
+  so a model trained on burn scars paints one when `inpaint` asks for a burnt area;
+- any other class name ("forest", "water") is the chip's land cover in the fMoW caption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.windows import Window
+
+from engine.geo.damage_classes import FIRST_OTHER_CODE, NO_CHANGE, classify_polygons
+from engine.geo.grid import grid_like
+from engine.geo.masks import label_raster, place_on_grid
+from engine.geo.vectors import read_polygons
+
+MIN_CLASS_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class ChipLabel:
+    """What a chip's caption says instead of its source's land cover."""
+
+    land_cover: str | None = None
+    caption: str | None = None  # a whole caption, used as it is (dropped only with the caption)
+
+
+class SourceLabels:
+    """A source's polygons placed on its grid and classified as inpainting classifies them."""
+
+    def __init__(self, source, info) -> None:
+        layer = read_polygons(source.polygons)
+        self.grid = grid_like(info.crs, info.transform, info.width, info.height)
+        self.placed = place_on_grid(layer, self.grid)  # fails with the extents when nothing overlaps
+        self.classes = classify_polygons(layer, source.class_field, disaster_type=source.disaster_type,
+                                         **({"constant": source.polygon_class} if source.polygon_class else {}))
+
+    def chip_label(self, col: int, row: int, span: int) -> ChipLabel | None:
+        """The label of the `span`-pixel window at (col, row), or None where no class covers enough of it."""
+        codes = label_raster(self.placed, self.classes, self.grid, Window(col, row, span, span))
+        counts = np.bincount(codes.ravel(), minlength=256)
+        counts[NO_CHANGE] = 0
+        code = int(counts.argmax())
+        if counts[code] < MIN_CLASS_SHARE * codes.size:
+            return None
+        label = self.classes.classes[code]
+        if code < FIRST_OTHER_CODE:
+            return ChipLabel(caption=label.prompt)
+        return ChipLabel(land_cover=label.name.replace("-", " "))
