@@ -170,7 +170,7 @@ class DatasetAlgorithm(EngineAlgorithm):
     def engine_client(self, parameters, context):
         client = super().engine_client(parameters, context)
         require_model = client.require_model
-        client.require_model = lambda task, model: require_model(MODEL_TASK, model)  # models are listed by what they do
+        client.require_model = lambda task, model, **options: require_model(MODEL_TASK, model, **options)  # listed by what they do
         return client
 
     def add_outputs(self) -> None:

@@ -17,6 +17,7 @@ from .model_catalog import CATALOG
 from .models_fetch import ModelsFetchAlgorithm
 from .predict import PredictAlgorithm
 from .superres import SuperresAlgorithm
+from .train import TrainAlgorithm
 
 ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
 
@@ -53,6 +54,7 @@ class GFM4DProvider(QgsProcessingProvider):
             ImportXbdLabelsAlgorithm(),
             ModelsFetchAlgorithm(),
             DatasetAlgorithm(),
+            TrainAlgorithm(),
         ]
 
     def refresh_models(self) -> None:

@@ -19,7 +19,7 @@ from conftest import ENGINE_PYTHON, REPO, http_json  # noqa: E402
 from helpers import free_port  # noqa: E402
 
 INSTALL = Path(__file__).with_name("install_plugin.py")
-ALGORITHMS = ["gfm4d:dataset", "gfm4d:enginestatus", "gfm4d:evaluate", "gfm4d:fetchmodel", "gfm4d:generate", "gfm4d:importxbdlabels", "gfm4d:inpaint", "gfm4d:predict", "gfm4d:superres"]
+ALGORITHMS = ["gfm4d:dataset", "gfm4d:enginestatus", "gfm4d:evaluate", "gfm4d:fetchmodel", "gfm4d:generate", "gfm4d:importxbdlabels", "gfm4d:inpaint", "gfm4d:predict", "gfm4d:superres", "gfm4d:train"]
 
 
 def build_plugin(output_dir: Path) -> Path:

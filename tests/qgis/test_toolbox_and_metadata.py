@@ -17,7 +17,7 @@ from conftest import REPO  # noqa: E402
 from processing_algorithms.compat import FLAG_OPTIONAL  # noqa: E402
 
 GFM4D_ALGORITHMS = ["gfm4d:enginestatus", "gfm4d:generate", "gfm4d:importxbdlabels", "gfm4d:inpaint", "gfm4d:predict",
-                    "gfm4d:superres"]
+                    "gfm4d:superres", "gfm4d:train"]
 ENGINE_ONLY_LIBRARIES = {"torch", "diffusers", "transformers", "engine", "rasterio", "fastapi", "safetensors"}
 
 
@@ -63,6 +63,8 @@ def toolbox_search(text: str) -> list:
     ("synthetic", ["gfm4d:dataset", "gfm4d:generate", "gfm4d:inpaint", "gfm4d:predict", "gfm4d:superres"]),
     ("super resolution", ["gfm4d:superres"]),
     ("time series", ["gfm4d:predict"]),
+    ("fine-tune", ["gfm4d:train"]),
+    ("lora", ["gfm4d:train"]),
 ])
 def test_toolbox_search_finds_the_algorithms_by_their_tags(provider, search, expected):
     assert toolbox_search(search) == expected
