@@ -512,7 +512,9 @@ def test_the_train_task_fits_a_lora_on_uploaded_rasters_and_installs_it(tmp_path
         registry, {"task": "train", "name": "my-lora", "model": "base", "mode": "lora", "chip_size": 32, "scales": [1],
                    "steps": 3, "batch": 2, "land_cover": "forest"},
         {"rasters.0": OSBS}, {"card": tmp_path / "card.md", "loss_curve": tmp_path / "loss.png"}, progress=progress.append)
-    assert "OSBS_029.tif" in written["card"].read_text()
+    card = written["card"].read_text()
+    assert "OSBS_029.tif" in card and "- LoRA (PEFT) of rank 8 on the attention projections of base's UNet" in card
+    assert "- VAE: base's, unchanged." in card  # the LoRA's card describes the base, not a default recipe's VAE
     assert (tmp_path / "models" / "loras" / "my-lora.safetensors").is_file()
     assert progress and progress[-1].done == progress[-1].total == 3
     served = registry.load("base", device="cpu", dtype=torch.float32).unet  # what the engine's generate jobs use

@@ -48,7 +48,7 @@ from engine.errors import Cancelled, GFM4DError, InputError, ModelError
 from engine.progress import Progress
 from engine.runtime.denoiser_batching import job_scope
 from engine.tasks import DeviceRegistry, TaskSpec, check_inputs, check_required, check_window, get_task
-from engine.tasks.base import SamplingParams
+from engine.tasks.base import SamplingParams, checked_results
 from engine.tasks.params import parse_job_params
 
 from .errors import Conflict, InsufficientStorage, NotFound, RequestRefused, ServiceUnavailable
@@ -65,7 +65,6 @@ INCOMING = ".incoming"
 PROGRESS_SAVE_INTERVAL_S = 1.0
 STALE_UPLOAD_S = 24 * 3600
 USAGE_CACHE_S = 10.0
-_RESULT_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _EXTRA_MEDIA_TYPES = {".tif": "image/tiff", ".tiff": "image/tiff", ".gpkg": "application/geopackage+sqlite3",
                       ".geojson": "application/geo+json"}
 
@@ -618,15 +617,7 @@ class JobManager:
 
     def _collect(self, produced: dict[str, Path], results_dir: Path) -> dict[str, str]:
         """Result names -> file names, checking that a task kept its results in its folder."""
-        results = {}
-        for name, path in produced.items():
-            path = Path(path)
-            if not name or not set(name) <= _RESULT_NAME_CHARS:
-                raise RuntimeError(f"task result name {name!r} must be letters, digits, _ or -")
-            if path.resolve().parent != results_dir.resolve() or not path.is_file():
-                raise RuntimeError(f"task result {name!r} ({path}) is not a file in the job's results folder")
-            results[name] = path.name
-        return results
+        return {name: path.name for name, path in checked_results(produced, results_dir).items()}
 
     def _progress_callback(self, job_id: str):
         """Records progress (on disk at most every PROGRESS_SAVE_INTERVAL_S); stops a job whose folder vanished."""

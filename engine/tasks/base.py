@@ -251,6 +251,22 @@ class DeviceRegistry(ModelRegistry):
         return sorted({key[0] for key in tuple(self._loaded)})
 
 
+RESULT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def checked_results(produced: Mapping[str, Path], results_dir: Path) -> dict[str, Path]:
+    """A task's results as the engine keeps them: plain names, each a file directly in the job's results folder."""
+    results = {}
+    for name, path in produced.items():
+        path = Path(path)
+        if not name or not set(name) <= RESULT_NAME_CHARS:
+            raise RuntimeError(f"task result name {name!r} must be letters, digits, _ or -")
+        if path.resolve().parent != Path(results_dir).resolve() or not path.is_file():
+            raise RuntimeError(f"task result {name!r} ({path}) is not a file in the job's results folder")
+        results[name] = path
+    return results
+
+
 def run_task_locally(
     registry: ModelRegistry,
     payload: dict,
@@ -278,8 +294,8 @@ def run_task_locally(
     first = Path(next(iter(outputs.values())))
     scratch = Path(tempfile.mkdtemp(prefix=".gfm4d-", dir=first.parent if str(first.parent) else "."))
     try:
-        results = request.spec.run(registry, request.params, dict(inputs), scratch, progress or (lambda p: None),
-                                   cancel or (lambda: False))
+        results = checked_results(request.spec.run(registry, request.params, dict(inputs), scratch,
+                                                   progress or (lambda p: None), cancel or (lambda: False)), scratch)
         missing = sorted(set(outputs) - set(results))
         if missing:
             raise InputError(f"the {request.spec.name} task made no {', '.join(missing)}; it makes: {', '.join(results)}")

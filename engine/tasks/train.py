@@ -20,7 +20,7 @@ class TrainParams(TaskParams):
 
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                       description="name of the new model folder")
-    model: str | None = Field(None, description="base model for mode full/lora (a model in the models folder)")
+    model: str | None = Field(None, description="base model for mode full/lora (default: the engine's default model)")
     mode: str = Field("lora", pattern="^(scratch|full|lora)$", description="scratch, full fine-tune, or lora")
     land_cover: str | None = Field(None, max_length=100, description="caption words for the imagery, e.g. farm, forest, town")
     country: str | None = Field(None, max_length=100)
@@ -74,7 +74,10 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
                        polygon_class=params.polygon_class, disaster_type=normalise_disaster_type(params.disaster_type))
         for p in rasters
     ))
-    recipe = load_recipe(None, name=params.name, mode=params.mode, base_model=params.model, chip_size=params.chip_size,
+    from engine import config
+
+    base_model = None if params.mode == "scratch" else params.model or config.default_model()
+    recipe = load_recipe(None, name=params.name, mode=params.mode, base_model=base_model, chip_size=params.chip_size,
                          scales=params.scales, holdout=params.holdout, **{
                              "unet.steps": params.steps, "unet.batch": params.batch, "unet.seed": params.seed,
                              "unet.lora_rank": params.lora_rank, "unet.learning_rate": params.learning_rate,
@@ -95,9 +98,9 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
     card = target.with_suffix(".md") if params.mode == "lora" else target / "README.md"
     if card.is_file():
         results["card"] = Path(shutil.copyfile(card, out_dir / "card.md"))
-    for name, path in result.files.items():
-        results[name] = path
+    for name, path in result.files.items():  # results live directly in the job's folder, not in its run
+        results[name] = Path(shutil.copyfile(path, out_dir / Path(path).name))
     samples = sorted((out_dir / "run" / "samples").glob("*.png"))
     if samples:
-        results["samples"] = samples[-1]
+        results["samples"] = Path(shutil.copyfile(samples[-1], out_dir / "samples.png"))
     return results

@@ -420,6 +420,35 @@ def _export_lora(unet, output: Path, card: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _recipe_lines(recipe: TrainRecipe) -> list[str]:
+    """How the VAE and the UNet were made, for the card: trained here, or the base model's and fine-tuned."""
+    vae, unet = recipe.vae, recipe.unet
+    if recipe.mode != "scratch" or recipe.vae_from:
+        vae_line = f"- VAE: {recipe.base_model or recipe.vae_from}'s, unchanged."
+    else:
+        vae_line = (f"- VAE: {vae.block_out_channels} channels, f = 8, 4 latent channels; loss L1 + MSE + colour "
+                    f"(8x-pooled) + edges + KL {vae.kl_weight:g}"
+                    + ("" if vae.sample_posterior else " on the means (deterministic: decodes the posterior mean)")
+                    + f"; {vae.steps} steps of {vae.batch} x {vae.crop}^2 crops.")
+    if recipe.decoder.steps:
+        vae_line += (f" Then the decoder alone ({'new' if recipe.decoder.restart else 'continued'}; encoder and latents "
+                     f"unchanged): {recipe.decoder.steps} steps of pixel losses and a PatchGAN "
+                     f"{recipe.decoder.discriminator_channels}, hinge loss, adversarial weight "
+                     f"{recipe.decoder.adversarial_weight:g} balanced against the pixel loss.")
+    if recipe.mode == "lora":
+        network = f"- LoRA (PEFT) of rank {unet.lora_rank} on the attention projections of {recipe.base_model}'s UNet"
+    elif recipe.mode == "full":
+        network = f"- All weights of {recipe.base_model}'s UNet"
+    else:
+        network = (f"- SatUNet: {unet.block_out_channels} channels, {unet.layers_per_block} layers per block, "
+                   f"attention {unet.attention_levels}")
+    return [vae_line, network + (
+        f"; v-prediction, min-SNR gamma {unet.snr_gamma:g}, EMA {unet.ema_decay}, metadata dropout "
+        f"{unet.metadata_dropout} per field, caption dropout {unet.caption_dropout}, both at once (unconditional) "
+        f"{unet.unconditional_dropout}, AdamW lr {unet.learning_rate:g}, batch {unet.batch}"
+        + ("" if unet.sample_latents else ", on the posterior means") + ".")]
+
+
 def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_scores: dict | None, steps: int,
                metrics: dict) -> str:
     """The model card: what it was trained on (with licences), how, and how well on held-out chips."""
@@ -446,21 +475,7 @@ def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_sco
     lines += ["", f"Chips of {recipe.chip_size} px at pooling scales {list(recipe.scales)}; ground resolutions seen: "
               f"{', '.join(f'{g:g}' for g in gsds)} m. Held out: the east {recipe.holdout:.0%} of every source "
               "(one strip per place), never trained on.", "", "## Recipe", "",
-              f"- VAE: {recipe.vae.block_out_channels} channels, f = 8, 4 latent channels; loss L1 + MSE + colour "
-              f"(8x-pooled) + edges + KL {recipe.vae.kl_weight:g}"
-              + ("" if recipe.vae.sample_posterior else " on the means (deterministic: decodes the posterior mean)")
-              + f"; {recipe.vae.steps} steps of {recipe.vae.batch} x "
-              f"{recipe.vae.crop}^2 crops."
-              + (f" Then the decoder alone ({'new' if recipe.decoder.restart else 'continued'}; encoder and latents "
-                 f"unchanged): {recipe.decoder.steps} steps of pixel losses and a "
-                 f"PatchGAN {recipe.decoder.discriminator_channels}, hinge loss, adversarial weight "
-                 f"{recipe.decoder.adversarial_weight:g} balanced against the pixel loss." if recipe.decoder.steps else ""),
-              f"- SatUNet: {recipe.unet.block_out_channels} channels, {recipe.unet.layers_per_block} layers per block, "
-              f"attention {recipe.unet.attention_levels}; v-prediction, min-SNR gamma {recipe.unet.snr_gamma:g}, EMA "
-              f"{recipe.unet.ema_decay}, metadata dropout {recipe.unet.metadata_dropout} per field, caption dropout "
-              f"{recipe.unet.caption_dropout}, both at once (unconditional) {recipe.unet.unconditional_dropout}, "
-              f"AdamW lr {recipe.unet.learning_rate:g}, batch {recipe.unet.batch}"
-              + ("" if recipe.unet.sample_latents else ", on the posterior means") + ".",
+              *_recipe_lines(recipe),
               f"- Default sampling: guidance {recipe.default_guidance:g}, {recipe.default_steps} steps.", ""]
     if vae_scores:
         lines += ["## Held-out figures", "", "| | PSNR (dB) | SSIM |", "|---|---|---|",

@@ -134,7 +134,7 @@ def _source_from_entry(entry: Any, base: Path, file: Path, index: int) -> Traini
     disaster_type = normalise_disaster_type(entry.get("disaster_type"))
     return TrainingSource(
         paths=image["paths"],
-        bands=tuple(bands) if bands else image.get("bands"),
+        bands=tuple(bands) if bands else None,
         land_cover=entry.get("land_cover"),
         country=entry.get("country"),
         date=str(entry["date"]) if entry.get("date") else image.get("date"),
