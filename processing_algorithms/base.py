@@ -184,14 +184,17 @@ class EngineAlgorithm(Gfm4dAlgorithm):
         Either way the value is the model's name (the enum uses static strings), so a graphical
         model or a batch saved with one kind of parameter runs with the other.
         """
-        description = self.tr("Model")
-        names = CATALOG.names_for(self.TASK)
+        return self.model_choice(self.TASK, self.tr("Model"), self.tr(
+            "A model of the engine that does this task (a folder in its models directory). Empty: the engine's default."))
+
+    def model_choice(self, task: str, description: str, help_text: str):
+        """MODEL as a list of the engine's models for `task`, or free text while the engine has listed none."""
+        names = CATALOG.names_for(task)
         if names:
             parameter = QgsProcessingParameterEnum(self.MODEL, description, names, False, None, True, True)
         else:
             parameter = QgsProcessingParameterString(self.MODEL, description, optional=True)
-        parameter.setHelp(self.tr("A model of the engine that does this task (a folder in its models directory). "
-                                  "Empty: the engine's default."))
+        parameter.setHelp(help_text)
         return parameter
 
     def checkParameterValues(self, parameters, context):

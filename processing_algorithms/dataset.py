@@ -18,7 +18,6 @@ import zipfile
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputFile,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
@@ -27,7 +26,6 @@ from qgis.core import (
 
 from .base import MAX_SEED, EngineAlgorithm, advanced
 from .compat import NUMBER_INTEGER
-from .model_catalog import CATALOG
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 MODEL_TASK = "inpaint"  # the task whose models make the samples
@@ -158,14 +156,8 @@ class DatasetAlgorithm(EngineAlgorithm):
 
     def model_parameter(self):
         """MODEL: the engine's inpainting models (a dataset's samples are inpainted)."""
-        description = self.tr("Model (empty: the recipe's)")
-        names = CATALOG.names_for(MODEL_TASK)
-        if names:
-            parameter = QgsProcessingParameterEnum(self.MODEL, description, names, False, None, True, True)
-        else:
-            parameter = QgsProcessingParameterString(self.MODEL, description, optional=True)
-        parameter.setHelp(self.tr("Name of an inpainting model folder in the engine's models directory."))
-        return parameter
+        return self.model_choice(MODEL_TASK, self.tr("Model (empty: the recipe's)"),
+                                 self.tr("Name of an inpainting model folder in the engine's models directory."))
 
     def engine_client(self, parameters, context):
         client = super().engine_client(parameters, context)

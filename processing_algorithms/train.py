@@ -181,15 +181,9 @@ class TrainAlgorithm(EngineAlgorithm):
 
     def model_parameter(self):
         """MODEL: the engine's generation models, the ones a LoRA or a fine-tune can start from."""
-        description = self.tr("Base model")
-        names = CATALOG.names_for(MODEL_TASK)
-        if names:
-            parameter = QgsProcessingParameterEnum(self.MODEL, description, names, False, None, True, True)
-        else:
-            parameter = QgsProcessingParameterString(self.MODEL, description, optional=True)
-        parameter.setHelp(self.tr("The generation model a LoRA or a full fine-tune starts from (a folder in the "
-                                  "engine's models directory). Required for lora and full; not used from scratch."))
-        return parameter
+        return self.model_choice(MODEL_TASK, self.tr("Base model"), self.tr(
+            "The generation model a LoRA or a full fine-tune starts from (a folder in the engine's models directory). "
+            "Empty: the engine's default model. Not used from scratch."))
 
     def add_outputs(self) -> None:
         self.addParameter(explained(QgsProcessingParameterFileDestination(
@@ -259,11 +253,6 @@ class TrainAlgorithm(EngineAlgorithm):
             raise QgsProcessingException(self.tr(
                 "Mode scratch trains a new model and uses no base model: leave Base model empty, or choose mode lora "
                 "or full to start from {0!r}.").format(model))
-        if mode != "scratch" and model is None:
-            able = CATALOG.names_for(MODEL_TASK)
-            raise QgsProcessingException(self.tr(
-                "Mode {0} starts from a base model: choose one as Base model ({1}), or choose mode scratch.").format(
-                mode, self.tr("the engine has: {0}").format(", ".join(able)) if able else self.tr("a generation model")))
 
     def new_model_name(self, parameters, context) -> str:
         """The name to install under, refused here when the engine's models already use it (nothing uploaded)."""

@@ -122,7 +122,6 @@ def tiles(project):
     ({"CLASS_FIELD": "dmg"}, "No Class polygons were given, so there is nothing for Class field to describe"),
     ({"POLYGON_CLASS": "burnt-area", "DISASTER_TYPE": "fire"},
      "nothing for Polygon class and Disaster type to describe: choose the polygons"),
-    ({"MODEL": None}, "Mode lora starts from a base model: choose one as Base model"),
     ({"MODE": "scratch"}, "Mode scratch trains a new model and uses no base model: leave Base model empty"),
     ({"CHIP_SIZE": 100}, "Chip size must be a multiple of 8"),
     ({"SCALES": "1, half"}, "Scales: write whole numbers separated by commas"),
