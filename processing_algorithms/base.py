@@ -108,6 +108,7 @@ class EngineAlgorithm(Gfm4dAlgorithm):
     PROMPT = "PROMPT"
     NEGATIVE_PROMPT = "NEGATIVE_PROMPT"
     MODEL = "MODEL"
+    LORA = "LORA"
     STEPS = "STEPS"
     GUIDANCE_SCALE = "GUIDANCE_SCALE"
     SEED = "SEED"
@@ -151,6 +152,10 @@ class EngineAlgorithm(Gfm4dAlgorithm):
             self.NEGATIVE_PROMPT, self.tr("Negative prompt"), optional=True),
             self.tr("What the image should not look like (used with guidance above 1)."))))
         self.addParameter(self.model_parameter())
+        self.addParameter(advanced(explained(QgsProcessingParameterString(
+            self.LORA, self.tr("LoRAs"), optional=True),
+            self.tr("LoRAs in the engine's models folder fused into the model, as NAME or NAME:WEIGHT separated by "
+                    "commas (e.g. my-region-lora:0.8); Train installs them. Empty: none."))))
         self.addParameter(explained(QgsProcessingParameterNumber(
             self.STEPS, self.tr("Denoising steps"), NUMBER_INTEGER, self.DEFAULT_STEPS, False, 1, 500),
             self.tr("More steps: finer detail, proportionally longer runs.")))
@@ -198,7 +203,8 @@ class EngineAlgorithm(Gfm4dAlgorithm):
         return parameter
 
     def checkParameterValues(self, parameters, context):
-        """Processing's checks, except that a model name missing from the list gets the plugin's own message.
+        """Processing's checks, except that a model name missing from the list gets the plugin's own message,
+        and LORA's entries are read before anything is sent.
 
         A batch or graphical model saved elsewhere may name a model that the list built when the
         toolbox loaded lacks: the engine is asked again, and the message lists what it has.
@@ -212,6 +218,11 @@ class EngineAlgorithm(Gfm4dAlgorithm):
                 if problem:
                     return False, problem
                 parameters = {key: value for key, value in parameters.items() if key != self.MODEL}
+        if self.parameterDefinition(self.LORA) is not None:
+            try:
+                self.loras(parameters, context)
+            except QgsProcessingException as exc:
+                return False, str(exc)
         return super().checkParameterValues(parameters, context)
 
     def model_problem(self, parameters, context, model: str, listed) -> str | None:
@@ -270,12 +281,32 @@ class EngineAlgorithm(Gfm4dAlgorithm):
             "negative_prompt": self.optional_string(parameters, self.NEGATIVE_PROMPT, context),
             "scheduler": self.optional_string(parameters, self.SCHEDULER, context),
             "batch_size": self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),
+            "lora": self.loras(parameters, context),
         }
         if self.HAS_WINDOWS:
             optional["window"] = self.optional_number(parameters, self.WINDOW, context, integer=True)
             optional["overlap"] = self.optional_number(parameters, self.OVERLAP, context, integer=True)
         params.update({key: value for key, value in optional.items() if value is not None})
         return params
+
+    def loras(self, parameters, context) -> list[dict] | None:
+        """LORA as the task's `lora` list: `NAME[:WEIGHT]` entries separated by commas (None when empty)."""
+        text = self.optional_string(parameters, self.LORA, context)
+        if text is None:
+            return None
+        loras = []
+        for entry in (part.strip() for part in text.split(",")):
+            name, _, weight = entry.partition(":")
+            try:
+                scale = float(weight) if weight.strip() else 1.0
+            except ValueError:
+                scale = None
+            if not name.strip() or scale is None or not -10 <= scale <= 10:
+                raise QgsProcessingException(self.tr(
+                    "LoRAs: {0!r} is not NAME or NAME:WEIGHT (a LoRA in the engine's models folder and a weight from "
+                    "-10 to 10, e.g. my-region-lora:0.8); separate several with commas.").format(entry))
+            loras.append({"name": name.strip(), "scale": scale})
+        return loras
 
     # --- running -----------------------------------------------------------------------------------
 

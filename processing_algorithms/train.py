@@ -353,7 +353,8 @@ class TrainAlgorithm(EngineAlgorithm):
         CATALOG.invalidate()  # a full or scratch model is new on the engine: the MODEL lists ask again
         if mode == "lora":
             feedback.pushInfo(self.tr("Installed as LoRA {0!r} in the engine's models folder (loras/{0}.safetensors); "
-                                      "jobs use it on its base model through their lora parameter.").format(name))
+                                      "Generate, Inpaint, Predict and Super-resolve use it on its base model through LoRAs "
+                                      "(e.g. {0}:0.8).").format(name))
         else:
             feedback.pushInfo(self.tr("Installed as model {0!r} in the engine's models folder: choose it as Model in "
                                       "Generate or Inpaint ({1} > Refresh model lists).").format(name, MENU))

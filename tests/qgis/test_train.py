@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("qgis.core")
 
 from conftest import REPO  # noqa: E402
-from helpers import needs_task  # noqa: E402
+from helpers import needs_task, read_bands  # noqa: E402
 from qgis.core import (  # noqa: E402
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -75,6 +75,17 @@ def test_a_lora_trained_on_a_raster_layer_is_installed_with_its_card_and_loss_cu
     assert any(text.startswith("unet step 2") for text in feedback.texts)  # the engine's training progress
     assert feedback.values[-1] == 100
 
+    # Generate uses the installed LoRA on its base model: the job carries it, and the image changes
+    images = {}
+    for lora in (None, "qgis-forest-lora:1.5"):
+        out = tmp_path / f"generated_{bool(lora)}.tif"
+        run = processing.run("gfm4d:generate", {
+            "MODEL": BASE, "LORA": lora, "STEPS": 2, "SEED": 4, "PROMPT": "a fmow satellite image of a forest",
+            "EXTENT": "500000,500064,4100000,4100064 [EPSG:32618]", "RESOLUTION": 1, "OUTPUT": str(out)})
+        assert engine.job(run["JOB_ID"])["params"].get("lora") == ([{"name": "qgis-forest-lora", "scale": 1.5}] if lora else None)
+        images[bool(lora)] = read_bands(out)
+    assert (images[True] != images[False]).any()
+
     # LoRAs are not in the engine's model list, so only the engine can tell that the name is taken
     again = tmp_path / "again.md"
     with pytest.raises(QgsProcessingException, match="'qgis-forest-lora' exists already; choose another name"):
@@ -105,6 +116,17 @@ def test_class_polygons_caption_the_chips_they_cover(osbs, engine, tmp_path):
     params = engine.job(result["JOB_ID"])["params"]
     assert (params["polygon_class"], params["disaster_type"], params.get("class_field")) == ("burnt-area", "fire", None)
     assert [path.suffix for path in engine.uploads(result["JOB_ID"])] == [".gpkg", ".tif"]  # polygons/, rasters.0/
+
+
+@pytest.mark.parametrize("lora", ["forest-lora:strong", ":0.5", "forest-lora:99"])
+def test_a_malformed_lora_is_explained_before_anything_is_sent(provider, engine, lora, tmp_path):
+    jobs = len(engine.jobs())
+    with pytest.raises(QgsProcessingException, match=re.escape(f"LoRAs: '{lora}' is not NAME or NAME:WEIGHT")):
+        processing.run("gfm4d:generate", {"MODEL": BASE, "LORA": f"other-lora, {lora}", "STEPS": 1,
+                                          "EXTENT": "500000,500064,4100000,4100064 [EPSG:32618]", "RESOLUTION": 1,
+                                          "OUTPUT": str(tmp_path / "never.tif")})
+    assert len(engine.jobs()) == jobs
+    assert not (tmp_path / "never.tif").exists()
 
 
 @pytest.fixture
