@@ -535,3 +535,16 @@ def test_the_train_task_fits_a_lora_on_uploaded_rasters_and_installs_it(tmp_path
         run_task_locally(registry, burn, {"rasters.0": OSBS}, {"card": tmp_path / "card3.md"})
     written = run_task_locally(registry, burn, {"rasters.0": OSBS, "polygons": perimeter}, {"card": tmp_path / "card4.md"})
     assert "'a fmow satellite image after being affected by a fire natural disaster with burnt areas'" in written["card"].read_text()
+
+
+def test_the_card_distances_grow_with_the_difference_and_report_a_spread():
+    from engine.training.quality import distances
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(90, 140, (16, 3, 32, 32)).astype(np.uint8)  # grey, mildly noisy chips
+    similar = rng.integers(90, 140, (16, 3, 32, 32)).astype(np.uint8)
+    different = np.repeat(np.linspace(0, 255, 32, dtype=np.uint8)[None, None, None, :], 16, axis=0).repeat(3, 1).repeat(32, 2)
+    near, far = distances(similar, real), distances(different, real)
+    assert far["fd_texture"] > 10 * near["fd_texture"] and far["kd_texture"] > 10 * abs(near["kd_texture"])
+    assert near["kd_texture_std"] > 0 and far["kd_texture_std"] > 0  # subsets of half the set differ
+    assert near["images"] == 16

@@ -492,7 +492,8 @@ def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_sco
                   f"{untrained['kd_texture']:.3f} ± {untrained['kd_texture_std']:.3f} |", "",
                   f"({trained['images']} held-out chips; each sample generated on the chip's own grid with its place, "
                   f"GSD, date and caption, {metrics['steps']} steps, guidance {metrics['guidance']:g}. FD: Fréchet "
-                  "distance, KD: kernel (KID) distance, on colour, gradient, local-binary-pattern and Gabor features "
-                  "from scikit-image, in units of the held-out set's spread; lower is closer. Inception weights "
+                  "distance, KD: kernel (KID) distance ± its spread over 50 subsets of half the chips, on colour, gradient, "
+                  "local-binary-pattern and Gabor features from scikit-image, in units of the held-out set's spread; "
+                  "lower is closer. Inception weights "
                   "cannot be had offline: `gfm4d evaluate` gives Inception FID/KID on the same sets with them.)", ""]
     return "\n".join(lines) + "\n"
