@@ -10,6 +10,8 @@ name). The demo also generates (1) onto that tile's exact grid, so the result li
 for pixel, (2) a larger area around it in EPSG:4326 at 2 m, several overlapping windows blended
 into one seamless image, and (3) inpaints a burn scar polygon into the real tile: a post-event
 image identical to the tile outside the feathered polygon, plus the polygon as a label raster.
+Last, it paints a flood into a second real tile, North Dakota farmland at 10 m (NAIP, 2018-07-16):
+the scale and the caption at which GFM4D-mini learned flooded fields (a labelled Sentinel-2 flood).
 `overview.png` puts every result side by side with its caption.
 """
 
@@ -34,6 +36,7 @@ from engine.pipelines.generate import GenerateRequest, generate
 from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
 
 SAMPLE = Path(__file__).parent / "sample_data" / "m_3607824_se_17_1_20160620_sub.tif"
+FARMLAND = Path(__file__).parent / "sample_data" / "naip_m_4709963_se_14_1_20180716_10m.tif"
 PROMPT = "a fmow satellite image of a forest in the united states"
 
 
@@ -94,25 +97,36 @@ def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: st
         prompt=PROMPT, date=acquisition.date, cloud_cover=0.0, steps=steps, seed=2,
     )
     yield _run(model, wide, output_dir / "generated_wide_epsg4326.tif")
-    yield _inpaint_burn_scar(model, info, output_dir, steps)
-    captions += [(output_dir / "sample_input.png", "real NAIP tile, 1 m (input)"),
-                 (output_dir / "inpainted_burn_scar.png", "burn scar inpainted into it")]
+    # A burn scar: 60 m x 40 m in the tile's north-west clearing, one week after the acquisition.
+    yield _inpaint(model, SAMPLE, [(40, 30), (100, 35), (95, 70), (45, 75)], "Burnt area", "fire", "2016-06-27",
+                   output_dir / "inpainted_burn_scar", steps, seed=3)
+    write_preview_png(FARMLAND, output_dir / "farmland_input.png")
+    # A flood over about 1.5 km x 1 km of fields, two months after the acquisition.
+    yield _inpaint(model, FARMLAND, [(150, 70), (230, 55), (300, 80), (310, 150), (240, 175), (160, 160)],
+                   "Flooded area", "flooding", "2018-09-20", output_dir / "inpainted_flood", steps, seed=4)
+    captions += [(output_dir / "generated_wide_epsg4326.png", "wider area, 2 m, blended windows"),
+                 (output_dir / "sample_input.png", "real NAIP tile, 1 m (input)"),
+                 (output_dir / "inpainted_burn_scar.png", "burn scar polygon inpainted"),
+                 (output_dir / "farmland_input.png", "real NAIP farmland, 10 m (input)"),
+                 (output_dir / "inpainted_flood.png", "flood polygon inpainted")]
     overview = _overview(captions, output_dir / "overview.png")
     yield f"previews: {overview} (all results), {output_dir / 'sample_input.png'} (the real sample) and the .png beside each GeoTIFF"
 
 
-def _inpaint_burn_scar(model, info, output_dir: Path, steps: int) -> str:
-    """A 60 m x 40 m burn scar in the tile's north-west clearing, one week after the acquisition."""
+def _inpaint(model, image: Path, corners_px: list[tuple[float, float]], notation: str, disaster_type: str,
+             date: str, stem: Path, steps: int, seed: int) -> str:
+    """Paint one event polygon (given in the image's pixels, saved in its CRS) into a real raster; its label beside it."""
     import shapely
 
-    left, top = info.transform @ (40, 30)
-    scar = shapely.Polygon([(left, top), (left + 60, top - 5), (left + 55, top - 40), (left + 5, top - 45)])
-    layer = PolygonLayer([scar], [{"notation": "Burnt area"}], info.crs, "demo burn scar")
-    outputs = InpaintOutputs(output_dir / "inpainted_burn_scar.tif", output_dir / "inpainted_burn_scar_label.tif")
-    result = inpaint(model, InpaintRequest(image=SAMPLE, polygons=layer, class_field="notation", disaster_type="fire",
-                                           date="2016-06-27", steps=steps, seed=3), outputs)
+    with open_raster(image) as source:
+        info = source.info
+    area = shapely.Polygon([info.transform * corner for corner in corners_px])
+    layer = PolygonLayer([area], [{"notation": notation}], info.crs, f"demo {notation.lower()}")
+    outputs = InpaintOutputs(stem.with_suffix(".tif"), stem.with_name(stem.name + "_label.tif"))
+    result = inpaint(model, InpaintRequest(image=image, polygons=layer, class_field="notation", disaster_type=disaster_type,
+                                           date=date, steps=steps, seed=seed), outputs)
     preview = write_preview_png(outputs.image, outputs.image.with_suffix(".png"))
-    return (f"wrote {outputs.image} (the sample with a burn scar painted in; {result.windows} of "
+    return (f"wrote {outputs.image} ({notation.lower()} painted into {image.name}; {result.windows} of "
             f"{result.windows_total} windows processed) with its label {outputs.label} and {preview}")
 
 

@@ -1,8 +1,9 @@
 """Run inside QGIS (qgis --code) by scripts/qgis_screenshots.py: stage the scenes of the docs' screenshots.
 
-Loads the xView2 Joplin pre-event tile and its damage polygons, searches the Processing toolbox for
-"damage", opens the Inpaint dialog filled in as an analyst would, runs it with GFM4D-mini, and
-saves three PNGs into $GFM4D_SHOTS_DIR; then quits QGIS.
+Loads the demo's North Dakota farmland tile (NAIP, 10 m) and draws a flood polygon over its fields,
+searches the Processing toolbox for "flood", opens the Inpaint dialog filled in as an analyst would,
+runs it with GFM4D-mini (which learned flooded fields from a labelled Sentinel-2 flood), and saves
+three PNGs into $GFM4D_SHOTS_DIR; then quits QGIS.
 """
 
 import os
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import processing
 import qgis.utils
-from qgis.core import QgsFillSymbol, QgsProject, QgsRasterLayer, QgsRectangle, QgsSettings, QgsVectorLayer
+from qgis.core import (QgsFeature, QgsFillSymbol, QgsGeometry, QgsPointXY, QgsProject, QgsRasterLayer, QgsSettings,
+                       QgsVectorLayer)
 from qgis.PyQt.QtCore import QCoreApplication, QTimer
 
 SHOTS = Path(os.environ["GFM4D_SHOTS_DIR"])
-DATA = Path(os.environ["GFM4D_REPO"]) / "tests" / "data"
-HALF = 90.0  # metres around the tile's centre: the inpainted window
+FARMLAND = Path(os.environ["GFM4D_REPO"]) / "engine" / "sample_data" / "naip_m_4709963_se_14_1_20180716_10m.tif"
+FLOOD_PX = [(150, 70), (230, 55), (300, 80), (310, 150), (240, 175), (160, 160)]  # the demo's flood, in tile pixels
 
 
 def settle(seconds: float) -> None:
@@ -35,33 +37,45 @@ def render(canvas) -> None:
     settle(1.0)
 
 
+def flood_layer(pre):
+    """The flood polygon an analyst would draw over the fields, with its CEMS notation."""
+    bounds = pre.extent()
+    left, top, size = bounds.xMinimum(), bounds.yMaximum(), pre.rasterUnitsPerPixelX()
+    layer = QgsVectorLayer("Polygon?crs=EPSG:26914&field=notation:string(40)", "flood polygon", "memory")
+    feature = QgsFeature(layer.fields())
+    feature.setGeometry(QgsGeometry.fromPolygonXY([[QgsPointXY(left + col * size, top - row * size) for col, row in FLOOD_PX]]))
+    feature.setAttribute("notation", "Flooded area")
+    layer.dataProvider().addFeatures([feature])
+    layer.updateExtents()
+    layer.renderer().setSymbol(QgsFillSymbol.createSimple(
+        {"color": "0,0,0,0", "outline_color": "#e31a1c", "outline_width": "0.6"}))
+    return layer
+
+
 def stage() -> None:
     iface = qgis.utils.iface
-    # the polygons' WGS 84 UTM and the raster's NAD83 UTM have several transformations: take the best without asking
     QgsSettings().setValue("/projections/promptWhenMultipleTransformsExist", False, QgsSettings.App)
     window = iface.mainWindow()
     window.setGeometry(0, 0, 1400, 850)
-    pre = QgsRasterLayer(str(DATA / "rasters" / "xv2deploy_pre_tile_1361-10160.tif"), "pre-event (xView2 Joplin tile)")
-    damage = QgsVectorLayer(str(DATA / "vectors" / "xview2_deploy_joplin" / "damage.shp"), "damage polygons", "ogr")
-    damage.renderer().setSymbol(QgsFillSymbol.createSimple(
-        {"color": "0,0,0,0", "outline_color": "#e31a1c", "outline_width": "0.5"}))
-    QgsProject.instance().addMapLayers([pre, damage])
+    pre = QgsRasterLayer(str(FARMLAND), "pre-event (NAIP farmland, 10 m, 2018-07-16)")
+    flood = flood_layer(pre)
+    QgsProject.instance().addMapLayers([pre, flood])
     canvas = iface.mapCanvas()
     canvas.setExtent(pre.extent())
     render(canvas)
 
     toolbox = qgis.utils.plugins["processing"].toolbox
     toolbox.setVisible(True)
-    toolbox.searchBox.setText("damage")
+    toolbox.searchBox.setText("flood")
     toolbox.algorithmTree.expandAll()
     render(canvas)
     window.grab().save(str(SHOTS / "qgis_toolbox.png"))
 
-    centre = pre.extent().center()
-    extent = QgsRectangle(centre.x() - HALF, centre.y() - HALF, centre.x() + HALF, centre.y() + HALF)
-    parameters = {"INPUT": pre, "POLYGONS": damage, "DISASTER_TYPE": "wind", "DATE": "2011-05-23",
-                  "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},{extent.yMaximum()} [EPSG:26915]",
-                  "MODEL": "gfm4d-mini", "STEPS": 20, "SEED": 1}
+    extent = pre.extent()
+    parameters = {"INPUT": pre, "POLYGONS": flood, "CLASS_FIELD": "notation", "DISASTER_TYPE": "flooding",
+                  "DATE": "2018-09-20",
+                  "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},{extent.yMaximum()} [EPSG:26914]",
+                  "MODEL": "gfm4d-mini", "STEPS": 30, "SEED": 4}
     dialog = processing.createAlgorithmDialog("gfm4d:inpaint", parameters)
     dialog.resize(900, 760)
     dialog.show()
@@ -73,7 +87,7 @@ def stage() -> None:
                                                              "OUTPUT_LABEL": "TEMPORARY_OUTPUT"})
     loaded = {layer.source(): layer.id() for layer in QgsProject.instance().mapLayers().values()}
     root = QgsProject.instance().layerTreeRoot()
-    polygons = root.findLayer(damage.id())
+    polygons = root.findLayer(flood.id())
     root.insertChildNode(0, polygons.clone())  # the outlines over the results
     polygons.parent().removeChildNode(polygons)
     for node in root.findLayers():

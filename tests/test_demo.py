@@ -2,15 +2,16 @@
 
 import numpy as np
 import rasterio
+from scipy.ndimage import distance_transform_edt
 
-from engine.demo import SAMPLE, run_demo
+from engine.demo import FARMLAND, SAMPLE, run_demo
 
 
 def test_demo_writes_generated_and_inpainted_results_lined_up_with_the_sample(tmp_path):
     lines = list(run_demo(tmp_path / "out", tmp_path / "models", steps=1))
     assert any("acquired 2016-06-20" in line for line in lines)
     out = tmp_path / "out"
-    for name in ("generated_on_sample_grid", "generated_wide_epsg4326", "inpainted_burn_scar"):
+    for name in ("generated_on_sample_grid", "generated_wide_epsg4326", "inpainted_burn_scar", "inpainted_flood"):
         assert (out / f"{name}.tif").is_file() and (out / f"{name}.png").is_file()
     assert (out / "sample_input.png").is_file()
     with rasterio.open(SAMPLE) as sample, rasterio.open(out / "generated_on_sample_grid.tif") as generated, \
@@ -28,3 +29,12 @@ def test_demo_writes_generated_and_inpainted_results_lined_up_with_the_sample(tm
     assert changed_cols.min() >= cols.min() - 4 and changed_cols.max() <= cols.max() + 4
     with rasterio.open(out / "generated_wide_epsg4326.tif") as wide:
         assert wide.crs.to_epsg() == 4326
+    with rasterio.open(FARMLAND) as farmland, rasterio.open(out / "inpainted_flood.tif") as flooded, \
+            rasterio.open(out / "inpainted_flood_label.tif") as label:
+        for result in (flooded, label):
+            assert result.crs == farmland.crs and result.transform == farmland.transform and result.shape == farmland.shape
+        changed = (farmland.read() != flooded.read()).any(axis=0)
+        flood = label.read(1) > 0
+    assert flood.sum() > 10_000 and changed[flood].mean() > 0.5  # about 1.4 km2 of 10 m pixels, repainted
+    assert distance_transform_edt(~flood)[changed].max() <= 5  # nothing beyond the polygon and its 3-pixel feather
+    assert (out / "overview.png").is_file()
