@@ -548,3 +548,23 @@ def test_the_card_distances_grow_with_the_difference_and_report_a_spread():
     assert far["fd_texture"] > 10 * near["fd_texture"] and far["kd_texture"] > 10 * abs(near["kd_texture"])
     assert near["kd_texture_std"] > 0 and far["kd_texture_std"] > 0  # subsets of half the set differ
     assert near["images"] == 16
+
+
+def test_labelled_chips_get_their_share_of_the_draws_and_a_bad_share_is_refused(tmp_path):
+    from engine.training.batches import draw, place_weights, with_labelled_share
+
+    places = ["farm"] * 90 + ["spain"] * 10
+    labelled = [index >= 98 for index in range(100)]  # two of Spain's chips show its flood
+    weights = place_weights(places)
+    assert float(weights[torch.tensor(labelled)].sum()) < 0.06  # rarely drawn as they are
+    shared = with_labelled_share(weights, labelled, 0.25)
+    assert float(shared.sum()) == pytest.approx(1.0)
+    assert float(shared[torch.tensor(labelled)].sum()) == pytest.approx(0.25)
+    assert float(shared[90] / shared[0]) == pytest.approx(float(weights[90] / weights[0]))  # the places keep their balance
+    drawn = draw(shared, 20000, torch.Generator().manual_seed(0))
+    assert 0.23 < float((drawn >= 98).float().mean()) < 0.27
+    assert with_labelled_share(weights, [False] * 100, 0.25) is weights  # nothing labelled: nothing to favour
+
+    with pytest.raises(InputError, match="unet.labelled_share .* between 0 and 1, not 1.5"):
+        load_recipe(_recipe(tmp_path, **{"unet.labelled_share": 1.5}))
+    assert load_recipe(_recipe(tmp_path), **{"unet.labelled_share": 0.2}).unet.labelled_share == 0.2

@@ -20,6 +20,18 @@ def place_weights(groups: list[str]) -> torch.Tensor:
     return weights / weights.sum()
 
 
+def with_labelled_share(weights: torch.Tensor, labelled: list[bool], share: float | None) -> torch.Tensor:
+    """Weights rescaled so the labelled chips together get `share` of the draws (unchanged when None
+    or when every chip, or none, is labelled); within each part the relative weights stay."""
+    mask = torch.tensor(labelled, dtype=torch.bool)
+    if share is None or mask.all() or not mask.any():
+        return weights
+    out = weights.clone()
+    out[mask] *= share / weights[mask].sum()
+    out[~mask] *= (1 - share) / weights[~mask].sum()
+    return out
+
+
 def draw(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     return torch.multinomial(weights, count, replacement=True, generator=generator)
 

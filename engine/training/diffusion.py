@@ -64,6 +64,9 @@ class UNetConfig:
     # Draw latents from the VAE's posterior (SD's way); false: its mean, for a VAE whose unused channel's
     # posterior has grown wide (the draws would be mostly noise the decoder ignores and the UNet must learn)
     sample_latents: bool = True
+    # The share of draws given to chips with a class caption (a flood, a burn scar): a few labelled
+    # events among thousands of chips are otherwise drawn as rarely as they occur. None: place weights only.
+    labelled_share: float | None = None
     checkpoint_every: int = 250
     extra: dict = field(default_factory=dict)
 

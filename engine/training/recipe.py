@@ -116,6 +116,10 @@ def _recipe_from(document: dict, where: str) -> TrainRecipe:
         raise InputError(f"{where}: chip_size must be a multiple of 8 and at least 32, not {recipe.chip_size}")
     if recipe.mode != "scratch" and recipe.zero_terminal_snr:
         raise InputError(f"{where}: zero_terminal_snr changes the noise schedule: only a model trained from scratch can have it")
+    share = recipe.unet.labelled_share
+    if share is not None and not 0 < share < 1:
+        raise InputError(f"{where}: unet.labelled_share is the share of draws given to labelled chips: between 0 and 1, "
+                         f"not {share}")
     if recipe.mode == "lora" and recipe.decoder.steps:
         raise InputError(f"{where}: a LoRA keeps its base model's VAE: drop the decoder section or use mode full")
     recipe.unet.mode = recipe.mode
@@ -187,13 +191,14 @@ def run_training(
     if scaling is None:
         means, stds, scaling = _normalise_latents(vae, means, stds)
     records = [bank.records[i] for i in train_idx]
-    from .batches import place_weights
+    from .batches import place_weights, with_labelled_share
 
     data = DiffusionData(
         means=means, stds=stds, metadata=torch.from_numpy(np.asarray(bank.metadata[train_idx])),
         land_covers=[r.land_cover for r in records], countries=[r.country for r in records],
         captions=[r.caption for r in records],
-        weights=place_weights([r.place for r in records]),
+        weights=with_labelled_share(place_weights([r.place for r in records]), [bool(r.caption) for r in records],
+                                    recipe.unet.labelled_share),
         embeddings=caption_embeddings(text_encoder, tokenizer, all_captions(bank)), scaling_factor=scaling,
     )
     from diffusers import DDIMScheduler
@@ -446,7 +451,8 @@ def _recipe_lines(recipe: TrainRecipe) -> list[str]:
         f"; v-prediction, min-SNR gamma {unet.snr_gamma:g}, EMA {unet.ema_decay}, metadata dropout "
         f"{unet.metadata_dropout} per field, caption dropout {unet.caption_dropout}, both at once (unconditional) "
         f"{unet.unconditional_dropout}, AdamW lr {unet.learning_rate:g}, batch {unet.batch}"
-        + ("" if unet.sample_latents else ", on the posterior means") + ".")]
+        + ("" if unet.sample_latents else ", on the posterior means")
+        + (f", labelled chips {unet.labelled_share:.0%} of the draws" if unet.labelled_share else "") + ".")]
 
 
 def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_scores: dict | None, steps: int,
