@@ -52,7 +52,8 @@ def cmd_train(args) -> int:
         Path(args.recipe) if args.recipe else None, name=output.name, mode=args.mode, base_model=args.base,
         vae_from=args.vae_from, chip_size=args.chip_size, scales=args.scales, **{
             "unet.steps": args.steps, "unet.batch": args.batch, "unet.learning_rate": args.learning_rate,
-            "unet.lora_rank": args.lora_rank, "unet.labelled_share": args.labelled_share, "unet.seed": args.seed, "vae.steps": args.vae_steps, "vae.seed": args.seed,
+            "unet.lora_rank": args.lora_rank, "unet.labelled_share": args.labelled_share, "unet.seed": args.seed,
+            "vae.steps": args.vae_steps, "vae.seed": args.seed,
             "decoder.steps": args.decoder_steps, "decoder.seed": args.seed,
         })
     from engine.runtime.threads import apply_threads

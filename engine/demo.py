@@ -24,9 +24,8 @@ from typing import Iterator
 from rasterio.warp import transform_bounds
 
 from engine import config
-from engine.geo.crs import utm_point
 from engine.geo.dates import acquisition_for_raster
-from engine.geo.grid import grid_from_extent, grid_like
+from engine.geo.grid import grid_from_extent, grid_like, utm_square
 from engine.geo.raster import open_raster
 from engine.geo.vectors import PolygonLayer
 from engine.geo.writer import write_preview_png
@@ -72,9 +71,7 @@ def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: st
     yield f"model: {model.info.display_name} ({model.info.path})"
     captions = []
     for index, place in enumerate(PLACES):
-        crs, x, y = utm_point(place.lon, place.lat)
-        half = place.size_px * place.gsd_m / 2
-        grid = grid_from_extent((x - half, y - half, x + half, y + half), crs, pixel_size=place.gsd_m)
+        grid = utm_square(place.lon, place.lat, place.gsd_m, place.size_px)
         request = GenerateRequest(grid=grid, prompt=place.prompt, date=place.date, cloud_cover=0.0, steps=steps, seed=10 + index)
         yield _run(model, request, output_dir / f"{place.name}.tif")
         captions.append((output_dir / f"{place.name}.png", f"{place.name.replace('_', ' ')} (generated)"))

@@ -21,9 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine import config  # noqa: E402
-from engine.geo.crs import utm_point  # noqa: E402
 from engine.geo.damage_classes import caption as disaster_caption  # noqa: E402
-from engine.geo.grid import grid_from_extent  # noqa: E402
+from engine.geo.grid import utm_square  # noqa: E402
 from engine.models.registry import ModelRegistry  # noqa: E402
 from engine.pipelines.generate import GenerateRequest, generate  # noqa: E402
 from engine.training.report import grid_png  # noqa: E402
@@ -55,9 +54,7 @@ def main() -> None:
     tiles = []
     with tempfile.TemporaryDirectory(prefix="gfm4d-figure-") as scratch:
         for index, ((lon, lat), prompt, date, _) in enumerate(PANELS):
-            crs, x, y = utm_point(lon, lat)
-            half = SIZE_PX * GSD_M / 2
-            grid = grid_from_extent((x - half, y - half, x + half, y + half), crs, pixel_size=GSD_M)
+            grid = utm_square(lon, lat, GSD_M, SIZE_PX)
             path = Path(scratch) / f"{index}.tif"
             generate(model, GenerateRequest(grid=grid, prompt=prompt, date=date, cloud_cover=0.0, seed=SEED), path)
             with rasterio.open(path) as ds:

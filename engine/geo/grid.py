@@ -17,6 +17,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from engine.errors import InputError
+from engine.geo.crs import utm_point
 from engine.geo.metadata import pixel_size_metres
 
 
@@ -115,3 +116,10 @@ def grid_like(crs: CRS, transform: Affine, width: int, height: int) -> OutputGri
     if transform.b != 0 or transform.d != 0 or transform.a <= 0 or transform.e >= 0:
         raise InputError("the reference raster is not north-up; warp it to a north-up grid first (gdalwarp)")
     return OutputGrid(crs, transform, width, height)
+
+
+def utm_square(lon: float, lat: float, gsd_m: float, size_px: int) -> OutputGrid:
+    """A `size_px` square at `gsd_m` centred on a lon/lat, on its WGS84 UTM zone: where a place is generated."""
+    crs, x, y = utm_point(lon, lat)
+    half = size_px * gsd_m / 2
+    return grid_from_extent((x - half, y - half, x + half, y + half), crs, pixel_size=gsd_m)

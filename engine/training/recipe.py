@@ -376,8 +376,7 @@ def sample_places(model_folder: Path, places: list[SamplePlace], size: int, step
     """One `size`-pixel image per place, generated on a UTM grid there at its GSD; (tiles, labels)."""
     import rasterio
 
-    from engine.geo.crs import utm_point
-    from engine.geo.grid import grid_from_extent
+    from engine.geo.grid import utm_square
     from engine.models.registry import ModelRegistry
     from engine.pipelines.generate import GenerateRequest, generate
 
@@ -386,11 +385,8 @@ def sample_places(model_folder: Path, places: list[SamplePlace], size: int, step
     tiles, labels = [], []
     with tempfile.TemporaryDirectory(prefix="gfm4d-place-") as scratch:
         for index, place in enumerate(places):
-            crs, x, y = utm_point(place.lon, place.lat)
-            half = size * place.gsd_m / 2
-            grid = grid_from_extent((x - half, y - half, x + half, y + half), crs, pixel_size=place.gsd_m)
-            request = GenerateRequest(grid=grid, prompt=place.prompt, date=place.date, steps=steps,
-                                      guidance_scale=guidance, seed=seed + index)
+            request = GenerateRequest(grid=utm_square(place.lon, place.lat, place.gsd_m, size), prompt=place.prompt,
+                                      date=place.date, steps=steps, guidance_scale=guidance, seed=seed + index)
             out = Path(scratch) / f"{index}.tif"
             generate(model, request, out)
             with rasterio.open(out) as ds:
