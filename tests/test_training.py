@@ -186,8 +186,11 @@ def test_a_full_fine_tune_continues_the_base_model_and_exports_a_model_with_its_
     from engine.models.registry import ModelRegistry
     from safetensors.torch import load_file
 
-    recipe = load_recipe(_recipe(tmp_path, mode="full", base_model="base", quality_chips=0,
-                                 **{"unet.steps": 4, "unet.learning_rate": 1e-3}))
+    # The recipe's architecture keys are the defaults', not the base's: a fine-tune keeps its base's
+    # architecture, and so does the random-weight twin the card scores it against.
+    recipe = load_recipe(_recipe(tmp_path, mode="full", base_model="base", quality_chips=2,
+                                 **{"unet.steps": 4, "unet.learning_rate": 1e-3,
+                                    "unet.block_out_channels": [64, 128, 192], "unet.norm_num_groups": 32}))
     run_training(sources, recipe, tmp_path / "full-run", tmp_path / "models" / "tuned",
                  registry=ModelRegistry(tmp_path / "models"), log=lambda line: None)
     unet = "unet/diffusion_pytorch_model.safetensors"
@@ -198,7 +201,8 @@ def test_a_full_fine_tune_continues_the_base_model_and_exports_a_model_with_its_
     assert len(changed) > len(base) // 2  # every layer trains, not just adapters
     base_vae, tuned_vae = (load_file(tmp_path / "models" / name / vae) for name in ("base", "tuned"))
     assert all(torch.equal(base_vae[k], tuned_vae[k]) for k in base_vae)  # the base's VAE, unchanged
-    assert "mode `full` on `base`" in (tmp_path / "models" / "tuned" / "README.md").read_text()
+    card = (tmp_path / "models" / "tuned" / "README.md").read_text()
+    assert "mode `full` on `base`" in card and "random" in card
     ModelRegistry(tmp_path / "models").load("tuned")
 
 
@@ -568,3 +572,56 @@ def test_labelled_chips_get_their_share_of_the_draws_and_a_bad_share_is_refused(
     with pytest.raises(InputError, match="unet.labelled_share .* between 0 and 1, not 1.5"):
         load_recipe(_recipe(tmp_path, **{"unet.labelled_share": 1.5}))
     assert load_recipe(_recipe(tmp_path), **{"unet.labelled_share": 0.2}).unet.labelled_share == 0.2
+
+
+def test_labelled_chips_drop_their_metadata_at_their_own_rate(tmp_path):
+    from engine.training.diffusion import DiffusionData, UNetConfig, make_batch
+
+    flood = "a fmow satellite image after being affected by a flooding natural disaster with flooded areas"
+    texts = ["", flood, "a fmow satellite image of a farm", "a fmow satellite image"]
+    data = DiffusionData(means=torch.zeros(2, 1, 4, 2, 2).half(), stds=torch.zeros(2, 1, 4, 2, 2).half(),
+                         metadata=torch.rand(2, 7) + 1, land_covers=["farm"] * 2, countries=[None] * 2,
+                         weights=torch.full((2,), 0.5, dtype=torch.float64),
+                         embeddings={t: torch.full((2, 3), float(i)) for i, t in enumerate(texts)}, scaling_factor=1.0,
+                         captions=[flood, None])
+    config = UNetConfig(batch=2000, metadata_dropout=0.1, labelled_metadata_dropout=0.6, caption_dropout=0.0,
+                        unconditional_dropout=0.0, caption_part_dropout=0.0)
+    _, metadata, hidden = make_batch(data, config, torch.Generator().manual_seed(0))
+    labelled = hidden[:, 0, 0] == 1.0
+    dropped = (metadata == 0).float()
+    assert 0.55 < float(dropped[labelled].mean()) < 0.65
+    assert 0.07 < float(dropped[~labelled].mean()) < 0.13
+    with pytest.raises(InputError, match="labelled_metadata_dropout .* between 0 and 1, not 2"):
+        load_recipe(_recipe(tmp_path, **{"unet.labelled_metadata_dropout": 2}))
+
+
+def test_a_text_encoder_trained_with_the_unet_is_exported_and_resumes_bit_for_bit(tmp_path):
+    _needs_data()
+    from safetensors.torch import load_file
+
+    from engine.models.registry import ModelRegistry
+
+    sources = load_sources([_sources(tmp_path)])
+    recipe_path = _recipe(tmp_path, **{"unet.train_text_encoder": True, "unet.learning_rate": 1e-2})
+    run_training(sources, load_recipe(recipe_path), tmp_path / "straight", tmp_path / "models" / "a",
+                 log=lambda line: None)
+    calls = {"n": 0}
+
+    def cancel_after_four_steps() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4 + 3  # 3 VAE steps, then 4 UNet steps; the checkpoint is at UNet step 3
+
+    with pytest.raises(Cancelled):
+        run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", tmp_path / "models" / "b",
+                     log=lambda line: None, cancel=cancel_after_four_steps)
+    run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", tmp_path / "models" / "b", log=lambda line: None)
+
+    weights = "text_encoder/model.safetensors"
+    initial = load_file(tmp_path / "straight" / "components" / weights)
+    a, b = (load_file(tmp_path / "models" / name / weights) for name in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    changed = [k for k in a if not torch.equal(a[k], initial[k].half())]
+    assert len(changed) > len(a) // 2
+    assert "text encoder trained with the UNet" in (tmp_path / "models" / "a" / "README.md").read_text()
+    loaded = ModelRegistry(tmp_path / "models").load("a").text_encoder.state_dict()  # the trained one, not a fallback
+    assert all(torch.equal(loaded[k].half().cpu(), a[k]) for k in changed)

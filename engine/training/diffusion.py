@@ -67,6 +67,13 @@ class UNetConfig:
     # The share of draws given to chips with a class caption (a flood, a burn scar): a few labelled
     # events among thousands of chips are otherwise drawn as rarely as they occur. None: place weights only.
     labelled_share: float | None = None
+    # Metadata dropout (per field) for chips with a class caption. One labelled event is one place and date:
+    # with the usual 0.1 the UNet ties the event to them and ignores its caption, so it paints the event
+    # nowhere else. Dropped more often, the caption has to carry it. None: metadata_dropout.
+    labelled_metadata_dropout: float | None = None
+    # Train the text encoder with the UNet (and export it). GFM4D's own encoder starts random and small:
+    # frozen, it encodes "flooded areas" and "a farm" so alike that the UNet learns to ignore captions.
+    train_text_encoder: bool = False
     checkpoint_every: int = 250
     extra: dict = field(default_factory=dict)
 
@@ -108,11 +115,17 @@ def encode_bank(vae: AutoencoderKL, bank: ChipBank, indices: np.ndarray, orienta
     return torch.cat(means), torch.cat(stds)
 
 
-@torch.no_grad()
-def caption_embeddings(text_encoder, tokenizer, captions: list[str]) -> dict[str, torch.Tensor]:
+def caption_token_ids(tokenizer, captions: list[str]) -> dict[str, torch.Tensor]:
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
-    hidden = text_encoder(ids)[0]
+    return {text: ids[i] for i, text in enumerate(captions)}
+
+
+@torch.no_grad()
+def caption_embeddings(text_encoder, tokenizer, captions: list[str]) -> dict[str, torch.Tensor]:
+    """Each caption's hidden states, computed once for a frozen text encoder."""
+    ids = caption_token_ids(tokenizer, captions)
+    hidden = text_encoder(torch.stack([ids[t] for t in captions]))[0]
     return {text: hidden[i] for i, text in enumerate(captions)}
 
 
@@ -136,8 +149,10 @@ def min_snr_weights(scheduler: DDIMScheduler, timesteps: torch.Tensor, gamma: fl
     return torch.clamp(snr, max=gamma) / (snr + 1)
 
 
-def drop_metadata(metadata: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
-    """Zero each field ("unknown") with the given probability, field by field."""
+def drop_metadata(metadata: torch.Tensor, probability: float | torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Zero each field ("unknown") with the given probability (one, or one per row), field by field."""
+    if isinstance(probability, torch.Tensor):
+        probability = probability[:, None]
     keep = torch.rand(metadata.shape, generator=generator) >= probability
     return metadata * keep
 
@@ -152,7 +167,7 @@ class DiffusionData:
     land_covers: list
     countries: list
     weights: torch.Tensor
-    embeddings: dict[str, torch.Tensor]
+    embeddings: dict[str, torch.Tensor]  # hidden states per caption, or token ids when the text encoder trains
     scaling_factor: float
     captions: list | None = None  # a chip's whole caption from its polygons' class, else None
 
@@ -167,7 +182,11 @@ def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generat
     if config.sample_latents:
         mean = mean + std * torch.randn(mean.shape, generator=generator)
     latents = mean * data.scaling_factor
-    metadata = drop_metadata(data.metadata[chosen], config.metadata_dropout, generator)
+    probability = config.metadata_dropout
+    if config.labelled_metadata_dropout is not None and data.captions:
+        labelled = torch.tensor([data.captions[i] is not None for i in chosen.tolist()])
+        probability = torch.where(labelled, config.labelled_metadata_dropout, config.metadata_dropout)
+    metadata = drop_metadata(data.metadata[chosen], probability, generator)
     texts = []
     for index in chosen.tolist():
         fixed = data.captions[index] if data.captions else None
@@ -204,6 +223,12 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def trained_parameters(unet, text_encoder=None) -> list[torch.nn.Parameter]:
+    """What the optimiser and the EMA hold, in their order: the UNet's trainable weights, then the text encoder's."""
+    modules = [unet] + ([text_encoder] if text_encoder is not None else [])
+    return [p for module in modules for p in module.parameters() if p.requires_grad]
+
+
 def trainable_parameters(unet, config: UNetConfig) -> list[torch.nn.Parameter]:
     if config.mode == "lora":
         from peft import LoraConfig
@@ -234,12 +259,23 @@ def train_unet(
     time_limit_s: float | None = None,
     on_checkpoint: Callable[[int, object, list], None] | None = None,
     device: torch.device | str | None = None,
+    text_encoder=None,
 ):
-    """Train (or resume) in `run_dir/checkpoints` on `device` (default CPU); returns (unet with EMA weights, history)."""
+    """Train (or resume) in `run_dir/checkpoints` on `device` (default CPU); returns (unet with EMA weights, history).
+
+    With `config.train_text_encoder`, `text_encoder` trains too (`data.embeddings` then holds token ids)
+    and ends with its EMA weights, in place."""
     run_dir = Path(run_dir)
     device = torch.device(device or "cpu")
     unet.to(device)
-    params = trainable_parameters(unet, config)
+    trainable_parameters(unet, config)
+    if config.train_text_encoder:
+        if text_encoder is None:
+            raise ValueError("train_text_encoder needs the text encoder")
+        text_encoder.to(device).float().requires_grad_(True).train()
+    else:
+        text_encoder = None
+    params = trained_parameters(unet, text_encoder)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     optimiser = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-2)
@@ -249,6 +285,8 @@ def train_unet(
     state = load_latest(run_dir / "checkpoints")
     if state is not None:
         unet.load_state_dict(state["model"], strict=False)
+        if text_encoder is not None:
+            text_encoder.load_state_dict(state["text_encoder"])
         optimiser.load_state_dict(state["optimiser"])
         ema.load_state_dict(state["ema"])
         ema.to(device)
@@ -262,6 +300,8 @@ def train_unet(
             raise Cancelled("training cancelled; its last checkpoint is kept, run again to resume")
         generator = step_generator(config.seed, step)
         latents, metadata, hidden = (t.to(device) for t in make_batch(data, config, generator))
+        if text_encoder is not None:
+            hidden = text_encoder(hidden)[0]  # token ids in, hidden states out, with gradients
         for group in optimiser.param_groups:
             group["lr"] = warmup_cosine(config.learning_rate, config.warmup, config.steps, step)
         loss = diffusion_loss(unet, scheduler, latents, metadata, hidden, config, generator)
@@ -279,6 +319,7 @@ def train_unet(
             save_checkpoint(run_dir / "checkpoints", done, {
                 "model": model_state, "optimiser": optimiser.state_dict(), "ema": ema.state_dict(),
                 "history": history, "config": asdict(config),
+                **({"text_encoder": text_encoder.state_dict()} if text_encoder is not None else {}),
             })
             if on_checkpoint is not None:
                 on_checkpoint(done, ema, history)
@@ -289,4 +330,6 @@ def train_unet(
             break
     ema.copy_to(params)
     unet.eval()
+    if text_encoder is not None:
+        text_encoder.eval().requires_grad_(False)
     return unet, history

@@ -44,8 +44,10 @@ def export_model(
     settings: dict,
     model_card: str,
     extra_files: dict[str, Path] | None = None,
+    text_encoder: torch.nn.Module | None = None,
 ) -> Path:
-    """Write the model folder `target` atomically; `components_from` supplies text encoder, tokenizer, scheduler."""
+    """Write the model folder `target` atomically; `components_from` supplies tokenizer, scheduler and, unless
+    a trained `text_encoder` is given, the text encoder."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
@@ -55,8 +57,12 @@ def export_model(
         _save_half(unet, folder / "unet", "diffusion_pytorch_model.safetensors")
         _save_half(vae, folder / "vae", "diffusion_pytorch_model.safetensors")
         for name in TEXT_COMPONENTS:
-            shutil.copytree(Path(components_from) / name, folder / name)
-        _half_text_encoder(folder / "text_encoder")
+            if name != "text_encoder" or text_encoder is None:
+                shutil.copytree(Path(components_from) / name, folder / name)
+        if text_encoder is not None:
+            _save_half(text_encoder, folder / "text_encoder", "model.safetensors")
+        else:
+            _half_text_encoder(folder / "text_encoder")
         _write_json(folder / "model_index.json", {
             "_class_name": "DiffusionSatPipeline",
             "scheduler": ["diffusers", "DDIMScheduler"],

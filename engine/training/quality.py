@@ -86,12 +86,13 @@ def distances(generated: np.ndarray, real: np.ndarray, seed: int = 0) -> dict:
 def heldout_quality(model_folder: Path, bank: ChipBank, recipe, count: int, steps: int) -> dict:
     """FD/KD on texture features of the model's samples and of a random-weight twin, vs held-out chips.
 
-    The twin has the trained VAE and text encoder but a freshly initialised UNet (the recipe's
-    architecture and seed): what the same pipeline paints before any diffusion training.
+    The twin has the trained VAE and text encoder but a freshly initialised UNet (the model's own
+    architecture, the recipe's seed; a fine-tuned model's is its base's, not the recipe's):
+    what the same pipeline paints before any diffusion training.
     """
-    from engine.models.registry import ModelRegistry
+    import torch
 
-    from .diffusion import build_unet
+    from engine.models.registry import ModelRegistry
 
     heldout = bank.indices("heldout")
     chosen = heldout[np.linspace(0, len(heldout) - 1, min(count, len(heldout))).round().astype(int)]
@@ -99,8 +100,9 @@ def heldout_quality(model_folder: Path, bank: ChipBank, recipe, count: int, step
     model_folder = Path(model_folder)
     model = ModelRegistry(model_folder.parent).load(model_folder.name)
     trained = samples_for_chips(model, bank, chosen, steps)
-    twin = build_unet(recipe.unet, model.text_encoder.config.hidden_size).eval().requires_grad_(False)
-    model.unet.load_state_dict(twin.state_dict())
+    torch.manual_seed(recipe.unet.seed)
+    twin = type(model.unet).from_config(model.unet.config)
+    model.unet.load_state_dict(twin.state_dict())  # copied into the loaded weights, in their dtype
     untrained = samples_for_chips(model, bank, chosen, steps)
     return {"trained": distances(trained, real), "random_weights": distances(untrained, real),
             "steps": steps, "guidance": model.info.default_guidance}

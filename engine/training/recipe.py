@@ -11,6 +11,7 @@ weights) or `lora` (PEFT LoRA adapters on the base model's attention; written as
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 import datetime as dt
 import json
 import shutil
@@ -28,8 +29,8 @@ from engine import __version__
 from engine.errors import InputError
 
 from .chips import ChipBank, build_chip_bank
-from .diffusion import (DiffusionData, UNetConfig, all_captions, build_unet, caption_embeddings, encode_bank,
-                        train_unet)
+from .diffusion import (DiffusionData, UNetConfig, all_captions, build_unet, caption_embeddings, caption_token_ids,
+                        encode_bank, train_unet, trained_parameters)
 from .decoder import DecoderConfig, train_decoder
 from .sources import SourceList
 from .vae import VAEConfig, heldout_scores, train_vae
@@ -120,6 +121,10 @@ def _recipe_from(document: dict, where: str) -> TrainRecipe:
     if share is not None and not 0 < share < 1:
         raise InputError(f"{where}: unet.labelled_share is the share of draws given to labelled chips: between 0 and 1, "
                          f"not {share}")
+    dropout = recipe.unet.labelled_metadata_dropout
+    if dropout is not None and not 0 <= dropout <= 1:
+        raise InputError(f"{where}: unet.labelled_metadata_dropout is a probability per metadata field: between 0 and 1, "
+                         f"not {dropout}")
     if recipe.mode == "lora" and recipe.decoder.steps:
         raise InputError(f"{where}: a LoRA keeps its base model's VAE: drop the decoder section or use mode full")
     recipe.unet.mode = recipe.mode
@@ -199,27 +204,33 @@ def run_training(
         captions=[r.caption for r in records],
         weights=with_labelled_share(place_weights([r.place for r in records]), [bool(r.caption) for r in records],
                                     recipe.unet.labelled_share),
-        embeddings=caption_embeddings(text_encoder, tokenizer, all_captions(bank)), scaling_factor=scaling,
+        embeddings=(caption_token_ids if recipe.unet.train_text_encoder else partial(caption_embeddings, text_encoder))(
+            tokenizer, all_captions(bank)),
+        scaling_factor=scaling,
     )
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_pretrained(components / "scheduler")
     unet = build_unet(recipe.unet, text_encoder.config.hidden_size) if recipe.mode == "scratch" else base.unet.float()
     samples_dir = run_dir / "samples"
+    trained_text = text_encoder if recipe.unet.train_text_encoder else None  # else the components' copy is exported
 
     def on_checkpoint(step: int, ema, history) -> None:
         if recipe.samples and (step % recipe.sample_every == 0 or step == recipe.unet.steps):
-            params = [p for p in unet.parameters() if p.requires_grad]
+            params = trained_parameters(unet, trained_text)
             ema.store(params)
             ema.copy_to(params)
             try:
-                _sample_grid(recipe, unet, vae, components, samples_dir / f"step-{step:08d}.png", log)
+                _sample_grid(recipe, unet, vae, components, samples_dir / f"step-{step:08d}.png", log, trained_text)
             finally:
                 ema.restore(params)
                 unet.train()
+                if trained_text is not None:
+                    trained_text.train()
 
     unet, history = train_unet(unet, scheduler, data, run_dir / "unet", recipe.unet, log=log, cancel=cancel,
                                time_limit_s=remaining(), on_checkpoint=on_checkpoint, device=device,
+                               text_encoder=trained_text,
                                progress=(lambda d, t, h: progress("unet", d, t, h)) if progress else None)
     steps = history[-1]["step"] if history else 0
     files = {}
@@ -254,7 +265,7 @@ def run_training(
             "tasks": ["generate", "inpaint"],
         }
         extra = {"loss_curve.png": files["loss_curve"]} if "loss_curve" in files else {}
-        export_model(output, unet, vae, components, settings, card, extra_files=extra)
+        export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
         if recipe.quality_chips:
             from .quality import heldout_quality
 
@@ -262,7 +273,7 @@ def run_training(
             quality = _cached_json(run_dir / f"quality-{steps}.json", lambda: heldout_quality(
                 output, bank, recipe, recipe.quality_chips, recipe.default_steps))
             card = model_card(recipe, sources, bank, vae_scores, steps, quality)
-            export_model(output, unet, vae, components, settings, card, extra_files=extra)
+            export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
     log(f"wrote {output}")
     return TrainResult(output, steps, vae_scores, files)
 
@@ -358,14 +369,14 @@ def _normalise_latents(vae, means: torch.Tensor, stds: torch.Tensor):
     return ((raw - shift.view(view)) * scale.view(view)).half(), (stds.float() * scale.view(view)).half(), 1.0
 
 
-def _sample_grid(recipe: TrainRecipe, unet, vae, components: Path, path: Path, log) -> Path:
+def _sample_grid(recipe: TrainRecipe, unet, vae, components: Path, path: Path, log, text_encoder=None) -> Path:
     """Generate each sample place through the real pipeline (an exported copy in a scratch models folder)."""
     from .export import export_model
     from .report import grid_png
 
     with tempfile.TemporaryDirectory(prefix="gfm4d-samples-") as scratch:
         folder = export_model(Path(scratch) / "sampling", unet, vae, components,
-                              {"native_resolution": recipe.chip_size}, "")
+                              {"native_resolution": recipe.chip_size}, "", text_encoder=text_encoder)
         tiles, labels = sample_places(folder, recipe.samples, recipe.chip_size, recipe.sample_steps, recipe.default_guidance)
     log(f"sample grid: {path}")
     return grid_png(tiles, labels, min(4, len(tiles)), path, tile=recipe.chip_size)
@@ -448,7 +459,10 @@ def _recipe_lines(recipe: TrainRecipe) -> list[str]:
         f"{unet.metadata_dropout} per field, caption dropout {unet.caption_dropout}, both at once (unconditional) "
         f"{unet.unconditional_dropout}, AdamW lr {unet.learning_rate:g}, batch {unet.batch}"
         + ("" if unet.sample_latents else ", on the posterior means")
-        + (f", labelled chips {unet.labelled_share:.0%} of the draws" if unet.labelled_share else "") + ".")]
+        + (f", labelled chips {unet.labelled_share:.0%} of the draws" if unet.labelled_share else "")
+        + (f", their metadata dropout {unet.labelled_metadata_dropout} per field"
+           if unet.labelled_metadata_dropout is not None else "")
+        + (", text encoder trained with the UNet" if unet.train_text_encoder else "") + ".")]
 
 
 def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_scores: dict | None, steps: int,
