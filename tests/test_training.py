@@ -126,12 +126,9 @@ def test_a_few_steps_reduce_the_loss_and_write_a_model_that_generates(tmp_path):
         assert ds.read().std() > 0
 
 
-def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
-    _needs_data()
-    sources = load_sources([_sources(tmp_path)])
-    recipe_path = _recipe(tmp_path)
-    run_training(sources, load_recipe(recipe_path), tmp_path / "straight", tmp_path / "out" / "a", log=lambda line: None)
-
+def _straight_and_interrupted_runs(tmp_path: Path, sources, recipe_path: Path, models: Path) -> None:
+    """`models/a` trained in one go; `models/b` cancelled after 4 UNet steps (checkpoint at 3), then resumed."""
+    run_training(sources, load_recipe(recipe_path), tmp_path / "straight", models / "a", log=lambda line: None)
     calls = {"n": 0}
 
     def cancel_after_four_steps() -> bool:
@@ -139,10 +136,16 @@ def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
         return calls["n"] > 4 + 3  # 3 VAE steps, then 4 UNet steps; the checkpoint is at UNet step 3
 
     with pytest.raises(Cancelled):
-        run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", tmp_path / "out" / "b",
+        run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", models / "b",
                      log=lambda line: None, cancel=cancel_after_four_steps)
-    assert not (tmp_path / "out" / "b").exists()
-    run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", tmp_path / "out" / "b", log=lambda line: None)
+    assert not (models / "b").exists()
+    run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", models / "b", log=lambda line: None)
+
+
+def test_an_interrupted_run_resumes_bit_for_bit(tmp_path):
+    _needs_data()
+    sources = load_sources([_sources(tmp_path)])
+    _straight_and_interrupted_runs(tmp_path, sources, _recipe(tmp_path), tmp_path / "out")
     from safetensors.torch import load_file
 
     a = load_file(tmp_path / "out" / "a" / "unet" / "diffusion_pytorch_model.safetensors")
@@ -603,18 +606,7 @@ def test_a_text_encoder_trained_with_the_unet_is_exported_and_resumes_bit_for_bi
 
     sources = load_sources([_sources(tmp_path)])
     recipe_path = _recipe(tmp_path, **{"unet.train_text_encoder": True, "unet.learning_rate": 1e-2})
-    run_training(sources, load_recipe(recipe_path), tmp_path / "straight", tmp_path / "models" / "a",
-                 log=lambda line: None)
-    calls = {"n": 0}
-
-    def cancel_after_four_steps() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 4 + 3  # 3 VAE steps, then 4 UNet steps; the checkpoint is at UNet step 3
-
-    with pytest.raises(Cancelled):
-        run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", tmp_path / "models" / "b",
-                     log=lambda line: None, cancel=cancel_after_four_steps)
-    run_training(sources, load_recipe(recipe_path), tmp_path / "resumed", tmp_path / "models" / "b", log=lambda line: None)
+    _straight_and_interrupted_runs(tmp_path, sources, recipe_path, tmp_path / "models")
 
     weights = "text_encoder/model.safetensors"
     initial = load_file(tmp_path / "straight" / "components" / weights)
