@@ -11,13 +11,13 @@ weights) or `lora` (PEFT LoRA adapters on the base model's attention; written as
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 import datetime as dt
 import json
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
