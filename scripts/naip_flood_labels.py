@@ -6,7 +6,7 @@ per date from NAIP's own NIR band (NDWI = (G - NIR) / (G + NIR) above the date's
 opened by 1 px, pieces under 20 px dropped); a date's flooded area is its water outside the 2009 water
 grown by 2 px (10 m of shoreline tolerance), pieces under 40 px (1,000 m^2) dropped. Dates whose NDWI
 has no water mode (Otsu's threshold below 0: bare soil, not water, is what it separates) get no
-labels. The polygons are written, one GeoJSON per date in longitude/latitude, with the field GFM4D's
+labels. The polygons are written, one GeoJSON per date in the tile's CRS, with the field GFM4D's
 inpainting reads (`notation: Flooded area`), so their chips train on inpainting's flood caption.
 
     .venv/bin/python scripts/naip_flood_labels.py ../shared/data/train recipes/gfm4d-mini/data
@@ -15,16 +15,16 @@ inpainting reads (`notation: Flooded area`), so their chips train on inpainting'
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.features import shapes
-from rasterio.warp import Resampling, reproject, transform_geom
-from shapely.geometry import mapping, shape
+from rasterio.warp import Resampling, reproject
 from skimage.filters import threshold_otsu
 from skimage.morphology import dilation, disk, opening, remove_small_objects
+
+from engine.geo.masks import mask_polygons
+from engine.geo.vectors import write_polygons
 
 REFERENCE_DATE = "20090818"
 TILE = "naip_m_4709963_se_14_1_"
@@ -52,17 +52,6 @@ def on_grid(mask: np.ndarray, source: dict, target: dict) -> np.ndarray:
     return out.astype(bool)
 
 
-def flood_polygons(flooded: np.ndarray, profile: dict) -> dict:
-    features = [
-        {"type": "Feature", "properties": {"notation": "Flooded area", "event_type": "flood"},
-         # pixel staircases simplified within half a pixel, then to longitude/latitude
-         "geometry": transform_geom(profile["crs"], "EPSG:4326", mapping(shape(geometry).simplify(2.5)), precision=7)}
-        for geometry, value in shapes(flooded.astype(np.uint8), mask=flooded, transform=profile["transform"])
-        if value == 1
-    ]
-    return {"type": "FeatureCollection", "features": features}  # RFC 7946: longitude, latitude
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("naip_folder", type=Path)
@@ -79,11 +68,10 @@ def main() -> None:
             print(f"{date}: no water mode in NDWI (Otsu {threshold:.2f}); no labels")
             continue
         flooded = remove_small_objects(mask & ~on_grid(dry, ref_profile, profile), max_size=40)
-        out = args.output_folder / f"naip_flood_{date}.geojson"
-        collection = flood_polygons(flooded, profile)
-        out.write_text(json.dumps(collection), encoding="utf-8")
-        print(f"{date}: Otsu {threshold:.2f}, flooded {flooded.mean():.1%} of the tile, "
-              f"{len(collection['features'])} polygons -> {out}")
+        layer = mask_polygons(flooded, profile["transform"], profile["crs"],
+                              {"notation": "Flooded area", "event_type": "flood"}, f"{path.name} flood")
+        out = write_polygons(layer, args.output_folder / f"naip_flood_{date}.geojson")
+        print(f"{date}: Otsu {threshold:.2f}, flooded {flooded.mean():.1%} of the tile, {len(layer)} polygons -> {out}")
 
 
 if __name__ == "__main__":

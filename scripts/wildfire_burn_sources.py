@@ -11,13 +11,13 @@ reads (`notation: Burnt area`), so their chips train on inpainting's burn captio
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.features import shapes
-from shapely.geometry import mapping, shape
+
+from engine.geo.masks import mask_polygons
+from engine.geo.vectors import write_polygons
 
 # Fires whose scar stands out in true colour and whose mask follows it (checked by eye on each chip).
 FIRES = ("APACHE_20240624", "CAMPBELL_20241028", "CANAL_20240530", "CLEAR_20240626", "CODY_20240608",
@@ -41,17 +41,10 @@ def write_rgb(source: Path, target: Path) -> None:
 
 def write_perimeter(mask_path: Path, target: Path) -> int:
     with rasterio.open(mask_path) as ds:
-        burnt = ds.read(1) == 1
-        # half-pixel simplification; the grid is in degrees
-        tolerance = abs(ds.transform.a) / 2
-        features = [
-            {"type": "Feature", "properties": {"notation": "Burnt area", "event_type": "fire"},
-             "geometry": mapping(shape(geometry).simplify(tolerance))}
-            for geometry, value in shapes(burnt.astype(np.uint8), mask=burnt, transform=ds.transform) if value == 1
-        ]
-        assert ds.crs.to_epsg() == 4326, "the chips are in EPSG:4326, as GeoJSON is"
-    target.write_text(json.dumps({"type": "FeatureCollection", "features": features}), encoding="utf-8")
-    return len(features)
+        layer = mask_polygons(ds.read(1) == 1, ds.transform, ds.crs, {"notation": "Burnt area", "event_type": "fire"},
+                              f"{mask_path.name} perimeter")
+    write_polygons(layer, target)
+    return len(layer)
 
 
 def main() -> None:

@@ -316,3 +316,18 @@ def test_disaster_types_from_free_text():
     assert normalise_disaster_type("volcano") == "volcano"
     with pytest.raises(InputError, match="flooding, fire, wind"):
         normalise_disaster_type("locusts")
+
+
+def test_a_mask_becomes_polygons_that_burn_back_into_the_same_mask():
+    from engine.geo.masks import mask_polygons
+
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[5:15, 10:30] = True
+    mask[25:38, 3:9] = True
+    transform = Affine(5.0, 0, 485900.0, 0, -5.0, 5209245.0)
+    layer = mask_polygons(mask, transform, "EPSG:26914", {"notation": "Flooded area"}, "test mask")
+    assert len(layer) == 2 and layer.crs.to_epsg() == 26914
+    assert all(a == {"notation": "Flooded area"} for a in layer.attributes)
+    assert sum(g.area for g in layer.geometries) == pytest.approx(mask.sum() * 25.0)
+    burnt = rasterio.features.rasterize(layer.geometries, out_shape=mask.shape, transform=transform).astype(bool)
+    assert np.array_equal(burnt, mask)

@@ -470,3 +470,15 @@ def windows_touching_mask(
         if hit.any():
             touched.append(window)
     return touched
+
+
+def mask_polygons(mask: np.ndarray, transform: Affine, crs: CRS, attributes: dict[str, Any], source: str) -> PolygonLayer:
+    """A boolean mask's areas as polygons (the inverse of burning polygons into a label raster),
+    their pixel staircases simplified within half a pixel; every polygon gets `attributes`."""
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    tolerance = abs(transform.a) / 2
+    geometries = [shape(geometry).simplify(tolerance)
+                  for geometry, value in shapes(mask.astype(np.uint8), mask=mask, transform=transform) if value == 1]
+    return PolygonLayer(geometries, [dict(attributes) for _ in geometries], CRS.from_user_input(crs), source)
