@@ -77,6 +77,7 @@ class TrainAlgorithm(EngineAlgorithm):
     CHIP_SIZE = "CHIP_SIZE"
     SCALES = "SCALES"
     HOLDOUT = "HOLDOUT"
+    EVENT_CHIPS = "EVENT_CHIPS"
     VAE_STEPS = "VAE_STEPS"
     LEARNING_RATE = "LEARNING_RATE"
     LORA_RANK = "LORA_RANK"
@@ -164,6 +165,11 @@ class TrainAlgorithm(EngineAlgorithm):
             self.HOLDOUT, self.tr("Held-out share"), NUMBER_DOUBLE, 0.2, False, 0.01, 0.89),
             self.tr("The share of each raster (its east strip) kept out of training to score the model."))))
         self.addParameter(advanced(explained(QgsProcessingParameterNumber(
+            self.EVENT_CHIPS, self.tr("Event chips"), NUMBER_DOUBLE, None, True, 0.01, 1.0),
+            self.tr("Adds chips centred on each damage or event polygon (burn scar, flood) where such classes cover at "
+                    "least this share of the chip, e.g. 0.5, so the model sees the event fill the chip with its "
+                    "caption. Empty: only the regular chip grid."))))
+        self.addParameter(advanced(explained(QgsProcessingParameterNumber(
             self.LEARNING_RATE, self.tr("Learning rate"), NUMBER_DOUBLE, None, True, 1e-8, 1.0),
             self.tr("The optimiser's learning rate. Empty: the engine's default for the mode."))))
         self.addParameter(advanced(explained(QgsProcessingParameterNumber(
@@ -232,6 +238,7 @@ class TrainAlgorithm(EngineAlgorithm):
         optional = {
             "batch": self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),
             "learning_rate": self.optional_number(parameters, self.LEARNING_RATE, context),
+            "event_chips": self.optional_number(parameters, self.EVENT_CHIPS, context),
             "land_cover": self.optional_string(parameters, self.LAND_COVER, context),
             "country": self.optional_string(parameters, self.COUNTRY, context),
             "licence": self.optional_string(parameters, self.LICENCE, context),

@@ -191,7 +191,7 @@ def test_a_full_fine_tune_continues_the_base_model_and_exports_a_model_with_its_
 
     # The recipe's architecture keys are the defaults', not the base's: a fine-tune keeps its base's
     # architecture, and so does the random-weight twin the card scores it against.
-    recipe = load_recipe(_recipe(tmp_path, mode="full", base_model="base", quality_chips=2,
+    recipe = load_recipe(_recipe(tmp_path, mode="full", base_model="base", quality_chips=2, native_resolution=64,
                                  **{"unet.steps": 4, "unet.learning_rate": 1e-3,
                                     "unet.block_out_channels": [64, 128, 192], "unet.norm_num_groups": 32}))
     run_training(sources, recipe, tmp_path / "full-run", tmp_path / "models" / "tuned",
@@ -206,7 +206,8 @@ def test_a_full_fine_tune_continues_the_base_model_and_exports_a_model_with_its_
     assert all(torch.equal(base_vae[k], tuned_vae[k]) for k in base_vae)  # the base's VAE, unchanged
     card = (tmp_path / "models" / "tuned" / "README.md").read_text()
     assert "mode `full` on `base`" in card and "random" in card
-    ModelRegistry(tmp_path / "models").load("tuned")
+    tuned = ModelRegistry(tmp_path / "models").load("tuned")
+    assert tuned.info.native_resolution == 64  # trained on 32 px chips, generating 64 px windows
 
 
 def test_the_decoder_stage_trains_the_decoder_alone_keeps_the_latents_and_resumes_bit_for_bit(tmp_path):
@@ -451,6 +452,47 @@ def test_polygons_with_classes_caption_the_chips_they_cover_as_inpainting_prompt
     with pytest.raises(InputError, match="without 'polygons'"):
         sources.write_text(f"sources:\n  - {{path: {JOPLIN}, class_field: dmg}}\n", encoding="utf-8")
         load_sources([sources])
+
+
+def test_event_chips_are_centred_on_event_polygons_where_the_event_fills_most_of_the_chip(tmp_path):
+    _needs_data()
+    import shapely
+
+    from engine.training.chips import ChipBank
+
+    with rasterio.open(OSBS) as ds:
+        transform, crs = ds.transform, ds.crs.to_string()
+    # A 24 px square burn whose corner is 12 px past the 16 px grid of 32 px chips: on the grid it
+    # covers at most 20 x 20 px of a chip (39%), centred it covers 56%.
+    corners = [transform @ xy for xy in [(28, 28), (52, 28), (52, 52), (28, 52)]]
+    burn = shapely.Polygon(corners)
+    perimeter = tmp_path / "burn.geojson"
+    perimeter.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": crs}},
+                                     "features": [{"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(burn)}]}))
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(f"sources:\n  - {{path: {OSBS}, polygons: {perimeter}, class: burnt-area, "
+                       "disaster_type: fire, land_cover: forest}\n", encoding="utf-8")
+    (source,) = load_sources([sources]).sources
+
+    def burnt_share(record) -> float:
+        a, b, c, d, e, f = record.transform
+        return burn.intersection(shapely.box(c, f + 32 * e, c + 32 * a, f)).area / (32 * a) ** 2
+
+    grid = [record for _, record in cut_source(source, 32, (1,), 0.2)]
+    assert max(burnt_share(r) for r in grid) < 0.4
+    chips = [record for _, record in cut_source(source, 32, (1,), 0.2, event_share=0.5)]
+    added = [r for r in chips if (r.col, r.row) not in {(g.col, g.row) for g in grid}]
+    assert added and all(r.split == "train" and r.caption and "burnt areas" in r.caption for r in added)
+    assert all(burnt_share(r) >= 0.5 for r in added)
+    assert (24, 24) in {(r.col, r.row) for r in added}  # the chip centred on the burn: 24 of its 32 px burnt
+    assert len(chips) == len(grid) + len(added)  # the grid's chips stay as they were
+    bank = build_chip_bank((source,), tmp_path / "bank", 32, (1,), 0.2, event_share=0.5)
+    assert len(ChipBank(tmp_path / "bank")) == len(chips)
+    assert build_chip_bank((source,), tmp_path / "bank", 32, (1,), 0.2).signature != bank.signature
+    with pytest.raises(InputError, match="event_chips is the least share"):
+        load_recipe(_recipe(tmp_path, event_chips=1.5))
+    with pytest.raises(InputError, match="native_resolution must be a multiple of 8"):
+        load_recipe(_recipe(tmp_path, native_resolution=100))
 
 
 def test_a_chip_with_a_class_caption_trains_on_that_caption():

@@ -31,6 +31,8 @@ class TrainParams(TaskParams):
     chip_size: int = Field(128, ge=32, le=1024, multiple_of=8)
     scales: list[int] = Field([1, 2, 4], min_length=1, max_length=6)
     holdout: float = Field(0.2, gt=0, lt=0.9)
+    event_chips: float | None = Field(None, gt=0, le=1, description="extra chips centred on event polygons where "
+                                      "events cover at least this share of the chip (e.g. 0.5); empty: none")
     steps: int = Field(2000, ge=1, le=1_000_000, description="SatUNet steps")
     vae_steps: int = Field(1500, ge=1, le=1_000_000, description="VAE steps (mode scratch)")
     batch: int = Field(8, ge=1, le=1024)
@@ -78,7 +80,8 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
 
     base_model = None if params.mode == "scratch" else params.model or config.default_model()
     recipe = load_recipe(None, name=params.name, mode=params.mode, base_model=base_model, chip_size=params.chip_size,
-                         scales=params.scales, holdout=params.holdout, **{
+                         scales=params.scales, holdout=params.holdout,
+                         event_chips=params.event_chips, **{
                              "unet.steps": params.steps, "unet.batch": params.batch, "unet.seed": params.seed,
                              "unet.lora_rank": params.lora_rank, "unet.learning_rate": params.learning_rate,
                              "vae.steps": params.vae_steps, "vae.seed": params.seed})

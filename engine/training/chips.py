@@ -147,9 +147,13 @@ def _windows(width: int, height: int, span: int, stride: int, col_range: tuple[i
 
 
 def cut_source(
-    source: TrainingSource, size: int, scales: tuple[int, ...], holdout: float
+    source: TrainingSource, size: int, scales: tuple[int, ...], holdout: float, event_share: float | None = None
 ) -> Iterator[tuple[np.ndarray, ChipRecord]]:
-    """Every chip of one source: (uint8 RGB (3, size, size), record), train chips then held-out ones."""
+    """Every chip of one source: (uint8 RGB (3, size, size), record), train chips then held-out ones.
+
+    With `event_share`, the training area also gets chips centred on event polygons where events
+    cover at least that share (labels.SourceLabels.event_windows).
+    """
     reader = _RGBReader(source)
     try:
         info = reader.info
@@ -161,7 +165,11 @@ def cut_source(
             span = size * scale
             areas = (("train", (0, split_col), span // 2), ("heldout", (split_col, info.width), span))
             for split, col_range, stride in areas:
-                for col, row in _windows(info.width, info.height, span, max(1, stride), col_range):
+                windows = list(_windows(info.width, info.height, span, max(1, stride), col_range))
+                if split == "train" and labels and event_share is not None:
+                    on_grid = set(windows)
+                    windows += [w for w in labels.event_windows(span, col_range, event_share) if w not in on_grid]
+                for col, row in windows:
                     rgb, valid = reader.read(Window(col, row, span, span), size)
                     if valid < MIN_VALID_FRACTION:
                         continue
@@ -207,10 +215,11 @@ def build_chip_bank(
     scales: tuple[int, ...] = (1, 2, 4),
     holdout: float = 0.2,
     progress: Callable[[str], None] | None = None,
+    event_share: float | None = None,
 ) -> ChipBank:
     """Cut every source into `folder` (kept when it already holds the same bank); the bank."""
     folder = Path(folder)
-    signature = _signature(sources, size, scales, holdout)
+    signature = _signature(sources, size, scales, holdout, event_share)
     if (folder / "bank.json").is_file():
         bank = ChipBank(folder)
         if bank.signature == signature:
@@ -218,7 +227,7 @@ def build_chip_bank(
     images, records = [], []
     for source in sources:
         count = 0
-        for image, record in cut_source(source, size, scales, holdout):
+        for image, record in cut_source(source, size, scales, holdout, event_share):
             images.append(image)
             records.append(record)
             count += 1
@@ -252,8 +261,8 @@ def build_chip_bank(
     return ChipBank(folder)
 
 
-def _signature(sources, size, scales, holdout) -> str:
-    parts = [f"{BANK_FORMAT}|2|{size}|{list(scales)}|{holdout}"]
+def _signature(sources, size, scales, holdout, event_share=None) -> str:
+    parts = [f"{BANK_FORMAT}|2|{size}|{list(scales)}|{holdout}" + (f"|events {event_share}" if event_share is not None else "")]
     for source in sources:
         stats = [f"{p}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in source.paths]
         parts.append(f"{stats}|{source.bands}|{source.land_cover}|{source.country}|{source.date}|{source.cloud_cover}|{source.nodata}")

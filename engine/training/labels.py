@@ -9,6 +9,11 @@ takes the class that covers the largest part of it, when that is at least `MIN_C
   caption inpainting conditions that class on (DiffusionSat's xBD caption plus the class's wording),
   so a model trained on burn scars paints one when `inpaint` asks for a burnt area;
 - any other class name ("forest", "water") is the chip's land cover in the fMoW caption.
+
+On the regular grid an event rarely fills a chip: a flood polygon is a corner of a field chip, and
+the chip looks like its unlabelled neighbours, so its caption teaches little. `event_windows` adds
+windows centred on each event polygon (and shifted by a quarter chip each way) where the event
+covers most of the chip, so the caption and what it names are seen together.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import shapely
 from rasterio.windows import Window
 
 from engine.geo.damage_classes import FIRST_OTHER_CODE, NO_CHANGE, classify_polygons
@@ -53,6 +59,38 @@ class SourceLabels:
         if counts[code] < MIN_CLASS_SHARE * codes.size:
             return None
         label = self.classes.classes[code]
-        if code < FIRST_OTHER_CODE:
+        if _is_event(code):
             return ChipLabel(caption=label.prompt)
         return ChipLabel(land_cover=label.name.replace("-", " "))
+
+    def event_windows(self, span: int, col_range: tuple[int, int], min_share: float) -> list[tuple[int, int]]:
+        """(col, row) of `span`-pixel windows in `col_range` centred on event polygons (and shifted by a
+        quarter span each way) where event classes cover at least `min_share` of the window."""
+        lo, hi = col_range
+        codes = np.asarray(self.classes.codes)[self.placed.indices]
+        inverse = ~self.grid.transform
+        pixel_area = abs(self.grid.transform.determinant)
+        quarter = span // 4
+        found: dict[tuple[int, int], None] = {}
+        for geometry, code in zip(self.placed.geometries, codes):
+            if not _is_event(int(code)) or geometry.area / pixel_area < min_share * span * span / 4:
+                continue  # too small to fill the chip, even with neighbours beside it
+            point = shapely.point_on_surface(geometry)
+            centre_col, centre_row = inverse @ (point.x, point.y)
+            for d_row in (-quarter, 0, quarter):
+                for d_col in (-quarter, 0, quarter):
+                    col = int(round(centre_col - span / 2 + d_col))
+                    row = int(round(centre_row - span / 2 + d_row))
+                    if lo <= col and col + span <= hi and 0 <= row and row + span <= self.grid.height:
+                        found.setdefault((col, row))
+        return [window for window in found if self._event_share(*window, span) >= min_share]
+
+    def _event_share(self, col: int, row: int, span: int) -> float:
+        codes = label_raster(self.placed, self.classes, self.grid, Window(col, row, span, span))
+        events = (codes > NO_CHANGE) & (codes < FIRST_OTHER_CODE)
+        return float(events.mean())
+
+
+def _is_event(code: int) -> bool:
+    """Damage and event classes (xBD grades, burnt or flooded areas), not land cover."""
+    return NO_CHANGE < code < FIRST_OTHER_CODE

@@ -56,8 +56,11 @@ class TrainRecipe:
     display_name: str = ""
     description: str = ""
     chip_size: int = 128
+    native_resolution: int | None = None  # the exported model's inference window in pixels (None: chip_size)
     scales: tuple[int, ...] = (1, 2, 4)
     holdout: float = 0.2
+    # Extra training chips centred on event polygons where events cover at least this share (None: grid chips only)
+    event_chips: float | None = None
     mode: str = "scratch"
     base_model: str | None = None  # for full / lora: a model in the registry
     vae_from: str | None = None  # scratch: reuse this model's VAE instead of training one
@@ -115,12 +118,17 @@ def _recipe_from(document: dict, where: str) -> TrainRecipe:
         raise InputError(f"{where}: mode {recipe.mode} fine-tunes a model: name it with base_model (--base)")
     if recipe.chip_size % 8 or recipe.chip_size < 32:
         raise InputError(f"{where}: chip_size must be a multiple of 8 and at least 32, not {recipe.chip_size}")
+    if recipe.native_resolution is not None and (recipe.native_resolution % 8 or recipe.native_resolution < 32):
+        raise InputError(f"{where}: native_resolution must be a multiple of 8 and at least 32, not {recipe.native_resolution}")
     if recipe.mode != "scratch" and recipe.zero_terminal_snr:
         raise InputError(f"{where}: zero_terminal_snr changes the noise schedule: only a model trained from scratch can have it")
     share = recipe.unet.labelled_share
     if share is not None and not 0 < share < 1:
         raise InputError(f"{where}: unet.labelled_share is the share of draws given to labelled chips: between 0 and 1, "
                          f"not {share}")
+    if recipe.event_chips is not None and not 0 < recipe.event_chips <= 1:
+        raise InputError(f"{where}: event_chips is the least share of a chip that events must cover: between 0 and 1, "
+                         f"not {recipe.event_chips}")
     dropout = recipe.unet.labelled_metadata_dropout
     if dropout is not None and not 0 <= dropout <= 1:
         raise InputError(f"{where}: unet.labelled_metadata_dropout is a probability per metadata field: between 0 and 1, "
@@ -165,7 +173,8 @@ def run_training(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, default=str), encoding="utf-8")
-    bank = build_chip_bank(sources.sources, run_dir / "bank", recipe.chip_size, recipe.scales, recipe.holdout, progress=log)
+    bank = build_chip_bank(sources.sources, run_dir / "bank", recipe.chip_size, recipe.scales, recipe.holdout, progress=log,
+                           event_share=recipe.event_chips)
     log(f"chip bank: {len(bank.indices('train'))} training and {len(bank.indices('heldout'))} held-out chips of {recipe.chip_size} px")
 
     def remaining() -> float | None:
@@ -259,7 +268,7 @@ def run_training(
         from .export import export_model
 
         settings = {
-            "native_resolution": recipe.chip_size, "display_name": recipe.display_name or recipe.name,
+            "native_resolution": recipe.native_resolution or recipe.chip_size, "display_name": recipe.display_name or recipe.name,
             "description": recipe.description or f"trained with gfm4d train ({recipe.mode})",
             "default_guidance": recipe.default_guidance, "default_steps": recipe.default_steps,
             "tasks": ["generate", "inpaint"],
@@ -374,12 +383,13 @@ def _sample_grid(recipe: TrainRecipe, unet, vae, components: Path, path: Path, l
     from .export import export_model
     from .report import grid_png
 
+    window = recipe.native_resolution or recipe.chip_size  # what the exported model generates in one window
     with tempfile.TemporaryDirectory(prefix="gfm4d-samples-") as scratch:
-        folder = export_model(Path(scratch) / "sampling", unet, vae, components,
-                              {"native_resolution": recipe.chip_size}, "", text_encoder=text_encoder)
-        tiles, labels = sample_places(folder, recipe.samples, recipe.chip_size, recipe.sample_steps, recipe.default_guidance)
+        folder = export_model(Path(scratch) / "sampling", unet, vae, components, {"native_resolution": window}, "",
+                              text_encoder=text_encoder)
+        tiles, labels = sample_places(folder, recipe.samples, window, recipe.sample_steps, recipe.default_guidance)
     log(f"sample grid: {path}")
-    return grid_png(tiles, labels, min(4, len(tiles)), path, tile=recipe.chip_size)
+    return grid_png(tiles, labels, min(4, len(tiles)), path, tile=window)
 
 
 def sample_places(model_folder: Path, places: list[SamplePlace], size: int, steps: int, guidance: float,
@@ -490,7 +500,9 @@ def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_sco
     gsds = sorted({round(r.gsd_m, 2) for r in bank.records})
     lines += ["", f"Chips of {recipe.chip_size} px at pooling scales {list(recipe.scales)}; ground resolutions seen: "
               f"{', '.join(f'{g:g}' for g in gsds)} m. Held out: the east {recipe.holdout:.0%} of every source "
-              "(one strip per place), never trained on.", "", "## Recipe", "",
+              "(one strip per place), never trained on."
+              + (f" Besides the grid, training chips centred on event polygons where events cover at least "
+                 f"{recipe.event_chips:.0%} of the chip." if recipe.event_chips is not None else ""), "", "## Recipe", "",
               *_recipe_lines(recipe),
               f"- Default sampling: guidance {recipe.default_guidance:g}, {recipe.default_steps} steps.", ""]
     if vae_scores:

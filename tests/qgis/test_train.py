@@ -109,12 +109,13 @@ def test_class_polygons_caption_the_chips_they_cover(osbs, engine, tmp_path):
     card = tmp_path / "card.md"
     result = processing.run("gfm4d:train", {
         "INPUTS": [str(OSBS)], "NAME": "qgis-burn-lora", "MODEL": BASE, **TINY, "POLYGONS": perimeter,
-        "POLYGON_CLASS": "burnt-area", "DISASTER_TYPE": "fire", "CARD": str(card), "LOSS_CURVE": None})
+        "POLYGON_CLASS": "burnt-area", "DISASTER_TYPE": "fire", "EVENT_CHIPS": 0.5, "CARD": str(card), "LOSS_CURVE": None})
 
     assert f"'{BURNT_CAPTION}'" in card.read_text(encoding="utf-8")
     assert "LOSS_CURVE" not in result
     params = engine.job(result["JOB_ID"])["params"]
     assert (params["polygon_class"], params["disaster_type"], params.get("class_field")) == ("burnt-area", "fire", None)
+    assert params["event_chips"] == 0.5
     assert [path.suffix for path in engine.uploads(result["JOB_ID"])] == [".gpkg", ".tif"]  # polygons/, rasters.0/
 
 
