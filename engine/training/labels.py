@@ -67,13 +67,13 @@ class SourceLabels:
         """(col, row) of `span`-pixel windows in `col_range` centred on event polygons (and shifted by a
         quarter span each way) where event classes cover at least `min_share` of the window."""
         lo, hi = col_range
-        codes = np.asarray(self.classes.codes)[self.placed.indices]
+        events = _is_event(np.asarray(self.classes.codes)[self.placed.indices])
         inverse = ~self.grid.transform
         pixel_area = abs(self.grid.transform.determinant)
         quarter = span // 4
         found: dict[tuple[int, int], None] = {}
-        for geometry, code in zip(self.placed.geometries, codes):
-            if not _is_event(int(code)) or geometry.area / pixel_area < min_share * span * span / 4:
+        for geometry, event in zip(self.placed.geometries, events):
+            if not event or geometry.area / pixel_area < min_share * span * span / 4:
                 continue  # too small to fill the chip, even with neighbours beside it
             point = shapely.point_on_surface(geometry)
             centre_col, centre_row = inverse @ (point.x, point.y)
@@ -87,10 +87,9 @@ class SourceLabels:
 
     def _event_share(self, col: int, row: int, span: int) -> float:
         codes = label_raster(self.placed, self.classes, self.grid, Window(col, row, span, span))
-        events = (codes > NO_CHANGE) & (codes < FIRST_OTHER_CODE)
-        return float(events.mean())
+        return float(_is_event(codes).mean())
 
 
-def _is_event(code: int) -> bool:
-    """Damage and event classes (xBD grades, burnt or flooded areas), not land cover."""
-    return NO_CHANGE < code < FIRST_OTHER_CODE
+def _is_event(code):
+    """Damage and event classes (xBD grades, burnt or flooded areas), not land cover (codes or arrays of them)."""
+    return (code > NO_CHANGE) & (code < FIRST_OTHER_CODE)

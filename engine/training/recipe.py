@@ -76,6 +76,11 @@ class TrainRecipe:
     unet: UNetConfig = field(default_factory=UNetConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)  # the decoder alone, after the UNet (latents unchanged)
 
+    @property
+    def window(self) -> int:
+        """The exported model's generation window in pixels: native_resolution, else the chip size."""
+        return self.native_resolution or self.chip_size
+
 
 def load_recipe(path: Path | None, **overrides) -> TrainRecipe:
     """A recipe from YAML (unknown keys refused), with `overrides` (None values ignored) on top."""
@@ -268,7 +273,7 @@ def run_training(
         from .export import export_model
 
         settings = {
-            "native_resolution": recipe.native_resolution or recipe.chip_size, "display_name": recipe.display_name or recipe.name,
+            "native_resolution": recipe.window, "display_name": recipe.display_name or recipe.name,
             "description": recipe.description or f"trained with gfm4d train ({recipe.mode})",
             "default_guidance": recipe.default_guidance, "default_steps": recipe.default_steps,
             "tasks": ["generate", "inpaint"],
@@ -383,7 +388,7 @@ def _sample_grid(recipe: TrainRecipe, unet, vae, components: Path, path: Path, l
     from .export import export_model
     from .report import grid_png
 
-    window = recipe.native_resolution or recipe.chip_size  # what the exported model generates in one window
+    window = recipe.window
     with tempfile.TemporaryDirectory(prefix="gfm4d-samples-") as scratch:
         folder = export_model(Path(scratch) / "sampling", unet, vae, components, {"native_resolution": window}, "",
                               text_encoder=text_encoder)
