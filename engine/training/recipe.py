@@ -262,7 +262,7 @@ def run_training(
         if decoded["steps_done"] < recipe.decoder.steps:
             log(f"stopped training the decoder at step {decoded['steps_done']}; run the same command again to continue")
             return TrainResult(output, steps, vae_scores, files)
-        vae_scores = {**vae_scores, "decoder": _cached_json(run_dir / "decoder_scores.json",
+        vae_scores = {**vae_scores, "decoder": _cached_json(run_dir / f"decoder_scores{_decoder_tag(recipe)}.json",
                                                             lambda: heldout_scores(vae, heldout))}
         log(f"VAE with the new decoder on held-out chips: PSNR {vae_scores['decoder']['psnr']:.2f} dB, "
             f"SSIM {vae_scores['decoder']['ssim']:.3f}")
@@ -284,7 +284,7 @@ def run_training(
             from .quality import heldout_quality
 
             log(f"scoring {recipe.quality_chips} held-out chips against samples of the model and of a random-weight twin")
-            quality = _cached_json(run_dir / f"quality-{steps}.json", lambda: heldout_quality(
+            quality = _cached_json(run_dir / f"quality-{steps}{_decoder_tag(recipe)}.json", lambda: heldout_quality(
                 output, bank, recipe, recipe.quality_chips, recipe.default_steps))
             card = model_card(recipe, sources, bank, vae_scores, steps, quality)
             export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
@@ -341,6 +341,13 @@ def _load_text(components: Path):
 
     text_encoder = CLIPTextModel.from_pretrained(components / "text_encoder", torch_dtype=torch.float32).eval()
     return text_encoder.requires_grad_(False), CLIPTokenizer.from_pretrained(components / "tokenizer")
+
+
+def _decoder_tag(recipe: TrainRecipe) -> str:
+    """Part of a score file's name: scores of one decoder stage must not be read back for another."""
+    if not recipe.decoder.steps:
+        return ""
+    return f"-decoder-{recipe.decoder.steps}{'-restart' if recipe.decoder.restart else ''}"
 
 
 def _cached_json(path: Path, compute) -> dict:
