@@ -217,8 +217,8 @@ def test_the_decoder_stage_trains_the_decoder_alone_keeps_the_latents_and_resume
     stage = {"decoder": {"steps": 6, "crop": 32, "batch": 2, "discriminator_channels": [8, 8, 8],
                            "learning_rate": 1e-3, "adversarial_ramp": 2, "checkpoint_every": 2, "eval_every": 6}}
     (tmp_path / "plain").mkdir()
-    plain = _recipe(tmp_path / "plain", quality_chips=2)
-    sharp = _recipe(tmp_path, quality_chips=2, **stage)
+    plain = _recipe(tmp_path / "plain", quality_chips=2, **{"unet.sample_latents": False})
+    sharp = _recipe(tmp_path, quality_chips=2, **{"unet.sample_latents": False}, **stage)
     run_training(sources, load_recipe(plain), tmp_path / "run", tmp_path / "models" / "plain", log=lambda line: None)
 
     calls = {"n": 0}
@@ -244,6 +244,10 @@ def test_the_decoder_stage_trains_the_decoder_alone_keeps_the_latents_and_resume
     assert sum(not torch.equal(before[k], after[k]) for k in decoder) > len(decoder) // 2
     assert all(torch.equal(before[k], after[k]) for k in before if k not in decoder)  # encoder: the same latents
     assert all(torch.equal(after[k], straight[k]) for k in after)  # resumed = uninterrupted
+    from engine.training.state import load_latest
+
+    # The decoder learns on the latents this UNet was trained to paint: the posterior means.
+    assert load_latest(tmp_path / "run" / "decoder" / "checkpoints")["config"]["sample_posterior"] is False
     unet = "unet/diffusion_pytorch_model.safetensors"
     plain_unet, sharp_unet = (load_file(tmp_path / "models" / name / unet) for name in ("plain", "sharp"))
     assert all(torch.equal(plain_unet[k], sharp_unet[k]) for k in plain_unet)  # the UNet is not retrained
@@ -258,6 +262,32 @@ def test_the_decoder_stage_trains_the_decoder_alone_keeps_the_latents_and_resume
     assert scores["plain"] != scores["sharp"]
     with pytest.raises(InputError, match="LoRA keeps its base model's VAE"):
         load_recipe(_recipe(tmp_path, mode="lora", base_model="plain", **stage))
+
+
+@pytest.mark.parametrize("sample_posterior", [False, True])
+def test_the_decoder_stage_learns_on_the_latents_the_unet_paints(tmp_path, sample_posterior):
+    """A deterministic autoencoder's posterior keeps its starting (wide) log-variance: a decoder trained on
+    draws from it learns on noise the UNet never paints, and reconstructs held-out chips far worse."""
+    _needs_data()
+    from engine.training.decoder import DecoderConfig, train_decoder
+    from engine.training.vae import VAEConfig, build_vae
+
+    bank = build_chip_bank((TrainingSource(paths=(OSBS,)),), tmp_path / "bank", 32, (1,), 0.2)
+    vae = build_vae(VAEConfig(block_out_channels=(8, 8, 8, 8), norm_num_groups=4))
+    with torch.no_grad():  # log-variance 0: a posterior as wide as a KL VAE's prior
+        vae.quant_conv.weight[4:] = 0.0
+        vae.quant_conv.bias[4:] = 0.0
+    decoded = []
+    decode = vae.decode
+    vae.decode = lambda latents, *a, **k: decoded.append(latents.detach().clone()) or decode(latents, *a, **k)
+    encode = vae.encode
+    encoded = []
+    vae.encode = lambda images, *a, **k: encoded.append(encode(images, *a, **k)) or encoded[-1]
+    train_decoder(vae, bank, tmp_path / "decoder", DecoderConfig(steps=1, crop=32, batch=2, eval_every=10,
+                  discriminator_channels=(8, 8, 8), sample_posterior=sample_posterior), log=lambda line: None)
+    posterior = encoded[0].latent_dist
+    assert torch.allclose(posterior.std, torch.ones(()))  # draws and means differ clearly
+    assert torch.equal(decoded[0], posterior.mean) is not sample_posterior
 
 
 def test_a_zero_terminal_snr_model_is_trained_and_sampled_from_pure_noise(tmp_path):

@@ -41,6 +41,9 @@ class DecoderConfig:
     discriminator_channels: tuple[int, ...] = (32, 64, 128)
     colour_weight: float = 1.0
     edge_weight: float = 0.5
+    # Decode posterior draws or the means: the decoder must learn on the latents it will be given, those the
+    # UNet learned to paint. None: as the recipe's unet.sample_latents.
+    sample_posterior: bool | None = None
     seed: int = 0
     checkpoint_every: int = 250
     eval_every: int = 1000
@@ -72,6 +75,13 @@ def restart_decoder(vae, seed: int) -> None:
     with torch.no_grad():
         state["decoder.conv_out.weight"] = state["decoder.conv_out.weight"] * 0.1
     vae.load_state_dict(state, strict=False)
+
+
+def decoder_input(vae, images: torch.Tensor, sample_posterior: bool | None, generator: torch.Generator) -> torch.Tensor:
+    """The latents the decoder learns from: a posterior draw, or the posterior mean."""
+    if sample_posterior:
+        return sampled_latents(vae, images, generator)[0]
+    return vae.encode(images).latent_dist.mean
 
 
 def balanced_weight(pixel: torch.Tensor, adversarial: torch.Tensor, last_layer: nn.Parameter) -> torch.Tensor:
@@ -129,7 +139,7 @@ def train_decoder(
         generator = step_generator(config.seed + 7919, step)
         images = image_batch(bank, train, weights, config.batch, config.crop, generator).to(device)
         with torch.no_grad():
-            latents, _ = sampled_latents(vae, images, generator)
+            latents = decoder_input(vae, images, config.sample_posterior, generator)
         recon = vae.decode(latents).sample
         pixel, parts = pixel_loss(recon, images, config.colour_weight, config.edge_weight)
         adversarial = -discriminator(recon).mean()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import shutil
 import tempfile
@@ -256,7 +257,10 @@ def run_training(
         log(f"stopped at step {steps} of {recipe.unet.steps}; run the same command again to continue")
         return TrainResult(output, steps, vae_scores, files)
     if recipe.decoder.steps:
-        vae, decoded = train_decoder(vae, bank, run_dir / "decoder", recipe.decoder, log=log, cancel=cancel,
+        decoder = recipe.decoder
+        if decoder.sample_posterior is None:
+            decoder = dataclasses.replace(decoder, sample_posterior=recipe.unet.sample_latents)
+        vae, decoded = train_decoder(vae, bank, run_dir / "decoder", decoder, log=log, cancel=cancel,
                                      time_limit_s=remaining(), device=device,
                                      progress=(lambda d, t, h: progress("decoder", d, t, h)) if progress else None)
         if decoded["steps_done"] < recipe.decoder.steps:
@@ -347,7 +351,8 @@ def _decoder_tag(recipe: TrainRecipe) -> str:
     """Part of a score file's name: scores of one decoder stage must not be read back for another."""
     if not recipe.decoder.steps:
         return ""
-    return f"-decoder-{recipe.decoder.steps}{'-restart' if recipe.decoder.restart else ''}"
+    settings = json.dumps(dataclasses.asdict(recipe.decoder), sort_keys=True)
+    return f"-decoder-{recipe.decoder.steps}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
 
 
 def _cached_json(path: Path, compute) -> dict:
