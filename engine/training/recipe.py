@@ -200,7 +200,7 @@ def run_training(
         scaling = None
     vae.eval().requires_grad_(False)
     heldout = bank.images[bank.indices("heldout")]
-    vae_scores = _cached_json(run_dir / "vae_scores.json", lambda: heldout_scores(vae, heldout))
+    vae_scores = _cached_json(run_dir / f"vae_scores-{_weights_tag(vae)}.json", lambda: heldout_scores(vae, heldout))
     log(f"VAE on held-out chips: PSNR {vae_scores['psnr']:.2f} dB, SSIM {vae_scores['ssim']:.3f} "
         f"(shrink 8x and enlarge: {vae_scores['baseline_psnr']:.2f} dB, {vae_scores['baseline_ssim']:.3f})")
 
@@ -266,7 +266,7 @@ def run_training(
         if decoded["steps_done"] < recipe.decoder.steps:
             log(f"stopped training the decoder at step {decoded['steps_done']}; run the same command again to continue")
             return TrainResult(output, steps, vae_scores, files)
-        vae_scores = {**vae_scores, "decoder": _cached_json(run_dir / f"decoder_scores{_decoder_tag(recipe)}.json",
+        vae_scores = {**vae_scores, "decoder": _cached_json(run_dir / f"vae_scores-{_weights_tag(vae)}.json",
                                                             lambda: heldout_scores(vae, heldout))}
         log(f"VAE with the new decoder on held-out chips: PSNR {vae_scores['decoder']['psnr']:.2f} dB, "
             f"SSIM {vae_scores['decoder']['ssim']:.3f}")
@@ -288,7 +288,7 @@ def run_training(
             from .quality import heldout_quality
 
             log(f"scoring {recipe.quality_chips} held-out chips against samples of the model and of a random-weight twin")
-            quality = _cached_json(run_dir / f"quality-{steps}{_decoder_tag(recipe)}.json", lambda: heldout_quality(
+            quality = _cached_json(run_dir / f"quality-{steps}-{_weights_tag(vae)}.json", lambda: heldout_quality(
                 output, bank, recipe, recipe.quality_chips, recipe.default_steps))
             card = model_card(recipe, sources, bank, vae_scores, steps, quality)
             export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
@@ -347,12 +347,11 @@ def _load_text(components: Path):
     return text_encoder.requires_grad_(False), CLIPTokenizer.from_pretrained(components / "tokenizer")
 
 
-def _decoder_tag(recipe: TrainRecipe) -> str:
-    """Part of a score file's name: scores of one decoder stage must not be read back for another."""
-    if not recipe.decoder.steps:
-        return ""
-    settings = json.dumps(dataclasses.asdict(recipe.decoder), sort_keys=True)
-    return f"-decoder-{recipe.decoder.steps}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+def _weights_tag(module: torch.nn.Module) -> str:
+    """A short fingerprint of a module's weights, in the names of score files: scores of one VAE (a new
+    decoder, a changed base model) must not be read back for another."""
+    total = f"{sum(float(p.double().sum()) for p in module.parameters()):.6e}"
+    return hashlib.sha1(total.encode()).hexdigest()[:8]
 
 
 def _cached_json(path: Path, compute) -> dict:
@@ -365,7 +364,7 @@ def _cached_json(path: Path, compute) -> dict:
 
 def _cached_latents(run_dir: Path, vae, bank: ChipBank, indices: np.ndarray, orientations: int, log):
     path = run_dir / "latents.pt"
-    key = f"{bank.signature}:{orientations}:{sum(float(p.double().sum()) for p in vae.parameters()):.6e}"
+    key = f"{bank.signature}:{orientations}:{_weights_tag(vae)}"
     if path.is_file():
         cached = torch.load(path, weights_only=False)
         if cached.get("key") == key:
