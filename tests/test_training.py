@@ -207,6 +207,8 @@ def test_a_full_fine_tune_continues_the_base_model_and_exports_a_model_with_its_
     assert all(torch.equal(base_vae[k], tuned_vae[k]) for k in base_vae)  # the base's VAE, unchanged
     card = (tmp_path / "models" / "tuned" / "README.md").read_text()
     assert "mode `full` on `base`" in card and "random" in card
+    # Its lineage: how the base's VAE and UNet were made, from the base's own card.
+    assert "- The base model `base`, as its card gives it:\n  - VAE: (8, 8, 8, 8) channels" in card
     tuned = ModelRegistry(tmp_path / "models").load("tuned")
     assert tuned.info.native_resolution == 64  # trained on 32 px chips, generating 64 px windows
 

@@ -270,7 +270,8 @@ def run_training(
                                                             lambda: heldout_scores(vae, heldout))}
         log(f"VAE with the new decoder on held-out chips: PSNR {vae_scores['decoder']['psnr']:.2f} dB, "
             f"SSIM {vae_scores['decoder']['ssim']:.3f}")
-    card = model_card(recipe, sources, bank, vae_scores, steps, {})
+    lineage = base_recipe(base.info.path) if base is not None and recipe.mode != "scratch" else []
+    card = model_card(recipe, sources, bank, vae_scores, steps, {}, lineage)
     if recipe.mode == "lora":
         _export_lora(unet, output, card)
     else:
@@ -290,7 +291,7 @@ def run_training(
             log(f"scoring {recipe.quality_chips} held-out chips against samples of the model and of a random-weight twin")
             quality = _cached_json(run_dir / f"quality-{steps}-{_weights_tag(vae)}.json", lambda: heldout_quality(
                 output, bank, recipe, recipe.quality_chips, recipe.default_steps))
-            card = model_card(recipe, sources, bank, vae_scores, steps, quality)
+            card = model_card(recipe, sources, bank, vae_scores, steps, quality, lineage)
             export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
     log(f"wrote {output}")
     return TrainResult(output, steps, vae_scores, files)
@@ -491,9 +492,24 @@ def _recipe_lines(recipe: TrainRecipe) -> list[str]:
         + (", text encoder trained with the UNet" if unet.train_text_encoder else "") + ".")]
 
 
+def base_recipe(model_path: Path | None) -> list[str]:
+    """The recipe lines of a base model's card (how its VAE and UNet were made), for a fine-tune's card."""
+    card = Path(model_path) / "README.md" if model_path else None
+    if card is None or not card.is_file():
+        return []
+    lines, inside = [], False
+    for line in card.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == "## Recipe"
+        elif inside and line.lstrip().startswith("- ") and not line.startswith("- Default sampling"):
+            lines.append(line)
+    return lines
+
+
 def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_scores: dict | None, steps: int,
-               metrics: dict) -> str:
-    """The model card: what it was trained on (with licences), how, and how well on held-out chips."""
+               metrics: dict, lineage: list[str] = ()) -> str:
+    """The model card: what it was trained on (with licences), how, and how well on held-out chips;
+    `lineage`: the base model's recipe lines, when this is a fine-tune."""
     from collections import Counter
 
     per_source = Counter((r.source, r.split) for r in bank.records)
@@ -520,6 +536,8 @@ def model_card(recipe: TrainRecipe, sources: SourceList, bank: ChipBank, vae_sco
               + (f" Besides the grid, training chips centred on event polygons where events cover at least "
                  f"{recipe.event_chips:.0%} of the chip." if recipe.event_chips is not None else ""), "", "## Recipe", "",
               *_recipe_lines(recipe),
+              *([f"- The base model `{recipe.base_model}`, as its card gives it:"] + [f"  {line}" for line in lineage]
+                if lineage else []),
               f"- Default sampling: guidance {recipe.default_guidance:g}, {recipe.default_steps} steps.", ""]
     if vae_scores:
         lines += ["## Held-out figures", "", "| | PSNR (dB) | SSIM |", "|---|---|---|",
