@@ -1,4 +1,5 @@
-"""docs/img/gfm4d_mini_vae_heldout.png: held-out chips, the shrink-8x-and-enlarge baseline, and the VAE.
+"""docs/img/gfm4d_mini_vae_heldout.png: held-out chips, the shrink-8x-and-enlarge baseline, and the VAE
+(after its own stage, and with the decoder stage's decoder where the run has one: the shipped VAE).
 
     .venv/bin/python scripts/vae_heldout_figure.py [--run-dir .gfm4d/train/gfm4d-mini] [--output docs/img/...]
 
@@ -34,24 +35,28 @@ def main() -> None:
     args = parser.parse_args()
     bank = ChipBank(args.run_dir / "bank")
     state = load_latest(args.run_dir / "vae" / "checkpoints")
-    vae = build_vae(VAEConfig(**state["config"]))
-    vae.load_state_dict(state["model"])
-    vae.eval()
     heldout = np.asarray(bank.images[bank.indices("heldout")])
-    scores = heldout_scores(vae, heldout)
     chips = heldout[list(CHIPS)]
-    versions = (
-        (chips, "real chip, held out"),
-        (np.clip(np.round(bicubic_baseline(chips)), 0, 255).astype(np.uint8),
-         f"shrink 8x, enlarge ({scores['baseline_psnr']:.1f} dB mean)"),
-        (reconstruct(vae, chips), f"GFM4D-mini VAE ({scores['psnr']:.1f} dB mean)"),
-    )
+    stages = [(state, "GFM4D-mini VAE")]
+    decoder = load_latest(args.run_dir / "decoder" / "checkpoints")
+    if decoder is not None:
+        stages.append((decoder, "with the decoder stage"))
+    versions = [(chips, "real chip, held out")]
+    for stage, name in stages:
+        vae = build_vae(VAEConfig(**state["config"]))
+        vae.load_state_dict(stage["model"])
+        vae.eval()
+        scores = heldout_scores(vae, heldout)
+        if len(versions) == 1:
+            versions.append((np.clip(np.round(bicubic_baseline(chips)), 0, 255).astype(np.uint8),
+                             f"shrink 8x, enlarge ({scores['baseline_psnr']:.1f} dB mean)"))
+        versions.append((reconstruct(vae, chips), f"{name} ({scores['psnr']:.1f} dB mean)"))
     tiles, labels = [], []
     for k in range(len(CHIPS)):
         for images, label in versions:
             tiles.append(np.asarray(Image.fromarray(np.moveaxis(images[k], 0, -1)).resize((256, 256), Image.NEAREST)))
             labels.append(label)
-    print(grid_png(tiles, labels, 3, args.output, tile=256))
+    print(grid_png(tiles, labels, len(versions), args.output, tile=256))
 
 
 if __name__ == "__main__":
