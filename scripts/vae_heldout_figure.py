@@ -41,16 +41,16 @@ def main() -> None:
     decoder = load_latest(args.run_dir / "decoder" / "checkpoints")
     if decoder is not None:
         stages.append((decoder, "with the decoder stage"))
-    versions = [(chips, "real chip, held out")]
+    reconstructions = []
     for stage, name in stages:
         vae = build_vae(VAEConfig(**state["config"]))
         vae.load_state_dict(stage["model"])
         vae.eval()
         scores = heldout_scores(vae, heldout)
-        if len(versions) == 1:
-            versions.append((np.clip(np.round(bicubic_baseline(chips)), 0, 255).astype(np.uint8),
-                             f"shrink 8x, enlarge ({scores['baseline_psnr']:.1f} dB mean)"))
-        versions.append((reconstruct(vae, chips), f"{name} ({scores['psnr']:.1f} dB mean)"))
+        reconstructions.append((reconstruct(vae, chips), f"{name} ({scores['psnr']:.1f} dB mean)"))
+    baseline = np.clip(np.round(bicubic_baseline(chips)), 0, 255).astype(np.uint8)
+    versions = [(chips, "real chip, held out"),
+                (baseline, f"shrink 8x, enlarge ({scores['baseline_psnr']:.1f} dB mean)"), *reconstructions]
     tiles, labels = [], []
     for k in range(len(CHIPS)):
         for images, label in versions:

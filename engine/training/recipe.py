@@ -142,6 +142,8 @@ def _recipe_from(document: dict, where: str) -> TrainRecipe:
     if recipe.mode == "lora" and recipe.decoder.steps:
         raise InputError(f"{where}: a LoRA keeps its base model's VAE: drop the decoder section or use mode full")
     recipe.unet.mode = recipe.mode
+    if recipe.decoder.sample_posterior is None:  # the decoder learns on the latents the UNet learned to paint
+        recipe.decoder.sample_posterior = recipe.unet.sample_latents
     return recipe
 
 
@@ -257,10 +259,7 @@ def run_training(
         log(f"stopped at step {steps} of {recipe.unet.steps}; run the same command again to continue")
         return TrainResult(output, steps, vae_scores, files)
     if recipe.decoder.steps:
-        decoder = recipe.decoder
-        if decoder.sample_posterior is None:
-            decoder = dataclasses.replace(decoder, sample_posterior=recipe.unet.sample_latents)
-        vae, decoded = train_decoder(vae, bank, run_dir / "decoder", decoder, log=log, cancel=cancel,
+        vae, decoded = train_decoder(vae, bank, run_dir / "decoder", recipe.decoder, log=log, cancel=cancel,
                                      time_limit_s=remaining(), device=device,
                                      progress=(lambda d, t, h: progress("decoder", d, t, h)) if progress else None)
         if decoded["steps_done"] < recipe.decoder.steps:
