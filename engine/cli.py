@@ -320,10 +320,10 @@ def cmd_xbd_import(args) -> int:
     return 0
 
 
-def _add_sampling_arguments(parser) -> None:
+def _add_sampling_arguments(parser, default_model: str | None = None) -> None:
     """Model and sampler options shared by every task."""
     how = parser.add_argument_group("how")
-    how.add_argument("--model", default=config.default_model(), help="model folder name (see `gfm4d models list`)")
+    how.add_argument("--model", default=default_model or config.default_model(), help="model folder name (see `gfm4d models list`)")
     how.add_argument("--steps", type=positive_int, default=30, help="denoising steps")
     how.add_argument("--guidance", type=float, help="classifier-free guidance scale (<= 1: none, half the work; default: the model's own, 7.5 for DiffusionSat, 2.5 for GFM4D-mini)")
     how.add_argument("--seed", type=int, default=0, help="same seed, same request: the same image")
@@ -462,7 +462,7 @@ def build_parser() -> ArgumentParser:
     post.add_argument("--dilation", type=float, default=0.0, help="grow the mask by this many metres")
     post.add_argument("--feather", type=float, help="feathered edge width in metres (default: three pixels)")
     post.add_argument("--bands", type=int, nargs=3, metavar=("R", "G", "B"), help="1-based red, green, blue bands")
-    _add_sampling_arguments(inp)
+    _add_sampling_arguments(inp, config.default_inpaint_model())
     add_lora_argument(inp)
     inp.add_argument("-o", "--output", required=True, help="post-event GeoTIFF")
     inp.add_argument("--label", help="label raster (default: OUTPUT_label.tif)")

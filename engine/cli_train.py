@@ -34,6 +34,8 @@ def add_train_parser(sub) -> None:
                        help="share of the draws given to chips with a class caption (a few labelled events among many chips)")
     train.add_argument("--event-chips", type=float, metavar="SHARE",
                        help="add chips centred on event polygons (burn scars, floods) where events cover at least SHARE of the chip")
+    train.add_argument("--inpainting", action="store_true", default=None,
+                       help="train an inpainting UNet (9 input channels), event polygons as its masks (mode full or scratch)")
     train.add_argument("--chip-size", type=int, help="chip side in pixels (default 128)")
     train.add_argument("--scales", type=int, nargs="+", help="pooling factors, e.g. 1 2 4 (native, x2, x4 coarser)")
     train.add_argument("--seed", type=int)
@@ -55,6 +57,7 @@ def cmd_train(args) -> int:
         vae_from=args.vae_from, chip_size=args.chip_size, scales=args.scales, event_chips=args.event_chips, **{
             "unet.steps": args.steps, "unet.batch": args.batch, "unet.learning_rate": args.learning_rate,
             "unet.lora_rank": args.lora_rank, "unet.labelled_share": args.labelled_share, "unet.seed": args.seed,
+            "unet.inpainting": args.inpainting,
             "vae.steps": args.vae_steps, "vae.seed": args.seed,
             "decoder.steps": args.decoder_steps, "decoder.seed": args.seed,
         })

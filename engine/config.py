@@ -16,7 +16,7 @@ GFM4D_CHANNELS_LAST  '1' or '0' (default: 1 on CUDA, 0 on CPU)
 GFM4D_VAE_HALF       '1' or '0': VAE decoding in float16 with a float32 redo of overflowing blocks
                      (default: 1 on CUDA for half-precision models, 0 otherwise)
 GFM4D_DEFAULT_MODEL  the model generate and inpaint use when a request names none (default: gfm4d-mini,
-                     the built-in model)
+                     the built-in model, and its inpainting variant gfm4d-mini-inpaint for inpaint)
 GFM4D_SCHEDULER      the scheduler used when a request names none: a name (ddim, dpm++, ...) or 'model'
                      for the model's own (default: dpm++ on CUDA, the model's own on CPU)
 GFM4D_THREADS        CPU threads torch uses (default: half the cores, at most 4; see engine.runtime.threads)
@@ -32,12 +32,18 @@ if TYPE_CHECKING:  # torch is imported where a device is chosen: `gfm4d --help` 
     import torch
 
 DEMO_MODEL = "demo-satunet"  # tiny, untrained: for tests and the predict/superres examples
-BUILTIN_MODEL = "gfm4d-mini"  # trained, shipped in the package: the default for generate and inpaint
+BUILTIN_MODEL = "gfm4d-mini"  # trained, shipped in the package: the default for generate
+BUILTIN_INPAINT_MODEL = "gfm4d-mini-inpaint"  # its inpainting variant (9-channel UNet): the default for inpaint
 
 
 def default_model() -> str:
     """The model a request that names none runs on."""
     return os.environ.get("GFM4D_DEFAULT_MODEL") or BUILTIN_MODEL
+
+
+def default_inpaint_model() -> str:
+    """The model an inpainting request that names none runs on: trained on the question inpainting asks."""
+    return os.environ.get("GFM4D_DEFAULT_MODEL") or BUILTIN_INPAINT_MODEL
 
 
 def home() -> Path:

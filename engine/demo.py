@@ -10,8 +10,9 @@ name). The demo also generates (1) onto that tile's exact grid, so the result li
 for pixel, (2) a larger area around it in EPSG:4326 at 2 m, several overlapping windows blended
 into one seamless image, and (3) inpaints a burn scar polygon into the real tile: a post-event
 image identical to the tile outside the feathered polygon, plus the polygon as a label raster.
-Last, it paints a flood into a second real tile, North Dakota farmland at 10 m (NAIP, 2018-07-16):
-the scale and the caption at which GFM4D-mini learned flooded fields (a labelled Sentinel-2 flood).
+Last, it paints a flood into a second real tile, North Dakota farmland at 10 m (NAIP, 2018-07-16),
+where and at a scale at which the inpainting model saw floods. Both events are painted by the
+built-in inpainting model, GFM4D-mini-inpaint.
 `overview.png` puts every result side by side with its caption.
 """
 
@@ -61,14 +62,18 @@ PLACES = (
 )
 
 
-def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: str | None = None) -> Iterator[str]:
-    """Run the demo, yielding a line for each thing done and where its files are."""
+def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: str | None = None,
+             inpaint_model_name: str | None = None) -> Iterator[str]:
+    """Run the demo, yielding a line for each thing done and where its files are. The events are painted by
+    `inpaint_model_name` (default: the built-in inpainting model, or `model_name` when only that is given)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     build_demo_models(models_dir)  # the tiny predict / super-resolution models the README's examples use
     device = config.device()
-    name = model_name or config.BUILTIN_MODEL
-    model = ModelRegistry(models_dir, config.sd21_dir()).load(name, device=device, dtype=config.dtype_for(device))
-    yield f"model: {model.info.display_name} ({model.info.path})"
+    registry = ModelRegistry(models_dir, config.sd21_dir())
+    model = registry.load(model_name or config.BUILTIN_MODEL, device=device, dtype=config.dtype_for(device))
+    inpainter = registry.load(inpaint_model_name or (model_name if model_name else config.BUILTIN_INPAINT_MODEL),
+                              device=device, dtype=config.dtype_for(device))
+    yield f"models: {model.info.display_name} ({model.info.path}), inpainting: {inpainter.info.display_name}"
     captions = []
     for index, place in enumerate(PLACES):
         grid = utm_square(place.lon, place.lat, place.gsd_m, place.size_px)
@@ -95,11 +100,11 @@ def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: st
     )
     yield _run(model, wide, output_dir / "generated_wide_epsg4326.tif")
     # A burn scar: 60 m x 40 m in the tile's north-west clearing, one week after the acquisition.
-    yield _inpaint(model, SAMPLE, [(40, 30), (100, 35), (95, 70), (45, 75)], "Burnt area", "fire", "2016-06-27",
+    yield _inpaint(inpainter, SAMPLE, [(40, 30), (100, 35), (95, 70), (45, 75)], "Burnt area", "fire", "2016-06-27",
                    output_dir / "inpainted_burn_scar", steps, seed=3)
     write_preview_png(FARMLAND, output_dir / "farmland_input.png")
     # A flood over about 1.5 km x 1 km of fields, two months after the acquisition.
-    yield _inpaint(model, FARMLAND, [(150, 70), (230, 55), (300, 80), (310, 150), (240, 175), (160, 160)],
+    yield _inpaint(inpainter, FARMLAND, [(150, 70), (230, 55), (300, 80), (310, 150), (240, 175), (160, 160)],
                    "Flooded area", "flooding", "2018-09-20", output_dir / "inpainted_flood", steps, seed=4)
     captions += [(output_dir / "generated_wide_epsg4326.png", "wider area, 2 m, blended windows"),
                  (output_dir / "sample_input.png", "real NAIP tile, 1 m (input)"),

@@ -75,7 +75,7 @@ def stage() -> None:
     parameters = {"INPUT": pre, "POLYGONS": flood, "CLASS_FIELD": "notation", "DISASTER_TYPE": "flooding",
                   "DATE": "2018-09-20",
                   "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},{extent.yMaximum()} [EPSG:26914]",
-                  "MODEL": "gfm4d-mini", "STEPS": 30, "SEED": 4}
+                  "MODEL": "gfm4d-mini-inpaint", "STEPS": 30, "SEED": 4}
     dialog = processing.createAlgorithmDialog("gfm4d:inpaint", parameters)
     dialog.resize(900, 760)
     dialog.show()

@@ -378,9 +378,11 @@ def test_fp16_safetensors_variant_is_loaded(tmp_path):
 def test_demo_models_are_listed_and_loaded(demo_dir, no_sd21_env):
     registry = ModelRegistry(demo_dir)
     infos = {info.name: info for info in registry.list()}
-    # The models folder's own, then the built-in GFM4D-mini shipped in the package.
-    assert sorted(infos) == ["demo-controlnet-3d", "demo-prepost", "demo-satunet", "demo-sd", "demo-superres", "gfm4d-mini"]
+    # The models folder's own, then the built-in GFM4D-mini and its inpainting variant shipped in the package.
+    assert sorted(infos) == ["demo-controlnet-3d", "demo-prepost", "demo-satunet", "demo-sd", "demo-superres", "gfm4d-mini",
+                             "gfm4d-mini-inpaint"]
     assert infos["gfm4d-mini"].path.parent == BUILTIN_DIR and infos["gfm4d-mini"].ready
+    assert infos["gfm4d-mini-inpaint"].ready and infos["gfm4d-mini-inpaint"].tasks == ("inpaint",)
     sat, sd = infos["demo-satunet"], infos["demo-sd"]
     assert (sat.kind, sd.kind) == (SATUNET, SD_UNET)
     assert sat.unet_path == demo_dir / "demo-satunet" / "checkpoint-100" / "unet"
@@ -514,7 +516,7 @@ def test_unrecognisable_folders_are_skipped_with_a_reason(demo_dir, tmp_path, no
     write_json(models / "no-weights" / "unet" / "config.json", {"_class_name": "UNet2DConditionModel"})
 
     registry = ModelRegistry(models)
-    assert [info.name for info in registry.list()] == ["demo-sd", "gfm4d-mini"]  # and the built-in model
+    assert [info.name for info in registry.list()] == ["demo-sd", "gfm4d-mini", "gfm4d-mini-inpaint"]  # and the built-in models
     skipped = registry.scan().skipped
     assert "README.txt" in skipped["notes"]
     assert "UNet3DConditionModel" in skipped["inpaint-3d"]
@@ -611,4 +613,4 @@ def test_a_models_folder_copy_of_the_builtin_model_wins(demo_dir, tmp_path, no_s
     shutil.copytree(BUILTIN_DIR / "gfm4d-mini", models / "gfm4d-mini")
     registry = ModelRegistry(models)
     assert registry.get("gfm4d-mini").path == models / "gfm4d-mini"
-    assert [info.name for info in registry.list()] == ["gfm4d-mini"]
+    assert [info.name for info in registry.list()] == ["gfm4d-mini", "gfm4d-mini-inpaint"]

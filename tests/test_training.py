@@ -72,7 +72,7 @@ def test_chip_metadata_is_what_generation_computes_for_that_window():
     source = TrainingSource(paths=(SJER,), date="2018-06-20", cloud_cover=0.1)
     chips = list(cut_source(source, 64, (2,), holdout=0.2))
     assert chips
-    for image, record in chips[:3]:
+    for image, record, _ in chips[:3]:
         grid = OutputGrid(rasterio.crs.CRS.from_wkt(record.crs), Affine(*record.transform), 64, 64)
         canvas = LatentCanvas.over(grid, 8, 4, 8)
         request = GenerateRequest(grid=grid, prompt="", date=record.date, cloud_cover=0.1)
@@ -87,14 +87,14 @@ def test_chips_are_the_pooled_pixels_and_held_out_chips_lie_east_of_every_traini
     source = TrainingSource(paths=(OSBS,))
     chips = list(cut_source(source, 32, (1, 2), holdout=0.25))
     with rasterio.open(OSBS) as ds:
-        image, record = next((i, r) for i, r in chips if r.scale == 2)
+        image, record, _ = next((i, r, m) for i, r, m in chips if r.scale == 2)
         window = ds.read([1, 2, 3], window=rasterio.windows.Window(record.col, record.row, 64, 64), masked=True)
         pooled = window.astype(np.float64).reshape(3, 32, 2, 32, 2).mean(axis=(2, 4))  # nodata left out, as GDAL does
         close = np.ma.filled(np.ma.abs(image.astype(np.float64) - pooled) <= 0.5 + 1e-9, True)
         assert close.mean() >= 0.98  # the rest: the few nodata pixels, filled with the chip's mean colour
         split_col = round(ds.width * 0.75)
-    train = [r for _, r in chips if r.split == "train"]
-    heldout = [r for _, r in chips if r.split == "heldout"]
+    train = [r for _, r, _ in chips if r.split == "train"]
+    heldout = [r for _, r, _ in chips if r.split == "heldout"]
     assert train and heldout
     assert max(r.col + 32 * r.scale for r in train) <= split_col <= min(r.col for r in heldout)
 
@@ -369,7 +369,7 @@ def test_the_unconditional_pair_guidance_uses_is_trained_empty_caption_with_all_
     plain = UNetConfig(batch=400, metadata_dropout=0.0, caption_dropout=0.0, caption_part_dropout=0.0)
 
     def unconditional_rows(config):
-        _, metadata, hidden = make_batch(data, config, torch.Generator().manual_seed(3))
+        _, metadata, hidden, _ = make_batch(data, config, torch.Generator().manual_seed(3))
         empty, all_zero = hidden[:, 0, 0] == 0, (metadata == 0).all(dim=1)
         return empty, all_zero
 
@@ -465,7 +465,7 @@ def test_polygons_with_classes_caption_the_chips_they_cover_as_inpainting_prompt
                        "disaster_type: tornado, land_cover: town}\n", encoding="utf-8")
     (source,) = load_sources([sources]).sources
     assert source.disaster_type == "wind"
-    chips = [record for _, record in cut_source(source, 64, (1, 2), 0.2)]
+    chips = [record for _, record, _ in cut_source(source, 64, (1, 2), 0.2)]
     layer = read_polygons(JOPLIN_DAMAGE)
     classes = classify_polygons(layer, "dmg", disaster_type="wind")  # what inpaint conditions each class on
     to_tile = pyproj.Transformer.from_crs(layer.crs, "EPSG:26915", always_xy=True).transform
@@ -515,9 +515,9 @@ def test_event_chips_are_centred_on_event_polygons_where_the_event_fills_most_of
         a, b, c, d, e, f = record.transform
         return burn.intersection(shapely.box(c, f + 32 * e, c + 32 * a, f)).area / (32 * a) ** 2
 
-    grid = [record for _, record in cut_source(source, 32, (1,), 0.2)]
+    grid = [record for _, record, _ in cut_source(source, 32, (1,), 0.2)]
     assert max(burnt_share(r) for r in grid) < 0.4
-    chips = [record for _, record in cut_source(source, 32, (1,), 0.2, event_share=0.5)]
+    chips = [record for _, record, _ in cut_source(source, 32, (1,), 0.2, event_share=0.5)]
     added = [r for r in chips if (r.col, r.row) not in {(g.col, g.row) for g in grid}]
     assert added and all(r.split == "train" and r.caption and "burnt areas" in r.caption for r in added)
     assert all(burnt_share(r) >= 0.5 for r in added)
@@ -668,7 +668,7 @@ def test_labelled_chips_drop_their_metadata_at_their_own_rate(tmp_path):
                          captions=[flood, None])
     config = UNetConfig(batch=2000, metadata_dropout=0.1, labelled_metadata_dropout=0.6, caption_dropout=0.0,
                         unconditional_dropout=0.0, caption_part_dropout=0.0)
-    _, metadata, hidden = make_batch(data, config, torch.Generator().manual_seed(0))
+    _, metadata, hidden, _ = make_batch(data, config, torch.Generator().manual_seed(0))
     labelled = hidden[:, 0, 0] == 1.0
     dropped = (metadata == 0).float()
     assert 0.55 < float(dropped[labelled].mean()) < 0.65
@@ -696,3 +696,132 @@ def test_a_text_encoder_trained_with_the_unet_is_exported_and_resumes_bit_for_bi
     assert "text encoder trained with the UNet" in (tmp_path / "models" / "a" / "README.md").read_text()
     loaded = ModelRegistry(tmp_path / "models").load("a").text_encoder.state_dict()  # the trained one, not a fallback
     assert all(torch.equal(loaded[k].half().cpu(), a[k]) for k in changed)
+
+
+def _burn_source(tmp_path: Path):
+    """OSBS (400 x 400 px) with 24 px square 'burnt-area' polygons with corners at pixels (28, 28) and, in
+    the held-out strip, (350, 200)."""
+    import shapely
+
+    with rasterio.open(OSBS) as ds:
+        transform, crs = ds.transform, ds.crs.to_string()
+    burns = [shapely.Polygon([transform @ (x + dx, y + dy) for dx, dy in [(0, 0), (24, 0), (24, 24), (0, 24)]])
+             for x, y in [(28, 28), (350, 200)]]
+    perimeter = tmp_path / "burn.geojson"
+    perimeter.write_text(json.dumps({"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": crs}},
+                                     "features": [{"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(b)}
+                                                  for b in burns]}))
+    sources = tmp_path / "burn-sources.yaml"
+    sources.write_text(f"sources:\n  - {{path: {OSBS}, polygons: {perimeter}, class: burnt-area, "
+                       "disaster_type: fire, land_cover: forest}\n", encoding="utf-8")
+    return sources, perimeter
+
+
+def test_an_inpainting_fine_tune_masks_event_chips_with_their_polygons_and_exports_a_9_channel_model(tmp_path):
+    _needs_data()
+    from dataclasses import replace
+
+    from engine.models.registry import ModelRegistry
+    from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
+    from engine.training.batches import Rows
+    from engine.training.chips import ChipBank
+    from engine.training.diffusion import DiffusionData, UNetConfig, make_batch
+    from engine.training.inpainting import widen_conv_in
+
+    sources_path, perimeter = _burn_source(tmp_path)
+    sources = load_sources([sources_path])
+    run_training(sources, load_recipe(_recipe(tmp_path)), tmp_path / "base-run", tmp_path / "models" / "base",
+                 log=lambda line: None)
+    registry = ModelRegistry(tmp_path / "models")
+
+    # Widened with zero weights, the UNet starts as its base, whatever the extra channels hold.
+    unet = ModelRegistry(tmp_path / "models").load("base").unet.float()
+    latents, hidden = torch.randn(1, 4, 4, 4), torch.randn(1, 77, unet.config.cross_attention_dim)
+    before = unet(latents, 500, hidden, metadata=torch.zeros(1, 7)).sample
+    widen_conv_in(unet)
+    after = unet(torch.cat([latents, torch.randn(1, 5, 4, 4)], 1), 500, hidden, metadata=torch.zeros(1, 7)).sample
+    assert unet.config.in_channels == 9 and torch.allclose(before, after, atol=1e-5)
+
+    recipe = load_recipe(_recipe(tmp_path, mode="full", base_model="base", event_chips=0.5, native_resolution=64,
+                                 **{"unet.inpainting": True, "unet.labelled_share": 0.5, "unet.steps": 4,
+                                    "unet.block_out_channels": [64, 128, 192], "unet.norm_num_groups": 32}))
+    run_training(sources, recipe, tmp_path / "run", tmp_path / "models" / "burns", registry=registry,
+                 log=lambda line: None)
+
+    # The bank marks each chip's event pixels: the chip centred on the burn (at 24, 24) has it at 4..28.
+    bank = ChipBank(tmp_path / "run" / "bank")
+    centred = next(i for i, r in enumerate(bank.records) if (r.col, r.row, r.scale) == (24, 24, 1))
+    expected = np.zeros((32, 32), np.uint8)
+    expected[4:28, 4:28] = 1
+    assert np.array_equal(bank.event_masks[centred], expected)
+    from engine.training.labels import MIN_CLASS_SHARE
+
+    uncaptioned = bank.event_masks[[i for i, r in enumerate(bank.records) if r.caption is None]]
+    assert uncaptioned.any() and uncaptioned.mean(axis=(1, 2)).max() < MIN_CLASS_SHARE + 0.05
+
+    # A batch of that chip: the mask channel is its burn on latent cells (turned with the chip), and the
+    # masked image's latents do not see the burnt pixels but do see the rest.
+    train_idx = bank.indices("train")
+    row = int(np.flatnonzero(train_idx == centred)[0])
+    weights = torch.zeros(len(train_idx), dtype=torch.float64)
+    weights[row] = 1.0
+    captions = [bank.records[i].caption for i in train_idx]
+    images = np.asarray(bank.images[train_idx]).copy()
+    data = DiffusionData(means=torch.zeros(len(train_idx), 1, 4, 4, 4), stds=torch.zeros(len(train_idx), 1, 4, 4, 4),
+                         metadata=torch.zeros(len(train_idx), 7), land_covers=["forest"] * len(train_idx),
+                         countries=[None] * len(train_idx), weights=weights, embeddings={},
+                         scaling_factor=1.0, captions=captions, images=images,
+                         event_masks=Rows(bank.event_masks, train_idx), vae=registry.load("burns").vae.float())
+    config = UNetConfig(batch=4, inpainting=True)
+    data.embeddings = {t: torch.zeros(1) for t in {"", captions[row]}}
+    extra = make_batch(data, config, torch.Generator().manual_seed(0))[3]
+    codes = torch.randint(0, 8, (4,), generator=(lambda g: (g, torch.multinomial(weights, 4, True, generator=g))[0])(
+        torch.Generator().manual_seed(0)))
+    from engine.training.batches import dihedral
+
+    cells = torch.nn.functional.max_pool2d(torch.from_numpy(expected).float()[None, None], 8)
+    assert torch.equal(extra[:, :1], dihedral(cells.expand(4, 1, 4, 4), codes))
+    inside = images.copy()
+    inside[row][:, 4:28, 4:28] = 255 - inside[row][:, 4:28, 4:28]
+    outside = images.copy()
+    outside[row][:, 28:, :] = 255 - outside[row][:, 28:, :]
+    again = [make_batch(replace(data, images=changed), config, torch.Generator().manual_seed(0))[3]
+             for changed in (inside, outside)]
+    assert torch.equal(again[0], extra) and not torch.equal(again[1][:, 1:], extra[:, 1:])
+
+    # The model: 9 input channels, for inpaint only, and inpaint uses them.
+    model = registry.load("burns")
+    assert model.unet.config.in_channels == 9 and model.info.tasks == ("inpaint",)
+    card = (tmp_path / "models" / "burns" / "README.md").read_text()
+    assert "an inpainting UNet (9 input channels" in card
+    # The card's held-out event check: the east burn (24 x 24 px; scored 2 px in from its edge, where OSBS
+    # has data), inpainted by this model and by its base.
+    from scipy import ndimage
+
+    with rasterio.open(OSBS) as ds:
+        burnt = np.zeros((ds.height, ds.width), bool)
+        burnt[200:224, 350:374] = True
+        scored = int(ndimage.binary_erosion(burnt & (ds.dataset_mask() > 0), iterations=2).sum())
+    assert 350 < scored <= 400
+    assert "| held-out event (source) | pixels | MAE: my-satunet | MAE: base |" in card
+    row = re.search(rf"\| OSBS_029 \| {scored} \| ([\d.]+) \| ([\d.]+) \|", card)
+    from engine.training.event_check import score_heldout_events
+
+    again = score_heldout_events({"base": ModelRegistry(tmp_path / "models").load("base")}, sources.sources, 0.2, 2)
+    assert float(row.group(2)) == round(again["OSBS_029"]["base"]["mae"], 1)  # the base as shipped, not as trained here
+    outputs = InpaintOutputs(tmp_path / "post.tif", tmp_path / "label.tif")
+    inpaint(model, InpaintRequest(image=OSBS, polygons=perimeter, class_field=None, steps=2, seed=1), outputs)
+    with rasterio.open(outputs.image) as post, rasterio.open(OSBS) as pre:
+        assert post.tags()["GFM4D_METHOD"] == "inpainting-unet"
+        changed = (post.read() != pre.read()).any(axis=0)
+        assert changed[30:50, 30:50].all() and changed[202:222, 352:372].all() and not changed[:20].any()
+    with pytest.raises(InputError, match="a LoRA cannot add"):
+        load_recipe(_recipe(tmp_path, mode="lora", base_model="base", **{"unet.inpainting": True}))
+    # Fine-tuning an inpainting model goes on as one, without being told.
+    again = load_recipe(_recipe(tmp_path, mode="full", base_model="burns", native_resolution=64, quality_chips=0,
+                                **{"unet.steps": 2, "unet.block_out_channels": [64, 128, 192], "unet.norm_num_groups": 32}))
+    logged = []
+    run_training(sources, again, tmp_path / "again-run", tmp_path / "models" / "burns-2", registry=registry,
+                 log=logged.append)
+    assert any("burns is an inpainting model" in line for line in logged)
+    assert ModelRegistry(tmp_path / "models").load("burns-2").info.tasks == ("inpaint",)

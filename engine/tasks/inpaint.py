@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from engine import config
+
 from . import Input, task
 from .base import SamplingParams, date_field
 
@@ -15,6 +17,10 @@ DISASTER_TYPES = ("flooding", "fire", "wind", "earthquake", "tsunami", "volcano"
 
 class InpaintParams(SamplingParams):
     """Classes, post-event metadata, mask shape and sampler settings of an inpainting job."""
+
+    model: str = Field(default_factory=config.default_inpaint_model,
+                       description="name of a model folder in the engine's models directory (default: gfm4d-mini-inpaint, "
+                                   "the built-in inpainting model)")
 
     prompt: str | None = Field(None, max_length=2000, description="one prompt for every class (default: a prompt per class)")
     class_field: str | None = Field(None, description="attribute with each polygon's class (xBD subtype, dmg, notation)")

@@ -45,6 +45,19 @@ def dihedral(images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+class Rows:
+    """Rows `indices` of an array (a memory-mapped bank), indexed 0..len-1, read only when drawn."""
+
+    def __init__(self, array, indices) -> None:
+        self.array, self.indices = array, np.asarray(indices)
+
+    def __getitem__(self, i: int):
+        return self.array[self.indices[i]]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def unit_images(bank_images: np.ndarray, indices: torch.Tensor) -> torch.Tensor:
     """Chips as float tensors in the models' [-1, 1]."""
     array = np.stack([bank_images[i] for i in indices.tolist()]).astype(np.float32)

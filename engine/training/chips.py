@@ -8,7 +8,9 @@ generation agree on what "1 m at 47 N" means.
 
 Held-out chips come from a strip at the east side of every source (`holdout` of its width): a
 place's time series or band stack shares that strip, so no training chip shows the evaluation area.
-The bank is a folder of numpy arrays (memory-mapped when used) plus a JSON record per chip.
+The bank is a folder of numpy arrays (memory-mapped when used) plus a JSON record per chip; where
+sources have polygons, `event_masks.npy` marks each chip's event pixels (the masks an inpainting
+model trains on).
 """
 
 from __future__ import annotations
@@ -148,8 +150,9 @@ def _windows(width: int, height: int, span: int, stride: int, col_range: tuple[i
 
 def cut_source(
     source: TrainingSource, size: int, scales: tuple[int, ...], holdout: float, event_share: float | None = None
-) -> Iterator[tuple[np.ndarray, ChipRecord]]:
-    """Every chip of one source: (uint8 RGB (3, size, size), record), train chips then held-out ones.
+) -> Iterator[tuple[np.ndarray, ChipRecord, np.ndarray | None]]:
+    """Every chip of one source: (uint8 RGB (3, size, size), record, uint8 event mask (size, size) or None
+    without polygons), train chips then held-out ones.
 
     With `event_share`, the training area also gets chips centred on event polygons where events
     cover at least that share (labels.SourceLabels.event_windows).
@@ -183,7 +186,8 @@ def cut_source(
                         cloud_cover=acquisition.cloud_cover, lon=meta.lon, lat=meta.lat, gsd_m=meta.gsd_m,
                         caption=label.caption if label else None,
                     )
-                    yield np.round(rgb * 255).astype(np.uint8), record
+                    events = labels.event_mask(col, row, span, size) if labels else None
+                    yield np.round(rgb * 255).astype(np.uint8), record, events
     finally:
         reader.close()
 
@@ -199,6 +203,8 @@ class ChipBank:
         self.records = [ChipRecord(**{**r, "transform": tuple(r["transform"])}) for r in manifest["records"]]
         self.images = np.load(self.folder / "images.npy", mmap_mode="r")
         self.metadata = np.load(self.folder / "metadata.npy")
+        masks = self.folder / "event_masks.npy"
+        self.event_masks = np.load(masks, mmap_mode="r") if masks.is_file() else None  # (N, S, S) uint8
         self.signature = manifest["signature"]
 
     def indices(self, split: str) -> np.ndarray:
@@ -224,12 +230,13 @@ def build_chip_bank(
         bank = ChipBank(folder)
         if bank.signature == signature:
             return bank
-    images, records = [], []
+    images, records, masks = [], [], []
     for source in sources:
         count = 0
-        for image, record in cut_source(source, size, scales, holdout, event_share):
+        for image, record, events in cut_source(source, size, scales, holdout, event_share):
             images.append(image)
             records.append(record)
+            masks.append(events)
             count += 1
         if progress:
             progress(f"{source.name}: {count} chips")
@@ -250,6 +257,9 @@ def build_chip_bank(
             for r in records
         ])
         np.save(staging / "metadata.npy", metadata)
+        if any(m is not None for m in masks):
+            blank = np.zeros((size, size), dtype=np.uint8)
+            np.save(staging / "event_masks.npy", np.stack([blank if m is None else m for m in masks]))
         manifest = {"format": BANK_FORMAT, "size": size, "scales": list(scales), "holdout": holdout,
                     "signature": signature, "records": [asdict(r) for r in records]}
         (staging / "bank.json").write_text(json.dumps(manifest), encoding="utf-8")
@@ -262,7 +272,7 @@ def build_chip_bank(
 
 
 def _signature(sources, size, scales, holdout, event_share=None) -> str:
-    parts = [f"{BANK_FORMAT}|2|{size}|{list(scales)}|{holdout}" + (f"|events {event_share}" if event_share is not None else "")]
+    parts = [f"{BANK_FORMAT}|3|{size}|{list(scales)}|{holdout}" + (f"|events {event_share}" if event_share is not None else "")]
     for source in sources:
         stats = [f"{p}:{p.stat().st_size}:{int(p.stat().st_mtime)}" for p in source.paths]
         parts.append(f"{stats}|{source.bands}|{source.land_cover}|{source.country}|{source.date}|{source.cloud_cover}|{source.nodata}")

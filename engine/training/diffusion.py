@@ -74,6 +74,10 @@ class UNetConfig:
     # Train the text encoder with the UNet (and export it). GFM4D's own encoder starts random and small:
     # frozen, it encodes "flooded areas" and "a farm" so alike that the UNet learns to ignore captions.
     train_text_encoder: bool = False
+    # Train an inpainting UNet (inputs: noisy latents, mask, masked image latents; see inpainting.py):
+    # chips with an event caption are masked with their event polygons, the rest with random blobs.
+    inpainting: bool = False
+    whole_mask_share: float = 0.1  # of the random masks: the whole chip, so the model also paints from nothing
     checkpoint_every: int = 250
     extra: dict = field(default_factory=dict)
 
@@ -170,9 +174,14 @@ class DiffusionData:
     embeddings: dict[str, torch.Tensor]  # hidden states per caption, or token ids when the text encoder trains
     scaling_factor: float
     captions: list | None = None  # a chip's whole caption from its polygons' class, else None
+    # Inpainting: each chip's pixels (N, 3, S, S) uint8 and event masks (N, S, S) uint8 or None, and the VAE
+    images: object = None
+    event_masks: object = None
+    vae: object = None
 
 
 def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generator):
+    """(latents, metadata, caption states or token ids, extra input channels or None) of one step."""
     chosen = draw(data.weights, config.batch, generator)
     codes = torch.randint(0, 8, (config.batch,), generator=generator)
     if data.means.shape[1] == 8:
@@ -197,16 +206,37 @@ def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generat
         metadata = metadata * ~unconditional[:, None]
         texts = ["" if drop else text for drop, text in zip(unconditional.tolist(), texts)]
     hidden = torch.stack([data.embeddings[t] for t in texts])
-    return latents, metadata, hidden
+    extra = _inpainting_channels(data, config, chosen, codes, generator) if config.inpainting else None
+    return latents, metadata, hidden, extra
 
 
-def diffusion_loss(unet, scheduler: DDIMScheduler, latents, metadata, hidden, config: UNetConfig, generator):
-    """The min-SNR-weighted v-prediction loss of one batch (random numbers drawn on the CPU, so every device agrees)."""
+def _inpainting_channels(data: DiffusionData, config: UNetConfig, chosen: torch.Tensor, codes: torch.Tensor,
+                         generator: torch.Generator) -> torch.Tensor:
+    """Mask and masked-image latents of the drawn chips, turned as their latents are: event polygons
+    for chips whose caption names an event, random blobs for the rest."""
+    from .batches import unit_images
+    from .inpainting import inpainting_inputs, random_masks
+
+    images = dihedral(unit_images(data.images, chosen), codes)
+    masks = random_masks(len(chosen), images.shape[-1], generator, config.whole_mask_share)
+    if data.event_masks is not None and data.captions:
+        for row, index in enumerate(chosen.tolist()):
+            event = np.asarray(data.event_masks[index])
+            if data.captions[index] is not None and event.any():
+                masks[row, 0] = dihedral(torch.from_numpy(event[None, None].astype(np.float32)), codes[row:row + 1])[0, 0]
+    return inpainting_inputs(data.vae, images, masks, data.scaling_factor)
+
+
+def diffusion_loss(unet, scheduler: DDIMScheduler, latents, metadata, hidden, config: UNetConfig, generator, extra=None):
+    """The min-SNR-weighted v-prediction loss of one batch (random numbers drawn on the CPU, so every device agrees);
+    `extra`: an inpainting UNet's mask and masked-image latents, after the noisy latents."""
     device = latents.device
     noise = torch.randn(latents.shape, generator=generator).to(device)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     on_device = timesteps.to(device)
     noisy = scheduler.add_noise(latents, noise, on_device)
+    if extra is not None:
+        noisy = torch.cat([noisy, extra], dim=1)
     target = scheduler.get_velocity(latents, noise, on_device)
     with autocast(device):
         prediction = unet(noisy, on_device, hidden, metadata=metadata).sample
@@ -299,12 +329,12 @@ def train_unet(
         if cancel is not None and cancel():
             raise Cancelled("training cancelled; its last checkpoint is kept, run again to resume")
         generator = step_generator(config.seed, step)
-        latents, metadata, hidden = (t.to(device) for t in make_batch(data, config, generator))
+        latents, metadata, hidden, extra = (None if t is None else t.to(device) for t in make_batch(data, config, generator))
         if text_encoder is not None:
             hidden = text_encoder(hidden)[0]  # token ids in, hidden states out, with gradients
         for group in optimiser.param_groups:
             group["lr"] = warmup_cosine(config.learning_rate, config.warmup, config.steps, step)
-        loss = diffusion_loss(unet, scheduler, latents, metadata, hidden, config, generator)
+        loss = diffusion_loss(unet, scheduler, latents, metadata, hidden, config, generator, extra)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

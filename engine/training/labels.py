@@ -63,6 +63,14 @@ class SourceLabels:
             return ChipLabel(caption=label.prompt)
         return ChipLabel(land_cover=label.name.replace("-", " "))
 
+    def event_mask(self, col: int, row: int, span: int, size: int) -> np.ndarray:
+        """uint8 (size, size): 1 where event classes cover most of a chip pixel of the `span`-pixel window
+        (what an inpainting model is trained to repaint under the event's caption)."""
+        codes = label_raster(self.placed, self.classes, self.grid, Window(col, row, span, span))
+        scale = span // size
+        share = _is_event(codes).reshape(size, scale, size, scale).mean(axis=(1, 3))
+        return (share >= 0.5).astype(np.uint8)
+
     def event_windows(self, span: int, col_range: tuple[int, int], min_share: float) -> list[tuple[int, int]]:
         """(col, row) of `span`-pixel windows in `col_range` centred on event polygons (and shifted by a
         quarter span each way) where event classes cover at least `min_share` of the window."""
