@@ -15,8 +15,9 @@ GFM4D_COMPILE_CACHE  compiled graphs kept between runs (default: $GFM4D_HOME/com
 GFM4D_CHANNELS_LAST  '1' or '0' (default: 1 on CUDA, 0 on CPU)
 GFM4D_VAE_HALF       '1' or '0': VAE decoding in float16 with a float32 redo of overflowing blocks
                      (default: 1 on CUDA for half-precision models, 0 otherwise)
-GFM4D_DEFAULT_MODEL  the model generate and inpaint use when a request names none (default: gfm4d-mini,
-                     the built-in model, and its inpainting variant gfm4d-mini-inpaint for inpaint)
+GFM4D_DEFAULT_MODEL  the model generate and inpaint both use when a request names none (default:
+                     gfm4d-mini, the built-in model, for generate, and its inpainting variant
+                     gfm4d-mini-inpaint for inpaint)
 GFM4D_SCHEDULER      the scheduler used when a request names none: a name (ddim, dpm++, ...) or 'model'
                      for the model's own (default: dpm++ on CUDA, the model's own on CPU)
 GFM4D_THREADS        CPU threads torch uses (default: half the cores, at most 4; see engine.runtime.threads)

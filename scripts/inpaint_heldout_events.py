@@ -6,7 +6,7 @@ an inpainting model's card): the real image with the held-out polygon outlined, 
 inpainting, cropped around the polygon. The scores go beside the figure as .json.
 
     python scripts/inpaint_heldout_events.py recipes/gfm4d-mini/sources-events.yaml \
-        --models gfm4d-mini gfm4d-mini-inpaint --out docs/img/inpaint_heldout_events.png
+        --models gfm4d-mini gfm4d-mini-inpaint --out docs/img/gfm4d_mini_inpaint_heldout_events.png
 """
 
 from __future__ import annotations
@@ -38,14 +38,17 @@ def main() -> None:
     from engine.training.event_check import event_scores, heldout_events
     from engine.training.sources import load_sources
 
-    registry = ModelRegistry(args.models_dir or Path(tempfile.mkdtemp(prefix="gfm4d-models-")))
-    models = {name: registry.load(name) for name in args.models}
     sources = [s for s in load_sources([args.sources]).sources if not args.only or s.name in args.only]
-    events = heldout_events(models, sources, args.holdout, args.steps, args.guidance)
-    scores = {e.source: {name: event_scores(e.pre, image, e.label) for name, image in e.painted.items()} for e in events}
+    with tempfile.TemporaryDirectory(prefix="gfm4d-models-") as empty:
+        registry = ModelRegistry(args.models_dir or Path(empty))
+        models = {name: registry.load(name) for name in args.models}
+        events = heldout_events(models, sources, args.holdout, args.steps, args.guidance)
+    if not events:
+        sys.exit(f"no event polygon of {args.sources} reaches a held-out strip: nothing to inpaint")
+    scores = {e.source: {name: event_scores(e.real, image, e.label) for name, image in e.painted.items()} for e in events}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(scores, indent=2), encoding="utf-8")
-    figure([(e.source, e.pre, e.label, [e.painted[n] for n in models]) for e in events], list(models), args.out)
+    figure([(e.source, e.real, e.label, [e.painted[n] for n in models]) for e in events], list(models), args.out)
     print(args.out)
 
 

@@ -698,6 +698,15 @@ def test_a_text_encoder_trained_with_the_unet_is_exported_and_resumes_bit_for_bi
     assert all(torch.equal(loaded[k].half().cpu(), a[k]) for k in changed)
 
 
+def undo_dihedral(images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The inverse of batches.dihedral: mirrored back, then turned back."""
+    out = []
+    for image, code in zip(images, codes.tolist()):
+        image = torch.flip(image, dims=(-1,)) if code >= 4 else image
+        out.append(torch.rot90(image, -(code % 4), dims=(-2, -1)))
+    return torch.stack(out)
+
+
 def _burn_source(tmp_path: Path):
     """OSBS (400 x 400 px) with 24 px square 'burnt-area' polygons with corners at pixels (28, 28) and, in
     the held-out strip, (350, 200)."""
@@ -781,6 +790,11 @@ def test_an_inpainting_fine_tune_masks_event_chips_with_their_polygons_and_expor
 
     cells = torch.nn.functional.max_pool2d(torch.from_numpy(expected).float()[None, None], 8)
     assert torch.equal(extra[:, :1], dihedral(cells.expand(4, 1, 4, 4), codes))
+    # Turned back, the four draws' inputs are one: they turn with the chip's latents (which the bank stores
+    # once and turns in latent space), so where nothing is masked they are the target latents.
+    assert len(set(codes.tolist())) > 1
+    unturned = [undo_dihedral(extra[i:i + 1], codes[i:i + 1]) for i in range(4)]
+    assert all(torch.allclose(u, unturned[0], atol=1e-6) for u in unturned)
     inside = images.copy()
     inside[row][:, 4:28, 4:28] = 255 - inside[row][:, 4:28, 4:28]
     outside = images.copy()
@@ -816,7 +830,8 @@ def test_an_inpainting_fine_tune_masks_event_chips_with_their_polygons_and_expor
         changed = (post.read() != pre.read()).any(axis=0)
         assert changed[30:50, 30:50].all() and changed[202:222, 352:372].all() and not changed[:20].any()
     with pytest.raises(InputError, match="a LoRA cannot add"):
-        load_recipe(_recipe(tmp_path, mode="lora", base_model="base", **{"unet.inpainting": True}))
+        run_training(sources, load_recipe(_recipe(tmp_path, mode="lora", base_model="base", **{"unet.inpainting": True})),
+                     tmp_path / "lora-run", tmp_path / "models" / "lora", registry=registry, log=lambda line: None)
     # Fine-tuning an inpainting model goes on as one, without being told.
     again = load_recipe(_recipe(tmp_path, mode="full", base_model="burns", native_resolution=64, quality_chips=0,
                                 **{"unet.steps": 2, "unet.block_out_channels": [64, 128, 192], "unet.norm_num_groups": 32}))

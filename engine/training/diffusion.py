@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -174,10 +174,11 @@ class DiffusionData:
     embeddings: dict[str, torch.Tensor]  # hidden states per caption, or token ids when the text encoder trains
     scaling_factor: float
     captions: list | None = None  # a chip's whole caption from its polygons' class, else None
-    # Inpainting: each chip's pixels (N, 3, S, S) uint8 and event masks (N, S, S) uint8 or None, and the VAE
-    images: object = None
-    event_masks: object = None
-    vae: object = None
+    # Inpainting: each chip's pixels (N, 3, S, S) uint8 and event masks (N, S, S) uint8 (indexable, e.g. rows of a
+    # memory-mapped bank) or None, and the VAE that encodes the masked chips
+    images: Any = None
+    event_masks: Any = None
+    vae: Any = None
 
 
 def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generator):
@@ -212,19 +213,17 @@ def make_batch(data: DiffusionData, config: UNetConfig, generator: torch.Generat
 
 def _inpainting_channels(data: DiffusionData, config: UNetConfig, chosen: torch.Tensor, codes: torch.Tensor,
                          generator: torch.Generator) -> torch.Tensor:
-    """Mask and masked-image latents of the drawn chips, turned as their latents are: event polygons
-    for chips whose caption names an event, random blobs for the rest."""
+    """An inpainting UNet's mask and masked-image latents for the drawn chips: their event polygons
+    where their caption names an event, random blobs for the rest (inpainting.batch_inputs)."""
     from .batches import unit_images
-    from .inpainting import inpainting_inputs, random_masks
+    from .inpainting import batch_inputs
 
-    images = dihedral(unit_images(data.images, chosen), codes)
-    masks = random_masks(len(chosen), images.shape[-1], generator, config.whole_mask_share)
-    if data.event_masks is not None and data.captions:
-        for row, index in enumerate(chosen.tolist()):
-            event = np.asarray(data.event_masks[index])
-            if data.captions[index] is not None and event.any():
-                masks[row, 0] = dihedral(torch.from_numpy(event[None, None].astype(np.float32)), codes[row:row + 1])[0, 0]
-    return inpainting_inputs(data.vae, images, masks, data.scaling_factor)
+    events = []
+    for index in chosen.tolist():
+        event = np.asarray(data.event_masks[index]) if data.event_masks is not None and data.captions else None
+        events.append(event if event is not None and data.captions[index] is not None and event.any() else None)
+    return batch_inputs(data.vae, unit_images(data.images, chosen), events, codes, data.scaling_factor, generator,
+                        config.whole_mask_share, turned_encodings=data.means.shape[1] == 8)
 
 
 def diffusion_loss(unet, scheduler: DDIMScheduler, latents, metadata, hidden, config: UNetConfig, generator, extra=None):

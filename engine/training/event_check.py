@@ -16,20 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import SourceLabels, _is_event
+from .labels import SourceLabels, is_event
 
 
 @dataclass
 class HeldoutEvent:
+    """A window around a source's held-out events: the real (post-event) pixels, the label, each model's painting."""
+
     source: str
-    pre: np.ndarray  # (3, H, W) the real raster's RGB, stretched to 0-255
-    label: np.ndarray  # (H, W) the inpainted event's class codes (0 elsewhere)
-    painted: dict  # model name -> (3, H, W) its inpainting, stretched like `pre`
+    real: np.ndarray  # (3, H, W) the real raster's RGB, stretched to 0-255
+    label: np.ndarray  # (H, W) the inpainted events' class codes (0 elsewhere)
+    painted: dict  # model name -> (3, H, W) its inpainting, stretched like `real`
 
 
-def clipped_events(source, holdout: float, folder: Path) -> Path | None:
-    """The source's event polygons clipped to its held-out strip, as GeoJSON; None where none reach it
-    (or only slivers of under 16 pixels)."""
+def clipped_events(source, holdout: float, folder: Path):
+    """The source's event polygons clipped to its held-out strip, as GeoJSON, and their bounds; None where
+    none reach it (or only slivers of under 16 pixels)."""
     import shapely
 
     from engine.geo.raster import open_raster
@@ -42,27 +44,29 @@ def clipped_events(source, holdout: float, folder: Path) -> Path | None:
     right = info.transform @ (info.width, info.height)
     strip = shapely.box(min(left[0], right[0]), min(left[1], right[1]), max(left[0], right[0]), max(left[1], right[1]))
     codes = np.asarray(labels.classes.codes)[labels.placed.indices]
-    kept = [(g.intersection(strip), int(c)) for g, c in zip(labels.placed.geometries, codes) if _is_event(c)]
+    kept = [(g.intersection(strip), int(c)) for g, c in zip(labels.placed.geometries, codes) if is_event(c)]
     kept = [(g, c) for g, c in kept if not g.is_empty and g.area > 16 * abs(info.transform.determinant)]
     if not kept:
         return None
     path = Path(folder) / f"{source.name}.geojson"
     attributes = [{"class": labels.classes.classes[c].name} for _, c in kept]
     write_polygons(PolygonLayer([g for g, _ in kept], attributes, info.crs, "held-out events"), path)
-    return path
+    return path, shapely.union_all([g for g, _ in kept]).bounds
 
 
-def event_scores(pre: np.ndarray, painted: np.ndarray, label: np.ndarray) -> dict:
+def event_scores(real: np.ndarray, painted: np.ndarray, label: np.ndarray) -> dict | None:
     """MAE and mean colours inside the event (two pixels in from its edge, past the feather), and the
-    mean colour of a ring of land around it (from 3 to 6 pixels out)."""
+    mean colour of a ring of land around it (from 3 to 6 pixels out); None when nothing is left inside."""
     from scipy import ndimage
 
     inside = (label > 0) & (label < 255)
     inner = ndimage.binary_erosion(inside, iterations=2)
+    if not inner.any():
+        return None
     ring = ndimage.binary_dilation(inside, iterations=6) & ~ndimage.binary_dilation(inside, iterations=2)
     mean = lambda image, where: image[:, where].astype(np.float64).mean(axis=1).round(1).tolist()  # noqa: E731
-    return {"mae": round(float(np.abs(painted[:, inner].astype(np.float64) - pre[:, inner]).mean()), 2),
-            "painted": mean(painted, inner), "real": mean(pre, inner), "around": mean(pre, ring),
+    return {"mae": round(float(np.abs(painted[:, inner].astype(np.float64) - real[:, inner]).mean()), 2),
+            "painted": mean(painted, inner), "real": mean(real, inner), "around": mean(real, ring),
             "pixels": int(inner.sum())}
 
 
@@ -70,6 +74,7 @@ def heldout_events(models: dict, sources, holdout: float, steps: int, guidance: 
                    seed: int = 0) -> list[HeldoutEvent]:
     """Inpaint every source's held-out events with each of `models` ({name: loaded model})."""
     import rasterio
+    from rasterio.windows import from_bounds
 
     from engine.geo.radiometry import stretch_for
     from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
@@ -80,13 +85,16 @@ def heldout_events(models: dict, sources, holdout: float, steps: int, guidance: 
         for source in sources:
             if not source.polygons or len(source.paths) != 1:
                 continue
-            polygons = clipped_events(source, holdout, folder)
-            if polygons is None:
+            clipped = clipped_events(source, holdout, folder)
+            if clipped is None:
                 continue
+            polygons, bounds = clipped
             bands = list(source.bands or (1, 2, 3))
-            with rasterio.open(source.paths[0]) as dataset:
+            with rasterio.open(source.paths[0]) as dataset:  # only a window around the events is read back
                 stretch = stretch_for(dataset, bands)
-                pre = stretch.to_unit(dataset.read(bands)) * 255
+                window = from_bounds(*bounds, transform=dataset.transform).round_offsets().round_lengths()
+                window = _padded(window, 8, dataset.width, dataset.height)
+                real = stretch.to_unit(dataset.read(bands, window=window)) * 255
             painted, label = {}, None
             for name, model in models.items():
                 outputs = InpaintOutputs(folder / f"{source.name}-{name}.tif", folder / f"{source.name}-{name}-label.tif")
@@ -95,13 +103,28 @@ def heldout_events(models: dict, sources, holdout: float, steps: int, guidance: 
                                          guidance_scale=guidance, seed=seed)
                 inpaint(model, request, outputs)
                 with rasterio.open(outputs.image) as post, rasterio.open(outputs.label) as labels:
-                    painted[name] = stretch.to_unit(post.read(bands)) * 255
-                    label = labels.read(1)
-            found.append(HeldoutEvent(source.name, pre, label, painted))
+                    painted[name] = stretch.to_unit(post.read(bands, window=window)) * 255
+                    label = labels.read(1, window=window)
+                outputs.image.unlink()
+            found.append(HeldoutEvent(source.name, real, label, painted))
     return found
 
 
+def _padded(window, pixels: int, width: int, height: int):
+    from rasterio.windows import Window
+
+    col, row = max(0, int(window.col_off) - pixels), max(0, int(window.row_off) - pixels)
+    right = min(width, int(window.col_off + window.width) + pixels)
+    bottom = min(height, int(window.row_off + window.height) + pixels)
+    return Window(col, row, right - col, bottom - row)
+
+
 def score_heldout_events(models: dict, sources, holdout: float, steps: int, guidance: float | None = None) -> dict:
-    """{source: {model name: event_scores}} for every held-out event (empty when no source has one)."""
-    return {event.source: {name: event_scores(event.pre, image, event.label) for name, image in event.painted.items()}
-            for event in heldout_events(models, sources, holdout, steps, guidance)}
+    """{source: {model name: event_scores}} for every held-out event (empty when no source has one; a sliver
+    with nothing left two pixels in from its edge is left out)."""
+    scores = {}
+    for event in heldout_events(models, sources, holdout, steps, guidance):
+        per_model = {name: event_scores(event.real, image, event.label) for name, image in event.painted.items()}
+        if all(value is not None for value in per_model.values()):
+            scores[event.source] = per_model
+    return scores

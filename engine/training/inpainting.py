@@ -57,11 +57,29 @@ def random_masks(count: int, size: int, generator: torch.Generator, whole_share:
     return masks
 
 
-def inpainting_inputs(vae, images: torch.Tensor, masks: torch.Tensor, scaling: float, factor: int = 8) -> torch.Tensor:
+def inpainting_inputs(vae, images: torch.Tensor, masks: torch.Tensor, scaling: float) -> torch.Tensor:
     """The 5 extra channels for images (N, 3, S, S) in [-1, 1] and pixel masks (N, 1, S, S), as
     inference builds them: the mask on latent cells (a cell is repainted if any of its pixels is)
     and the latents of the image with the masked pixels at 0 (the posterior mean, scaled)."""
-    cell_mask = F.max_pool2d(masks, factor)
     with torch.no_grad():
-        masked = vae.encode((images * (masks == 0)).to(vae.device, vae.dtype)).latent_dist.mean
-    return torch.cat([cell_mask, masked.float().cpu() * scaling], dim=1)
+        masked = vae.encode((images * (masks == 0)).to(vae.device, vae.dtype)).latent_dist.mean.float().cpu()
+    cell_mask = F.max_pool2d(masks, images.shape[-1] // masked.shape[-1])
+    return torch.cat([cell_mask, masked * scaling], dim=1)
+
+
+def batch_inputs(vae, images: torch.Tensor, event_masks: list, codes: torch.Tensor, scaling: float,
+                 generator: torch.Generator, whole_share: float, turned_encodings: bool) -> torch.Tensor:
+    """The extra channels of a batch of chips (as stored, unturned) drawn in orientations `codes`:
+    each chip's event mask where it has one (else random blobs). They must be turned exactly as the
+    chips' target latents are: encodings of the turned chip when the bank encoded every orientation
+    (`turned_encodings`), else the stored encoding turned in latent space, so here the unturned
+    chip's inputs, turned afterwards (the masked latents then equal the target's where nothing is masked)."""
+    from .batches import dihedral
+
+    masks = random_masks(len(images), images.shape[-1], generator, whole_share)
+    for row, event in enumerate(event_masks):
+        if event is not None:
+            masks[row, 0] = torch.from_numpy(np.asarray(event, dtype=np.float32))
+    if turned_encodings:
+        return inpainting_inputs(vae, dihedral(images, codes), dihedral(masks, codes), scaling)
+    return dihedral(inpainting_inputs(vae, images, masks, scaling), codes)

@@ -59,7 +59,7 @@ class SourceLabels:
         if counts[code] < MIN_CLASS_SHARE * codes.size:
             return None
         label = self.classes.classes[code]
-        if _is_event(code):
+        if is_event(code):
             return ChipLabel(caption=label.prompt)
         return ChipLabel(land_cover=label.name.replace("-", " "))
 
@@ -68,14 +68,14 @@ class SourceLabels:
         (what an inpainting model is trained to repaint under the event's caption)."""
         codes = label_raster(self.placed, self.classes, self.grid, Window(col, row, span, span))
         scale = span // size
-        share = _is_event(codes).reshape(size, scale, size, scale).mean(axis=(1, 3))
+        share = is_event(codes).reshape(size, scale, size, scale).mean(axis=(1, 3))
         return (share >= 0.5).astype(np.uint8)
 
     def event_windows(self, span: int, col_range: tuple[int, int], min_share: float) -> list[tuple[int, int]]:
         """(col, row) of `span`-pixel windows in `col_range` centred on event polygons (and shifted by a
         quarter span each way) where event classes cover at least `min_share` of the window."""
         lo, hi = col_range
-        events = _is_event(np.asarray(self.classes.codes)[self.placed.indices])
+        events = is_event(np.asarray(self.classes.codes)[self.placed.indices])
         inverse = ~self.grid.transform
         pixel_area = abs(self.grid.transform.determinant)
         quarter = span // 4
@@ -95,9 +95,9 @@ class SourceLabels:
 
     def _event_share(self, col: int, row: int, span: int) -> float:
         codes = label_raster(self.placed, self.classes, self.grid, Window(col, row, span, span))
-        return float(_is_event(codes).mean())
+        return float(is_event(codes).mean())
 
 
-def _is_event(code):
+def is_event(code):
     """Damage and event classes (xBD grades, burnt or flooded areas), not land cover (codes or arrays of them)."""
     return (code > NO_CHANGE) & (code < FIRST_OTHER_CODE)

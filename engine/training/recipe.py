@@ -139,9 +139,9 @@ def _recipe_from(document: dict, where: str) -> TrainRecipe:
     if dropout is not None and not 0 <= dropout <= 1:
         raise InputError(f"{where}: unet.labelled_metadata_dropout is a probability per metadata field: between 0 and 1, "
                          f"not {dropout}")
-    if recipe.mode == "lora" and recipe.unet.inpainting:
-        raise InputError(f"{where}: an inpainting UNet has 5 more input channels than its base, which a LoRA cannot add: "
-                         "use mode full (or scratch) with unet.inpainting")
+    if not 0 <= recipe.unet.whole_mask_share <= 1:
+        raise InputError(f"{where}: unet.whole_mask_share is the share of random masks that cover the whole chip: between "
+                         f"0 and 1, not {recipe.unet.whole_mask_share}")
     if recipe.mode == "lora" and recipe.decoder.steps:
         raise InputError(f"{where}: a LoRA keeps its base model's VAE: drop the decoder section or use mode full")
     recipe.unet.mode = recipe.mode
@@ -183,7 +183,7 @@ def run_training(
     started = time.monotonic()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, default=str), encoding="utf-8")
+    _write_recipe(run_dir, recipe)
     bank = build_chip_bank(sources.sources, run_dir / "bank", recipe.chip_size, recipe.scales, recipe.holdout, progress=log,
                            event_share=recipe.event_chips)
     log(f"chip bank: {len(bank.indices('train'))} training and {len(bank.indices('heldout'))} held-out chips of {recipe.chip_size} px")
@@ -192,9 +192,9 @@ def run_training(
         return None if time_limit_s is None else max(1.0, time_limit_s - (time.monotonic() - started))
 
     base = _load_base(recipe, registry) if recipe.mode != "scratch" or recipe.vae_from else None
-    if recipe.mode != "scratch" and base.unet.config.in_channels == 9 and not recipe.unet.inpainting:
-        log(f"{recipe.base_model} is an inpainting model: it is fine-tuned as one (event polygons as masks)")
-        recipe.unet.inpainting = True
+    if recipe.mode != "scratch":
+        _match_inpainting(recipe, base.unet.config.in_channels, log)
+        _write_recipe(run_dir, recipe)  # as resolved against the base
     vae_scores = None
     if base is not None and (recipe.mode != "scratch" or recipe.vae_from):
         vae = base.vae.float()
@@ -315,6 +315,20 @@ def run_training(
             export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
     log(f"wrote {output}")
     return TrainResult(output, steps, vae_scores, files)
+
+
+def _write_recipe(run_dir: Path, recipe: TrainRecipe) -> None:
+    (run_dir / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, default=str), encoding="utf-8")
+
+
+def _match_inpainting(recipe: TrainRecipe, base_channels: int, log) -> None:
+    """A fine-tune of an inpainting model trains as one; a LoRA cannot make one (it adds no input channels)."""
+    if base_channels == 9 and not recipe.unet.inpainting:
+        log(f"{recipe.base_model} is an inpainting model: it is fine-tuned as one (event polygons as masks)")
+        recipe.unet.inpainting = True
+    elif base_channels != 9 and recipe.unet.inpainting and recipe.mode == "lora":
+        raise InputError(f"an inpainting UNet has 5 more input channels than {recipe.base_model}'s, which a LoRA cannot "
+                         "add: use mode full (or scratch) with unet.inpainting, or a LoRA on an inpainting model")
 
 
 def _score_events(output: Path, registry, recipe: TrainRecipe, sources: SourceList, log) -> dict:
@@ -561,7 +575,7 @@ def _events_table(events: dict, recipe: TrainRecipe) -> list[str]:
               f"post-event raster with their own caption, {recipe.default_steps} steps, the model's own guidance: under "
               "the mask lie the real flood or burn scar, never trained on. MAE: mean absolute difference from the real "
               "pixels, 0-255 after inference's stretch, two pixels in from the polygon's edge"
-              + (f"; {recipe.base_model} paints by masked latent blending" if recipe.base_model else "") + ".)", ""]
+              + (f"; {names[1]}: the base model as installed" if len(names) > 1 else "") + ".)", ""]
     return lines
 
 
