@@ -205,6 +205,8 @@ def test_a_full_fine_tune_continues_the_base_model_and_exports_a_model_with_its_
     assert len(changed) > len(base) // 2  # every layer trains, not just adapters
     base_vae, tuned_vae = (load_file(tmp_path / "models" / name / vae) for name in ("base", "tuned"))
     assert all(torch.equal(base_vae[k], tuned_vae[k]) for k in base_vae)  # the base's VAE, unchanged
+    for part in ("unet", "vae", "text_encoder"):  # no path of the exporting machine in a shipped model
+        assert "_name_or_path" not in json.loads((tmp_path / "models" / "tuned" / part / "config.json").read_text())
     card = (tmp_path / "models" / "tuned" / "README.md").read_text()
     assert "mode `full` on `base`" in card and "random" in card
     # Its lineage: how the base's VAE and UNet were made, from the base's own card.

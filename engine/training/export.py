@@ -25,6 +25,7 @@ TEXT_COMPONENTS = ("text_encoder", "tokenizer", "scheduler")
 def _save_half(module: torch.nn.Module, folder: Path, weights_name: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     module.save_config(folder) if hasattr(module, "save_config") else module.config.save_pretrained(folder)
+    _drop_source_path(folder / "config.json")
     tensors = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in module.state_dict().items()}
     safetensors.torch.save_file(tensors, str(folder / weights_name), metadata={"format": "pt"})
 
@@ -82,6 +83,14 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _drop_source_path(config: Path) -> None:
+    """A module loaded from a folder records that folder (`_name_or_path`): a path on the machine that
+    exported it, which a shipped model must not carry."""
+    values = json.loads(config.read_text(encoding="utf-8"))
+    if values.pop("_name_or_path", None) is not None:
+        _write_json(config, values)
 
 
 def _half_text_encoder(folder: Path) -> None:
