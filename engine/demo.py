@@ -71,7 +71,7 @@ def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: st
     device = config.device()
     registry = ModelRegistry(models_dir, config.sd21_dir())
     model = registry.load(model_name or config.BUILTIN_MODEL, device=device, dtype=config.dtype_for(device))
-    inpainter = registry.load(inpaint_model_name or (model_name if model_name else config.BUILTIN_INPAINT_MODEL),
+    inpainter = registry.load(inpaint_model_name or model_name or config.BUILTIN_INPAINT_MODEL,
                               device=device, dtype=config.dtype_for(device))
     yield f"models: {model.info.display_name} ({model.info.path}), inpainting: {inpainter.info.display_name}"
     captions = []

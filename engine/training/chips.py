@@ -178,7 +178,7 @@ def cut_source(
                         continue
                     transform = info.transform @ Affine.translation(col, row) @ Affine.scale(scale)
                     meta = chip_metadata(info.crs, transform, size, acquisition.date, acquisition.cloud_cover)
-                    label = labels.chip_label(col, row, span) if labels else None
+                    label, events = labels.chip(col, row, span, size) if labels else (None, None)
                     record = ChipRecord(
                         source=source.name, place=source.group, split=split, scale=scale, col=col, row=row, crs=crs_text,
                         transform=tuple(transform)[:6], land_cover=(label and label.land_cover) or source.land_cover,
@@ -186,7 +186,6 @@ def cut_source(
                         cloud_cover=acquisition.cloud_cover, lon=meta.lon, lat=meta.lat, gsd_m=meta.gsd_m,
                         caption=label.caption if label else None,
                     )
-                    events = labels.event_mask(col, row, span, size) if labels else None
                     yield np.round(rgb * 255).astype(np.uint8), record, events
     finally:
         reader.close()

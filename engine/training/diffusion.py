@@ -218,10 +218,9 @@ def _inpainting_channels(data: DiffusionData, config: UNetConfig, chosen: torch.
     from .batches import unit_images
     from .inpainting import batch_inputs
 
-    events = []
-    for index in chosen.tolist():
-        event = np.asarray(data.event_masks[index]) if data.event_masks is not None and data.captions else None
-        events.append(event if event is not None and data.captions[index] is not None and event.any() else None)
+    labelled = data.event_masks is not None and data.captions
+    events = [np.asarray(data.event_masks[i]) if labelled and data.captions[i] is not None else None for i in chosen.tolist()]
+    events = [event if event is not None and event.any() else None for event in events]
     return batch_inputs(data.vae, unit_images(data.images, chosen), events, codes, data.scaling_factor, generator,
                         config.whole_mask_share, turned_encodings=data.means.shape[1] == 8)
 

@@ -74,7 +74,7 @@ def heldout_events(models: dict, sources, holdout: float, steps: int, guidance: 
                    seed: int = 0) -> list[HeldoutEvent]:
     """Inpaint every source's held-out events with each of `models` ({name: loaded model})."""
     import rasterio
-    from rasterio.windows import from_bounds
+    from rasterio.windows import Window, from_bounds
 
     from engine.geo.radiometry import stretch_for
     from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
@@ -92,8 +92,9 @@ def heldout_events(models: dict, sources, holdout: float, steps: int, guidance: 
             bands = list(source.bands or (1, 2, 3))
             with rasterio.open(source.paths[0]) as dataset:  # only a window around the events is read back
                 stretch = stretch_for(dataset, bands)
-                window = from_bounds(*bounds, transform=dataset.transform).round_offsets().round_lengths()
-                window = _padded(window, 8, dataset.width, dataset.height)
+                tight = from_bounds(*bounds, transform=dataset.transform).round_offsets().round_lengths()
+                window = Window(tight.col_off - 8, tight.row_off - 8, tight.width + 16, tight.height + 16).intersection(
+                    Window(0, 0, dataset.width, dataset.height))
                 real = stretch.to_unit(dataset.read(bands, window=window)) * 255
             painted, label = {}, None
             for name, model in models.items():
@@ -108,15 +109,6 @@ def heldout_events(models: dict, sources, holdout: float, steps: int, guidance: 
                 outputs.image.unlink()
             found.append(HeldoutEvent(source.name, real, label, painted))
     return found
-
-
-def _padded(window, pixels: int, width: int, height: int):
-    from rasterio.windows import Window
-
-    col, row = max(0, int(window.col_off) - pixels), max(0, int(window.row_off) - pixels)
-    right = min(width, int(window.col_off + window.width) + pixels)
-    bottom = min(height, int(window.row_off + window.height) + pixels)
-    return Window(col, row, right - col, bottom - row)
 
 
 def score_heldout_events(models: dict, sources, holdout: float, steps: int, guidance: float | None = None) -> dict:

@@ -50,26 +50,14 @@ class SourceLabels:
         self.classes = classify_polygons(layer, source.class_field, disaster_type=source.disaster_type,
                                          **({"constant": source.polygon_class} if source.polygon_class else {}))
 
-    def chip_label(self, col: int, row: int, span: int) -> ChipLabel | None:
-        """The label of the `span`-pixel window at (col, row), or None where no class covers enough of it."""
-        codes = label_raster(self.placed, self.classes, self.grid, Window(col, row, span, span))
-        counts = np.bincount(codes.ravel(), minlength=256)
-        counts[NO_CHANGE] = 0
-        code = int(counts.argmax())
-        if counts[code] < MIN_CLASS_SHARE * codes.size:
-            return None
-        label = self.classes.classes[code]
-        if is_event(code):
-            return ChipLabel(caption=label.prompt)
-        return ChipLabel(land_cover=label.name.replace("-", " "))
-
-    def event_mask(self, col: int, row: int, span: int, size: int) -> np.ndarray:
-        """uint8 (size, size): 1 where event classes cover most of a chip pixel of the `span`-pixel window
+    def chip(self, col: int, row: int, span: int, size: int) -> tuple[ChipLabel | None, np.ndarray]:
+        """The `span`-pixel window at (col, row) as a `size`-pixel chip: its label (None where no class
+        covers enough of it) and, uint8 (size, size), where event classes cover most of each chip pixel
         (what an inpainting model is trained to repaint under the event's caption)."""
         codes = label_raster(self.placed, self.classes, self.grid, Window(col, row, span, span))
         scale = span // size
-        share = is_event(codes).reshape(size, scale, size, scale).mean(axis=(1, 3))
-        return (share >= 0.5).astype(np.uint8)
+        events = is_event(codes).reshape(size, scale, size, scale).mean(axis=(1, 3)) >= 0.5
+        return _label_of(codes, self.classes), events.astype(np.uint8)
 
     def event_windows(self, span: int, col_range: tuple[int, int], min_share: float) -> list[tuple[int, int]]:
         """(col, row) of `span`-pixel windows in `col_range` centred on event polygons (and shifted by a
@@ -96,6 +84,19 @@ class SourceLabels:
     def _event_share(self, col: int, row: int, span: int) -> float:
         codes = label_raster(self.placed, self.classes, self.grid, Window(col, row, span, span))
         return float(is_event(codes).mean())
+
+
+def _label_of(codes: np.ndarray, classes) -> ChipLabel | None:
+    """The class covering most of a window's codes, as a caption (events) or land cover; None under MIN_CLASS_SHARE."""
+    counts = np.bincount(codes.ravel(), minlength=256)
+    counts[NO_CHANGE] = 0
+    code = int(counts.argmax())
+    if counts[code] < MIN_CLASS_SHARE * codes.size:
+        return None
+    label = classes.classes[code]
+    if is_event(code):
+        return ChipLabel(caption=label.prompt)
+    return ChipLabel(land_cover=label.name.replace("-", " "))
 
 
 def is_event(code):

@@ -309,8 +309,7 @@ def run_training(
             export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
         if recipe.unet.inpainting:
             events = _cached_json(run_dir / f"events-{steps}-{_weights_tag(unet)}.json",
-                                  lambda: _score_events(output, registry if base is not None else None, recipe, sources,
-                                                        log))
+                                  lambda: _score_events(output, registry, recipe, sources, log))
             card = model_card(recipe, sources, bank, vae_scores, steps, {"events": events}, lineage)
             export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
     log(f"wrote {output}")
@@ -339,7 +338,7 @@ def _score_events(output: Path, registry, recipe: TrainRecipe, sources: SourceLi
     from .event_check import score_heldout_events
 
     models = {recipe.name: ModelRegistry(Path(output).parent).load(Path(output).name)}
-    if registry is not None and recipe.mode != "scratch":
+    if recipe.mode != "scratch":
         models[recipe.base_model] = _load_base(recipe, registry)
     log(f"inpainting the held-out events with {', '.join(models)}")
     return score_heldout_events(models, sources.sources, recipe.holdout, recipe.default_steps)
