@@ -10,9 +10,10 @@ name). The demo also generates (1) onto that tile's exact grid, so the result li
 for pixel, (2) a larger area around it in EPSG:4326 at 2 m, several overlapping windows blended
 into one seamless image, and (3) inpaints a burn scar polygon into the real tile: a post-event
 image identical to the tile outside the feathered polygon, plus the polygon as a label raster.
-Last, it paints a flood into a second real tile, North Dakota farmland at 10 m (NAIP, 2018-07-16),
-where and at a scale at which the inpainting model saw floods. Both events are painted by the
-built-in inpainting model, GFM4D-mini-inpaint.
+Last, it paints a real flood into the image from before it: the water of 2019-09-04 (mapped from that
+year's NAIP) over the dry 2009-08-18 NAIP image of the same North Dakota ground at 5 m, in the part of
+both tiles that GFM4D's models never trained on, beside what 2019 really looked like there. Both events
+are painted by the built-in inpainting model, GFM4D-mini-inpaint.
 `overview.png` puts every result side by side with its caption.
 """
 
@@ -28,7 +29,7 @@ from engine import config
 from engine.geo.dates import acquisition_for_raster
 from engine.geo.grid import grid_from_extent, grid_like, utm_square
 from engine.geo.raster import open_raster
-from engine.geo.vectors import PolygonLayer
+from engine.geo.vectors import PolygonLayer, read_polygons
 from engine.geo.writer import write_preview_png
 from engine.models.demo import build_demo_models
 from engine.models.registry import ModelRegistry
@@ -36,7 +37,9 @@ from engine.pipelines.generate import GenerateRequest, generate
 from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
 
 SAMPLE = Path(__file__).parent / "sample_data" / "m_3607824_se_17_1_20160620_sub.tif"
-FARMLAND = Path(__file__).parent / "sample_data" / "naip_m_4709963_se_14_1_20180716_10m.tif"
+BEFORE_FLOOD = Path(__file__).parent / "sample_data" / "naip_m_4709963_se_14_1_20090818_heldout.tif"
+REAL_FLOOD = Path(__file__).parent / "sample_data" / "naip_m_4709963_se_14_1_20190904_heldout.tif"
+FLOOD_POLYGONS = Path(__file__).parent / "sample_data" / "naip_flood_20190904_heldout.geojson"
 PROMPT = "a fmow satellite image of a forest in the united states"
 
 
@@ -100,36 +103,53 @@ def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: st
     )
     yield _run(model, wide, output_dir / "generated_wide_epsg4326.tif")
     # A burn scar: 60 m x 40 m in the tile's north-west clearing, one week after the acquisition.
-    yield _inpaint(inpainter, SAMPLE, [(40, 30), (100, 35), (95, 70), (45, 75)], "Burnt area", "fire", "2016-06-27",
-                   output_dir / "inpainted_burn_scar", steps, seed=3)
-    write_preview_png(FARMLAND, output_dir / "farmland_input.png")
-    # A flood over about 1.5 km x 1 km of fields, two months after the acquisition.
-    yield _inpaint(inpainter, FARMLAND, [(150, 70), (230, 55), (300, 80), (310, 150), (240, 175), (160, 160)],
-                   "Flooded area", "flooding", "2018-09-20", output_dir / "inpainted_flood", steps, seed=4)
+    yield _inpaint(inpainter, SAMPLE, _pixel_polygon(SAMPLE, [(40, 30), (100, 35), (95, 70), (45, 75)], "Burnt area"),
+                   "fire", "2016-06-27", output_dir / "inpainted_burn_scar", steps, seed=3)
+    # The 2019 flood painted into 2009, beside the real 2019.
+    write_preview_png(BEFORE_FLOOD, output_dir / "flood_before.png")
+    write_preview_png(REAL_FLOOD, output_dir / "flood_real.png")
+    yield _inpaint(inpainter, BEFORE_FLOOD, read_polygons(FLOOD_POLYGONS), "flooding", "2019-09-04",
+                   output_dir / "inpainted_flood", steps, seed=4)
+    zoom = _zoom_png(output_dir / "inpainted_burn_scar.png", (10, 0, 130, 120), output_dir / "inpainted_burn_scar_zoom.png")
     captions += [(output_dir / "generated_wide_epsg4326.png", "wider area, 2 m, blended windows"),
+                 (output_dir / "generated_on_sample_grid.png", "generated on the NAIP tile's grid, 1 m"),
                  (output_dir / "sample_input.png", "real NAIP tile, 1 m (input)"),
                  (output_dir / "inpainted_burn_scar.png", "burn scar polygon inpainted"),
-                 (output_dir / "farmland_input.png", "real NAIP farmland, 10 m (input)"),
-                 (output_dir / "inpainted_flood.png", "flood polygon inpainted")]
+                 (zoom, "the burn scar, zoomed in"),
+                 (output_dir / "flood_before.png", "real NAIP, 5 m, dry 2009 (input)"),
+                 (output_dir / "inpainted_flood.png", "2019 flood polygons inpainted"),
+                 (output_dir / "flood_real.png", "the real 2019 (never trained on)")]
     overview = _overview(captions, output_dir / "overview.png")
     yield f"previews: {overview} (all results), {output_dir / 'sample_input.png'} (the real sample) and the .png beside each GeoTIFF"
 
 
-def _inpaint(model, image: Path, corners_px: list[tuple[float, float]], notation: str, disaster_type: str,
-             date: str, stem: Path, steps: int, seed: int) -> str:
-    """Paint one event polygon (given in the image's pixels, saved in its CRS) into a real raster; its label beside it."""
+def _pixel_polygon(image: Path, corners_px: list[tuple[float, float]], notation: str) -> PolygonLayer:
+    """One event polygon, drawn in the image's pixels, in the image's CRS."""
     import shapely
 
     with open_raster(image) as source:
         info = source.info
     area = shapely.Polygon([info.transform * corner for corner in corners_px])
-    layer = PolygonLayer([area], [{"notation": notation}], info.crs, f"demo {notation.lower()}")
+    return PolygonLayer([area], [{"notation": notation}], info.crs, f"demo {notation.lower()}")
+
+
+def _inpaint(model, image: Path, polygons: PolygonLayer, disaster_type: str, date: str, stem: Path, steps: int,
+             seed: int) -> str:
+    """Paint event polygons (classed by their `notation`) into a real raster; the label raster beside it."""
     outputs = InpaintOutputs(stem.with_suffix(".tif"), stem.with_name(stem.name + "_label.tif"))
-    result = inpaint(model, InpaintRequest(image=image, polygons=layer, class_field="notation", disaster_type=disaster_type,
-                                           date=date, steps=steps, seed=seed), outputs)
+    result = inpaint(model, InpaintRequest(image=image, polygons=polygons, class_field="notation",
+                                           disaster_type=disaster_type, date=date, steps=steps, seed=seed), outputs)
     preview = write_preview_png(outputs.image, outputs.image.with_suffix(".png"))
-    return (f"wrote {outputs.image} ({notation.lower()} painted into {image.name}; {result.windows} of "
+    return (f"wrote {outputs.image} ({disaster_type} painted into {image.name}; {result.windows} of "
             f"{result.windows_total} windows processed) with its label {outputs.label} and {preview}")
+
+
+def _zoom_png(png: Path, box: tuple[int, int, int, int], path: Path) -> Path:
+    """A crop of a preview (left, top, right, bottom in its pixels), so a small painted area can be judged."""
+    from PIL import Image
+
+    Image.open(png).convert("RGB").crop(box).save(path)
+    return path
 
 
 def _run(model, request: GenerateRequest, path: Path) -> str:

@@ -54,6 +54,12 @@ class JobCancelled(EngineError):
     """The job was cancelled (from QGIS or on the engine); nothing was written."""
 
 
+def does_task(entry: dict, task: str | tuple[str, ...]) -> bool:
+    """Whether a model in the engine's list does `task`, or one of a tuple of tasks."""
+    tasks = (task,) if isinstance(task, str) else task
+    return any(t in entry.get("tasks", []) for t in tasks)
+
+
 class EngineClient:
     """One engine, as configured in `settings`."""
 
@@ -176,20 +182,21 @@ class EngineClient:
             )
         return health
 
-    def require_model(self, task: str, model: str, timeout_s: float | None = None) -> dict:
-        """The engine's entry for `model`, checking that it exists and does `task`."""
+    def require_model(self, task: str | tuple[str, ...], model: str, timeout_s: float | None = None) -> dict:
+        """The engine's entry for `model`, checking that it exists and does `task` (or one of several)."""
         models = self.models(timeout_s=timeout_s)
-        able = [m["name"] for m in models if task in m.get("tasks", [])]
+        able = [m["name"] for m in models if does_task(m, task)]
+        named = task if isinstance(task, str) else " or ".join(task)
         for entry in models:
             if entry.get("name") == model:
-                if task not in entry.get("tasks", []):
+                if not does_task(entry, task):
                     raise EngineError(
-                        f"The model {model!r} ({entry.get('kind', '?')}) does not do {task}; models on this engine "
+                        f"The model {model!r} ({entry.get('kind', '?')}) does not do {named}; models on this engine "
                         f"that do: {', '.join(able) or 'none'}."
                     )
                 return entry
         raise EngineError(
-            f"The GFM4D engine at {self.url} has no model {model!r}. Models that do {task}: {', '.join(able) or 'none'}. "
+            f"The GFM4D engine at {self.url} has no model {model!r}. Models that do {named}: {', '.join(able) or 'none'}. "
             f"Pick one of them, or add the model folder to the engine's models directory, restart it and use "
             f"{MENU} > Refresh model lists."
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .engine_client import EngineClient, EngineError
+from .engine_client import EngineClient, EngineError, does_task
 from .settings import load_settings
 
 RETRY_AFTER_FAILURE_S = 30.0
@@ -44,12 +44,12 @@ class ModelCatalog:
                 self._failed_at, self.last_error = time.monotonic(), str(exc)
             return self._models
 
-    def names_for(self, task: str) -> list[str] | None:
-        """Names of the models that do `task` (sorted), or None when the engine is not reachable."""
+    def names_for(self, task: str | tuple[str, ...]) -> list[str] | None:
+        """Names of the models that do `task` (or one of several; sorted), or None when the engine is not reachable."""
         models = self.models()
         if models is None:
             return None
-        return sorted(m["name"] for m in models if task in m.get("tasks", []))
+        return sorted(m["name"] for m in models if does_task(m, task))
 
 
 CATALOG = ModelCatalog()

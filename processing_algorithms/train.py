@@ -14,6 +14,7 @@ import re
 from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
@@ -42,7 +43,7 @@ from .model_catalog import CATALOG
 from .outputs import open_vector
 
 MODES = ["lora", "full", "scratch"]
-MODEL_TASK = "generate"  # a fine-tune starts from a generation model
+MODEL_TASK = ("generate", "inpaint")  # a fine-tune starts from a generation model or an inpainting one
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # the engine's rule for the new model's folder
 
 
@@ -67,6 +68,7 @@ class TrainAlgorithm(EngineAlgorithm):
     INPUTS = "INPUTS"
     NAME = "NAME"
     MODE = "MODE"
+    INPAINTING = "INPAINTING"
     POLYGONS = "POLYGONS"
     CLASS_FIELD = "CLASS_FIELD"
     POLYGON_CLASS = "POLYGON_CLASS"
@@ -88,7 +90,7 @@ class TrainAlgorithm(EngineAlgorithm):
 
     HELP_ANCHOR = "train-or-fine-tune-a-model"
     TAGS = ("train, training, fine-tune, fine tune, finetune, lora, adapter, custom model, own model, transfer learning, "
-            "model card, loss, satunet, diffusionsat, stable diffusion, diffusion, wildfire, burn scar")
+            "model card, loss, satunet, diffusionsat, stable diffusion, diffusion, wildfire, burn scar, flood, inpainting, mask")
     INTRO = (
         "Trains a model on your raster layers on the GFM4D engine: a LoRA on top of a base model (the default: small, "
         "quick), a full fine-tune of the base model, or a new model from scratch. The rasters (georeferenced RGB, any "
@@ -121,6 +123,12 @@ class TrainAlgorithm(EngineAlgorithm):
             self.MODE, self.tr("Mode"), MODES, False, MODES[0], False, True), self.tr(
             "lora: a small adapter on the base model (fast, little data); full: fine-tune all of the base model; "
             "scratch: a new model, its own VAE included (much data, long).")))
+        self.addParameter(explained(QgsProcessingParameterBoolean(
+            self.INPAINTING, self.tr("Inpainting model"), False), self.tr(
+            "Trains the model Inpaint uses to paint events: the chips under the Class polygons (burn scars, flood "
+            "extents) are masked with them, other chips with random blobs. Empty Base model: the engine's inpainting "
+            "model. A LoRA needs an inpainting base model; mode full also turns a generation model into one. A base "
+            "model that is an inpainting model trains as one whether this is ticked or not.")))
         self.addParameter(explained(QgsProcessingParameterFeatureSource(
             self.POLYGONS, self.tr("Class polygons"), [SOURCE_VECTOR_POLYGON], optional=True), self.tr(
             "Optional: polygons with classes over the rasters, in any CRS. The chips they cover are captioned as "
@@ -188,8 +196,9 @@ class TrainAlgorithm(EngineAlgorithm):
     def model_parameter(self):
         """MODEL: the engine's generation models, the ones a LoRA or a fine-tune can start from."""
         return self.model_choice(MODEL_TASK, self.tr("Base model"), self.tr(
-            "The generation model a LoRA or a full fine-tune starts from (a folder in the engine's models directory). "
-            "Empty: the engine's default model. Not used from scratch."))
+            "The model a LoRA or a full fine-tune starts from (a generation or an inpainting model in the engine's "
+            "models directory). Empty: the engine's default model (its inpainting model when Inpainting model is "
+            "ticked). Not used from scratch."))
 
     def add_outputs(self) -> None:
         self.addParameter(explained(QgsProcessingParameterFileDestination(
@@ -206,7 +215,7 @@ class TrainAlgorithm(EngineAlgorithm):
     # --- running -----------------------------------------------------------------------------------
 
     def engine_client(self, parameters, context):
-        """The base model is checked against the generation models: no model does `train` itself."""
+        """The base model is checked against the generation and inpainting models: no model does `train` itself."""
         client = super().engine_client(parameters, context)
         require_model = client.require_model
         client.require_model = lambda task, model, **kwargs: require_model(MODEL_TASK, model, **kwargs)
@@ -234,6 +243,7 @@ class TrainAlgorithm(EngineAlgorithm):
             "vae_steps": self.parameterAsInt(parameters, self.VAE_STEPS, context),
             "lora_rank": self.parameterAsInt(parameters, self.LORA_RANK, context),
             "seed": self.parameterAsInt(parameters, self.SEED, context),
+            "inpainting": self.parameterAsBool(parameters, self.INPAINTING, context),
         }
         optional = {
             "batch": self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),

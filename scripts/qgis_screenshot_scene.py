@@ -1,9 +1,9 @@
 """Run inside QGIS (qgis --code) by scripts/qgis_screenshots.py: stage the scenes of the docs' screenshots.
 
-Loads the demo's North Dakota farmland tile (NAIP, 10 m) and draws a flood polygon over its fields,
-searches the Processing toolbox for "flood", opens the Inpaint dialog filled in as an analyst would,
-runs it with GFM4D-mini (which learned flooded fields from a labelled Sentinel-2 flood), and saves
-three PNGs into $GFM4D_SHOTS_DIR; then quits QGIS.
+Loads the demo's flood sample: the dry 2009 NAIP image of North Dakota farmland (5 m) and the water
+NAIP shows there on 2019-09-04 as polygons (ground GFM4D's models never trained on), searches the
+Processing toolbox for "flood", opens the Inpaint dialog filled in as an analyst would, runs it with
+GFM4D-mini-inpaint, and saves three PNGs into $GFM4D_SHOTS_DIR; then quits QGIS.
 """
 
 import os
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import processing
 import qgis.utils
-from qgis.core import (QgsFeature, QgsFillSymbol, QgsGeometry, QgsPointXY, QgsProject, QgsRasterLayer, QgsSettings,
-                       QgsVectorLayer)
+from qgis.core import QgsFillSymbol, QgsProject, QgsRasterLayer, QgsSettings, QgsVectorLayer
 from qgis.PyQt.QtCore import QCoreApplication, QTimer
 
 SHOTS = Path(os.environ["GFM4D_SHOTS_DIR"])
-FARMLAND = Path(os.environ["GFM4D_REPO"]) / "engine" / "sample_data" / "naip_m_4709963_se_14_1_20180716_10m.tif"
-FLOOD_PX = [(150, 70), (230, 55), (300, 80), (310, 150), (240, 175), (160, 160)]  # the demo's flood, in tile pixels
+SAMPLES = Path(os.environ["GFM4D_REPO"]) / "engine" / "sample_data"
+BEFORE = SAMPLES / "naip_m_4709963_se_14_1_20090818_heldout.tif"
+FLOOD = SAMPLES / "naip_flood_20190904_heldout.geojson"
 
 
 def settle(seconds: float) -> None:
@@ -37,16 +37,9 @@ def render(canvas) -> None:
     settle(1.0)
 
 
-def flood_layer(pre):
-    """The flood polygon an analyst would draw over the fields, with its CEMS notation."""
-    bounds = pre.extent()
-    left, top, size = bounds.xMinimum(), bounds.yMaximum(), pre.rasterUnitsPerPixelX()
-    layer = QgsVectorLayer("Polygon?crs=EPSG:26914&field=notation:string(40)", "flood polygon", "memory")
-    feature = QgsFeature(layer.fields())
-    feature.setGeometry(QgsGeometry.fromPolygonXY([[QgsPointXY(left + col * size, top - row * size) for col, row in FLOOD_PX]]))
-    feature.setAttribute("notation", "Flooded area")
-    layer.dataProvider().addFeatures([feature])
-    layer.updateExtents()
+def flood_layer():
+    """The 2019 flood polygons (CEMS notation 'Flooded area'), outlined."""
+    layer = QgsVectorLayer(str(FLOOD), "flood polygons (2019-09-04)", "ogr")
     layer.renderer().setSymbol(QgsFillSymbol.createSimple(
         {"color": "0,0,0,0", "outline_color": "#e31a1c", "outline_width": "0.6"}))
     return layer
@@ -57,8 +50,8 @@ def stage() -> None:
     QgsSettings().setValue("/projections/promptWhenMultipleTransformsExist", False, QgsSettings.App)
     window = iface.mainWindow()
     window.setGeometry(0, 0, 1400, 850)
-    pre = QgsRasterLayer(str(FARMLAND), "pre-event (NAIP farmland, 10 m, 2018-07-16)")
-    flood = flood_layer(pre)
+    pre = QgsRasterLayer(str(BEFORE), "pre-event (NAIP farmland, 5 m, 2009-08-18)")
+    flood = flood_layer()
     QgsProject.instance().addMapLayers([pre, flood])
     canvas = iface.mapCanvas()
     canvas.setExtent(pre.extent())
@@ -73,7 +66,7 @@ def stage() -> None:
 
     extent = pre.extent()
     parameters = {"INPUT": pre, "POLYGONS": flood, "CLASS_FIELD": "notation", "DISASTER_TYPE": "flooding",
-                  "DATE": "2018-09-20",
+                  "DATE": "2019-09-04",
                   "EXTENT": f"{extent.xMinimum()},{extent.xMaximum()},{extent.yMinimum()},{extent.yMaximum()} [EPSG:26914]",
                   "MODEL": "gfm4d-mini-inpaint", "STEPS": 30, "SEED": 4}
     dialog = processing.createAlgorithmDialog("gfm4d:inpaint", parameters)

@@ -4,7 +4,7 @@
 
 Builds the plugin zip (and the demo models unless --models-dir has them), starts an engine on
 loopback, installs the zip into a throwaway QGIS profile with the engine's URL set, and runs
-QGIS under xvfb-run with scripts/qgis_screenshot_scene.py, which loads the demo farmland tile and a flood polygon,
+QGIS under xvfb-run with scripts/qgis_screenshot_scene.py, which loads the demo flood sample and its polygons,
 searches the toolbox, opens the Inpaint dialog, runs it, and saves qgis_toolbox.png,
 qgis_inpaint_dialog.png and qgis_inpaint_result.png. Needs the `qgis` and `xvfb` packages.
 """

@@ -2,9 +2,11 @@
 
 import numpy as np
 import rasterio
-from scipy.ndimage import distance_transform_edt
+from rasterio.features import rasterize
+from scipy.ndimage import distance_transform_cdt
 
-from engine.demo import FARMLAND, SAMPLE, run_demo
+from engine.demo import BEFORE_FLOOD, FLOOD_POLYGONS, REAL_FLOOD, SAMPLE, run_demo
+from engine.geo.vectors import read_polygons
 
 
 def test_demo_writes_generated_and_inpainted_results_lined_up_with_the_sample(tmp_path):
@@ -29,12 +31,20 @@ def test_demo_writes_generated_and_inpainted_results_lined_up_with_the_sample(tm
     assert changed_cols.min() >= cols.min() - 4 and changed_cols.max() <= cols.max() + 4
     with rasterio.open(out / "generated_wide_epsg4326.tif") as wide:
         assert wide.crs.to_epsg() == 4326
-    with rasterio.open(FARMLAND) as farmland, rasterio.open(out / "inpainted_flood.tif") as flooded, \
-            rasterio.open(out / "inpainted_flood_label.tif") as label:
-        for result in (flooded, label):
-            assert result.crs == farmland.crs and result.transform == farmland.transform and result.shape == farmland.shape
-        changed = (farmland.read() != flooded.read()).any(axis=0)
+    # The 2019 flood painted into the dry 2009 image, on its grid, as is the real 2019 beside it.
+    with rasterio.open(BEFORE_FLOOD) as before, rasterio.open(out / "inpainted_flood.tif") as flooded, \
+            rasterio.open(out / "inpainted_flood_label.tif") as label, rasterio.open(REAL_FLOOD) as real:
+        for result in (flooded, label, real):
+            assert result.crs == before.crs and result.transform == before.transform and result.shape == before.shape
+        changed = (before.read() != flooded.read()).any(axis=0)
         flood = label.read(1) > 0
-    assert flood.sum() > 10_000 and changed[flood].mean() > 0.5  # about 1.4 km2 of 10 m pixels, repainted
-    assert distance_transform_edt(~flood)[changed].max() <= 5  # nothing beyond the polygon and its 3-pixel feather
+        polygons = read_polygons(FLOOD_POLYGONS).geometries
+        touched = rasterize(polygons, before.shape, transform=before.transform, all_touched=True) > 0
+    mapped = sum(g.area for g in polygons) / 25  # 5 m pixels
+    assert mapped > 4000 and abs(flood.sum() - mapped) < 0.15 * mapped  # the label is the 2019 water
+    assert changed[flood].mean() > 0.5
+    # Nothing beyond the pixels the polygons touch and their 3-pixel feather (plus the pixel the edge crosses).
+    assert distance_transform_cdt(~touched, metric="chessboard")[changed].max() <= 4
+    for name in ("flood_before", "flood_real", "inpainted_burn_scar_zoom"):
+        assert (out / f"{name}.png").is_file()
     assert (out / "overview.png").is_file()

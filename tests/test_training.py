@@ -754,7 +754,7 @@ def test_an_inpainting_fine_tune_masks_event_chips_with_their_polygons_and_expor
     assert unet.config.in_channels == 9 and torch.allclose(before, after, atol=1e-5)
 
     recipe = load_recipe(_recipe(tmp_path, mode="full", base_model="base", event_chips=0.5, native_resolution=64,
-                                 **{"unet.inpainting": True, "unet.labelled_share": 0.5, "unet.steps": 4,
+                                 default_guidance=1.5, **{"unet.inpainting": True, "unet.labelled_share": 0.5, "unet.steps": 4,
                                     "unet.block_out_channels": [64, 128, 192], "unet.norm_num_groups": 32}))
     run_training(sources, recipe, tmp_path / "run", tmp_path / "models" / "burns", registry=registry,
                  log=lambda line: None)
@@ -823,8 +823,10 @@ def test_an_inpainting_fine_tune_masks_event_chips_with_their_polygons_and_expor
     row = re.search(rf"\| OSBS_029 \| {scored} \| ([\d.]+) \| ([\d.]+) \|", card)
     from engine.training.event_check import score_heldout_events
 
-    again = score_heldout_events({"base": ModelRegistry(tmp_path / "models").load("base")}, sources.sources, 0.2, 2)
+    again = score_heldout_events({"base": ModelRegistry(tmp_path / "models").load("base")}, sources.sources, 0.2, 2,
+                                 recipe.default_guidance)
     assert float(row.group(2)) == round(again["OSBS_029"]["base"]["mae"], 1)  # the base as shipped, not as trained here
+    assert f"guidance {recipe.default_guidance:g} (this model's default) for every model" in card
     outputs = InpaintOutputs(tmp_path / "post.tif", tmp_path / "label.tif")
     inpaint(model, InpaintRequest(image=OSBS, polygons=perimeter, class_field=None, steps=2, seed=1), outputs)
     with rasterio.open(outputs.image) as post, rasterio.open(OSBS) as pre:
@@ -834,6 +836,7 @@ def test_an_inpainting_fine_tune_masks_event_chips_with_their_polygons_and_expor
     with pytest.raises(InputError, match="a LoRA cannot add"):
         run_training(sources, load_recipe(_recipe(tmp_path, mode="lora", base_model="base", **{"unet.inpainting": True})),
                      tmp_path / "lora-run", tmp_path / "models" / "lora", registry=registry, log=lambda line: None)
+    assert not (tmp_path / "lora-run" / "bank").exists()  # refused before any chip was cut
     # Fine-tuning an inpainting model goes on as one, without being told.
     again = load_recipe(_recipe(tmp_path, mode="full", base_model="burns", native_resolution=64, quality_chips=0,
                                 **{"unet.steps": 2, "unet.block_out_channels": [64, 128, 192], "unet.norm_num_groups": 32}))
@@ -842,3 +845,21 @@ def test_an_inpainting_fine_tune_masks_event_chips_with_their_polygons_and_expor
                  log=logged.append)
     assert any("burns is an inpainting model" in line for line in logged)
     assert ModelRegistry(tmp_path / "models").load("burns-2").info.tasks == ("inpaint",)
+    # The run folder of a plain model does not continue as an inpainting one: refused in a sentence.
+    with pytest.raises(InputError, match=r"holds checkpoints of a different UNet \(conv_in.weight is \(16, 4, 3, 3\) there, \(16, 9, 3, 3\) in this recipe\)"):
+        run_training(sources, recipe, tmp_path / "base-run", tmp_path / "models" / "mixed", registry=registry,
+                     log=lambda line: None)
+    assert not (tmp_path / "models" / "mixed").exists()
+    # Through the train task: an inpainting model is a base it accepts (generate does not use one), a LoRA
+    # on it stays an inpainting LoRA, and `inpainting` on a plain base refuses a LoRA.
+    from engine.tasks import DeviceRegistry, all_tasks, run_task_locally
+
+    tasks = DeviceRegistry(tmp_path / "models", device="cpu")
+    assert all_tasks()["train"].can_use(tasks.get("burns")) and not all_tasks()["generate"].can_use(tasks.get("burns"))
+    lora = {"task": "train", "mode": "lora", "chip_size": 32, "scales": [1], "steps": 2, "batch": 2}
+    written = run_task_locally(tasks, {**lora, "name": "burns-lora", "model": "burns"}, {"rasters.0": OSBS},
+                               {"card": tmp_path / "burns-lora.md"})
+    assert "an inpainting UNet (9 input channels" in written["card"].read_text()
+    with pytest.raises(InputError, match="a LoRA cannot add"):
+        run_task_locally(tasks, {**lora, "name": "plain-lora", "model": "base", "inpainting": True}, {"rasters.0": OSBS},
+                         {"card": tmp_path / "plain-lora.md"})

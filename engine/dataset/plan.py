@@ -17,7 +17,6 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pyproj
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 

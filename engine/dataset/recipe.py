@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine import config
 from engine.errors import InputError
 from engine.geo.damage_classes import DISASTER_TYPES, XBD_DAMAGE_CODES
 
@@ -163,9 +164,10 @@ class Recipe(_Strict):
     class_prompts: dict[str, str] = Field(default_factory=dict)
     post_date_offset_days: tuple[int, int] = Field((1, 30), description="days after the scene date, drawn per sample")
     cloud_cover: float | None = Field(None, ge=0, le=1)
-    model: str = "demo-satunet"
+    model: str = Field(default_factory=config.default_inpaint_model,
+                       description="inpainting model (default: the built-in one, GFM4D-mini-inpaint)")
     steps: int = Field(30, ge=1, le=1000)
-    guidance_scale: float = Field(7.5, ge=0, le=100)
+    guidance_scale: float | None = Field(None, ge=0, le=100, description="default: the model's own")
     scheduler: str | None = None
     strength: float = Field(1.0, gt=0, le=1)
     dilation_m: float = Field(0.0, ge=0, le=1000)

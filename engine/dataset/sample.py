@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 import shutil
 import uuid
@@ -145,7 +144,7 @@ def _make_files(model, recipe, spec: SampleSpec, scene: Scene, damage, scratch: 
         "id": spec.sample_id, "synthetic": True, "what_is_synthetic": "the post chip inside the painted classes' mask",
         "gfm4d_version": __version__, "model": recipe.model, "prompts": result.tags.get("GFM4D_PROMPTS", ""),
         "method": result.tags.get("GFM4D_METHOD", ""), "seed": spec.seed, "steps": recipe.steps,
-        "guidance_scale": recipe.guidance_scale, "scheduler": recipe.scheduler, "strength": recipe.strength,
+        "guidance_scale": request.guidance(model), "scheduler": recipe.scheduler, "strength": recipe.strength,
         "cloud_cover": recipe.cloud_cover, "disaster_type": spec.disaster_type, "disaster": scene.disaster,
         "source_scene": scene.path.name, "scene_id": scene.scene_id, "pre_date": scene.date.isoformat(),
         "pre_date_source": scene.date_source, "post_date": spec.post_date, "split": spec.split,

@@ -359,10 +359,10 @@ class JobManager:
         if name is None:
             return None
         info = self.registry.get(name)
-        if spec.models_for not in info.tasks:
-            able = [m.name for m in self.registry.list() if spec.models_for in m.tasks]
+        if not spec.can_use(info):
+            able = [m.name for m in self.registry.list() if spec.can_use(m)]
             raise ModelError(
-                f"model {name!r} ({info.kind}) does not do {spec.models_for}; "
+                f"model {name!r} ({info.kind}) does not do {' or '.join(spec.models_for)}; "
                 f"models that do: {', '.join(able) if able else 'none in this engine'}"
             )
         if not info.ready:

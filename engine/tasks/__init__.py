@@ -51,10 +51,11 @@ _discovered = False
 
 
 def task(name: str, params: type[TaskParams], inputs=None, check=None, summary: str = "", size=None,
-         model_task: str | None = None):
+         model_task: str | tuple[str, ...] | None = None):
     """Register the decorated function as the run function of task `name` (`size`: see TaskSpec).
 
-    `model_task` names the task whose models this one runs, when it is not its own (a dataset is inpainted).
+    `model_task` names the task (or tasks) whose models this one runs, when it is not its own (a dataset
+    is inpainted; a fine-tune starts from a generation or an inpainting model).
     """
 
     def register(run):

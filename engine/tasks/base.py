@@ -137,12 +137,17 @@ class TaskSpec:
     check: CheckFunction | None = None  # cross-checks params with inputs before queueing (InputError)
     summary: str = ""
     size: SizeFunction | None = None  # the output's size, so that a server can refuse jobs over its limit
-    model_task: str | None = None  # the task whose models it runs, when not its own
+    model_task: str | tuple[str, ...] | None = None  # the task(s) whose models it runs, when not its own
 
     @property
-    def models_for(self) -> str:
-        """The task a model must do to be used by this one."""
-        return self.model_task or self.name
+    def models_for(self) -> tuple[str, ...]:
+        """The tasks a model must do one of to be used by this one."""
+        tasks = self.model_task or self.name
+        return (tasks,) if isinstance(tasks, str) else tuple(tasks)
+
+    def can_use(self, info) -> bool:
+        """Whether a model (its ModelInfo) does one of `models_for`."""
+        return any(task in info.tasks for task in self.models_for)
 
 
 def check_required(spec: TaskSpec, inputs: Mapping[str, Path]) -> None:

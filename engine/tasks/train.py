@@ -20,7 +20,8 @@ class TrainParams(TaskParams):
 
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                       description="name of the new model folder")
-    model: str | None = Field(None, description="base model for mode full/lora (default: the engine's default model)")
+    model: str | None = Field(None, description="base model for mode full/lora (default: the engine's default model, "
+                                                "or its inpainting model with `inpainting`)")
     mode: str = Field("lora", pattern="^(scratch|full|lora)$", description="scratch, full fine-tune, or lora")
     land_cover: str | None = Field(None, max_length=100, description="caption words for the imagery, e.g. farm, forest, town")
     country: str | None = Field(None, max_length=100)
@@ -38,6 +39,8 @@ class TrainParams(TaskParams):
     batch: int = Field(8, ge=1, le=1024)
     learning_rate: float | None = Field(None, gt=0, le=1)
     lora_rank: int = Field(8, ge=1, le=256)
+    inpainting: bool = Field(False, description="train an inpainting UNet (9 input channels) with the event polygons "
+                             "as its masks (mode full or scratch; a fine-tune of an inpainting model is one anyway)")
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
@@ -48,7 +51,7 @@ class TrainParams(TaskParams):
             "polygons": Input("vector", "optional: polygons with classes over every raster; the chips they cover are "
                                         "captioned with their class as inpainting prompts it")},
     summary="rasters -> a SatUNet trained or fine-tuned on them, installed in the models folder (results: card, loss_curve, samples)",
-    model_task="generate",  # the base model of a fine-tune is a generation model
+    model_task=("generate", "inpaint"),  # a fine-tune starts from a generation model or an inpainting one
 )
 def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) -> dict[str, Path]:
     from engine.errors import InputError
@@ -78,12 +81,14 @@ def run(registry, params: TrainParams, inputs, out_dir: Path, progress, cancel) 
     ))
     from engine import config
 
-    base_model = None if params.mode == "scratch" else params.model or config.default_model()
+    default_base = config.default_inpaint_model() if params.inpainting else config.default_model()
+    base_model = None if params.mode == "scratch" else params.model or default_base
     recipe = load_recipe(None, name=params.name, mode=params.mode, base_model=base_model, chip_size=params.chip_size,
                          scales=params.scales, holdout=params.holdout,
                          event_chips=params.event_chips, **{
                              "unet.steps": params.steps, "unet.batch": params.batch, "unet.seed": params.seed,
                              "unet.lora_rank": params.lora_rank, "unet.learning_rate": params.learning_rate,
+                             "unet.inpainting": params.inpainting,
                              "vae.steps": params.vae_steps, "vae.seed": params.seed})
     stage_steps = {"vae": recipe.vae.steps if recipe.mode == "scratch" else 0, "unet": recipe.unet.steps,
                    "decoder": recipe.decoder.steps}

@@ -275,6 +275,18 @@ def trainable_parameters(unet, config: UNetConfig) -> list[torch.nn.Parameter]:
     return params
 
 
+def _check_same_unet(unet, saved: dict, folder: Path) -> None:
+    """A run folder resumes only the UNet it was started with: a checkpoint of another shape (say a
+    4-channel run continued with unet.inpainting) is refused in a sentence, not a size-mismatch dump."""
+    own = unet.state_dict()
+    for name, tensor in saved.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise InputError(
+                f"{folder} holds checkpoints of a different UNet ({name} is {tuple(tensor.shape)} there, "
+                f"{tuple(own[name].shape)} in this recipe): give this run its own --run-dir, or delete that "
+                "folder to start the UNet again")
+
+
 def train_unet(
     unet,
     scheduler: DDIMScheduler,
@@ -312,6 +324,7 @@ def train_unet(
     start = 0
     state = load_latest(run_dir / "checkpoints")
     if state is not None:
+        _check_same_unet(unet, state["model"], run_dir / "checkpoints")
         unet.load_state_dict(state["model"], strict=False)
         if text_encoder is not None:
             text_encoder.load_state_dict(state["text_encoder"])

@@ -184,17 +184,16 @@ def run_training(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_recipe(run_dir, recipe)
+    base = _load_base(recipe, registry) if recipe.mode != "scratch" or recipe.vae_from else None
+    if recipe.mode != "scratch":  # a recipe the base cannot take is refused before any chip is cut
+        _match_inpainting(recipe, base.unet.config.in_channels, log)
+        _write_recipe(run_dir, recipe)  # as resolved against the base
     bank = build_chip_bank(sources.sources, run_dir / "bank", recipe.chip_size, recipe.scales, recipe.holdout, progress=log,
                            event_share=recipe.event_chips)
     log(f"chip bank: {len(bank.indices('train'))} training and {len(bank.indices('heldout'))} held-out chips of {recipe.chip_size} px")
 
     def remaining() -> float | None:
         return None if time_limit_s is None else max(1.0, time_limit_s - (time.monotonic() - started))
-
-    base = _load_base(recipe, registry) if recipe.mode != "scratch" or recipe.vae_from else None
-    if recipe.mode != "scratch":
-        _match_inpainting(recipe, base.unet.config.in_channels, log)
-        _write_recipe(run_dir, recipe)  # as resolved against the base
     vae_scores = None
     if base is not None and (recipe.mode != "scratch" or recipe.vae_from):
         vae = base.vae.float()
@@ -234,7 +233,8 @@ def run_training(
     if recipe.unet.inpainting:
         from .batches import Rows
 
-        data.images, data.vae = Rows(bank.images, train_idx), vae
+        # The masked chips are encoded at every step, on the training device (the VAE kept for export stays put).
+        data.images, data.vae = Rows(bank.images, train_idx), _on_device(vae, device)
         data.event_masks = Rows(bank.event_masks, train_idx) if bank.event_masks is not None else None
     from diffusers import DDIMScheduler
 
@@ -308,12 +308,20 @@ def run_training(
             card = model_card(recipe, sources, bank, vae_scores, steps, quality, lineage)
             export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
         if recipe.unet.inpainting:
-            events = _cached_json(run_dir / f"events-{steps}-{_weights_tag(unet)}.json",
-                                  lambda: _score_events(output, registry, recipe, sources, log))
+            events = _cached_json(run_dir / f"events-{steps}-{_weights_tag(unet)}-g{recipe.default_guidance:g}.json",
+                                  lambda: _score_events(output, registry, recipe, sources, log, device))
             card = model_card(recipe, sources, bank, vae_scores, steps, {"events": events}, lineage)
             export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
     log(f"wrote {output}")
     return TrainResult(output, steps, vae_scores, files)
+
+
+def _on_device(module, device):
+    """`module` itself on the CPU, else a copy of it on `device`."""
+    import copy
+
+    device = torch.device(device or "cpu")
+    return module if device.type == "cpu" else copy.deepcopy(module).to(device)
 
 
 def _write_recipe(run_dir: Path, recipe: TrainRecipe) -> None:
@@ -330,18 +338,22 @@ def _match_inpainting(recipe: TrainRecipe, base_channels: int, log) -> None:
                          "add: use mode full (or scratch) with unet.inpainting, or a LoRA on an inpainting model")
 
 
-def _score_events(output: Path, registry, recipe: TrainRecipe, sources: SourceList, log) -> dict:
-    """Held-out events inpainted by the new model and, for a fine-tune, by its base as the registry has it
-    (not the copy this run trained): {source: {model: scores}}."""
+def _score_events(output: Path, registry, recipe: TrainRecipe, sources: SourceList, log, device=None) -> dict:
+    """Held-out events inpainted on the training device by the new model and, for a fine-tune, by its base
+    as the registry has it (not the copy this run trained), both at the new model's default guidance:
+    {source: {model: scores}}."""
+    from engine import config
     from engine.models.registry import ModelRegistry
 
     from .event_check import score_heldout_events
 
-    models = {recipe.name: ModelRegistry(Path(output).parent).load(Path(output).name)}
+    device = torch.device(device or "cpu")
+    placed = {"device": device, "dtype": config.dtype_for(device)}
+    models = {recipe.name: ModelRegistry(Path(output).parent).load(Path(output).name, **placed)}
     if recipe.mode != "scratch":
-        models[recipe.base_model] = _load_base(recipe, registry)
+        models[recipe.base_model] = registry.load(recipe.base_model, **placed)
     log(f"inpainting the held-out events with {', '.join(models)}")
-    return score_heldout_events(models, sources.sources, recipe.holdout, recipe.default_steps)
+    return score_heldout_events(models, sources.sources, recipe.holdout, recipe.default_steps, recipe.default_guidance)
 
 
 def _load_base(recipe: TrainRecipe, registry):
@@ -571,7 +583,8 @@ def _events_table(events: dict, recipe: TrainRecipe) -> list[str]:
     means = [np.mean([scores[n]["mae"] for scores in events.values()]) for n in names]
     lines += [f"| mean of {len(events)} | | " + " | ".join(f"**{m:.1f}**" for m in means) + " | |", "",
               "(Every source's event polygons that reach its held-out strip, clipped to it and inpainted into the real "
-              f"post-event raster with their own caption, {recipe.default_steps} steps, the model's own guidance: under "
+              f"post-event raster with their own caption, {recipe.default_steps} steps, guidance {recipe.default_guidance:g} "
+              "(this model's default) for every model: under "
               "the mask lie the real flood or burn scar, never trained on. MAE: mean absolute difference from the real "
               "pixels, 0-255 after inference's stretch, two pixels in from the polygon's edge"
               + (f"; {names[1]}: the base model as installed" if len(names) > 1 else "") + ".)", ""]

@@ -4,7 +4,6 @@ with a message that says what to do."""
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

@@ -57,7 +57,7 @@ def toolbox_search(text: str) -> list:
 
 
 @pytest.mark.parametrize("search, expected", [
-    ("flood", ["gfm4d:dataset", "gfm4d:importxbdlabels", "gfm4d:inpaint"]),
+    ("flood", ["gfm4d:dataset", "gfm4d:importxbdlabels", "gfm4d:inpaint", "gfm4d:train"]),
     ("damage", ["gfm4d:dataset", "gfm4d:importxbdlabels", "gfm4d:inpaint"]),
     ("xview", ["gfm4d:dataset", "gfm4d:importxbdlabels", "gfm4d:inpaint"]),
     ("synthetic", ["gfm4d:dataset", "gfm4d:generate", "gfm4d:inpaint", "gfm4d:predict", "gfm4d:superres"]),

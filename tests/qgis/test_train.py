@@ -94,8 +94,8 @@ def test_a_lora_trained_on_a_raster_layer_is_installed_with_its_card_and_loss_cu
     assert not again.exists()
 
 
-def test_class_polygons_caption_the_chips_they_cover(osbs, engine, tmp_path):
-    # a burn perimeter over the raster's west half, in another CRS than the raster's
+def west_burn(osbs) -> QgsVectorLayer:
+    """A burn perimeter over the raster's west half, in another CRS than the raster's."""
     extent, wgs84 = osbs.extent(), QgsCoordinateReferenceSystem("EPSG:4326")
     west = QgsRectangle(extent.xMinimum(), extent.yMinimum(), extent.center().x(), extent.yMaximum())
     geometry = QgsGeometry.fromRect(west)
@@ -105,7 +105,11 @@ def test_class_polygons_caption_the_chips_they_cover(osbs, engine, tmp_path):
     feature.setAttributes(["west burn"])
     feature.setGeometry(geometry)
     assert perimeter.dataProvider().addFeatures([feature])
+    return perimeter
 
+
+def test_class_polygons_caption_the_chips_they_cover(osbs, engine, tmp_path):
+    perimeter = west_burn(osbs)
     card = tmp_path / "card.md"
     result = processing.run("gfm4d:train", {
         "INPUTS": [str(OSBS)], "NAME": "qgis-burn-lora", "MODEL": BASE, **TINY, "POLYGONS": perimeter,
@@ -117,6 +121,23 @@ def test_class_polygons_caption_the_chips_they_cover(osbs, engine, tmp_path):
     assert (params["polygon_class"], params["disaster_type"], params.get("class_field")) == ("burnt-area", "fire", None)
     assert params["event_chips"] == 0.5
     assert [path.suffix for path in engine.uploads(result["JOB_ID"])] == [".gpkg", ".tif"]  # polygons/, rasters.0/
+
+
+def test_an_inpainting_model_trained_on_burn_polygons_is_offered_by_inpaint(osbs, engine, tmp_path):
+    from processing_algorithms.model_catalog import CATALOG
+
+    card = tmp_path / "card.md"
+    result = processing.run("gfm4d:train", {
+        "INPUTS": [str(OSBS)], "NAME": "qgis-burn-inpainter", "MODE": "full", "MODEL": BASE, "INPAINTING": True, **TINY,
+        "POLYGONS": west_burn(osbs), "POLYGON_CLASS": "burnt-area", "DISASTER_TYPE": "fire", "CARD": str(card)})
+
+    assert engine.job(result["JOB_ID"])["params"]["inpainting"] is True
+    assert "an inpainting UNet (9 input channels" in card.read_text(encoding="utf-8")
+    # Inpaint lists it (the lists were refreshed when the job ended); Generate does not.
+    assert "qgis-burn-inpainter" in CATALOG.names_for("inpaint")
+    assert "qgis-burn-inpainter" not in CATALOG.names_for("generate")
+    # Train offers it as a base model: an inpainting model is fine-tuned as one.
+    assert "qgis-burn-inpainter" in CATALOG.names_for(("generate", "inpaint"))
 
 
 @pytest.mark.parametrize("lora", ["forest-lora:strong", ":0.5", "forest-lora:99"])
