@@ -136,8 +136,13 @@ def test_an_inpainting_model_trained_on_burn_polygons_is_offered_by_inpaint(osbs
     # Inpaint lists it (the lists were refreshed when the job ended); Generate does not.
     assert "qgis-burn-inpainter" in CATALOG.names_for("inpaint")
     assert "qgis-burn-inpainter" not in CATALOG.names_for("generate")
-    # Train offers it as a base model: an inpainting model is fine-tuned as one.
+    # Train offers it as a base model, and the engine takes it: a LoRA on it is an inpainting LoRA.
     assert "qgis-burn-inpainter" in CATALOG.names_for(("generate", "inpaint"))
+    lora_card = tmp_path / "lora.md"
+    processing.run("gfm4d:train", {
+        "INPUTS": [str(OSBS)], "NAME": "qgis-burn-inpainter-lora", "MODEL": "qgis-burn-inpainter", **TINY,
+        "CARD": str(lora_card)})
+    assert "an inpainting UNet (9 input channels" in lora_card.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("lora", ["forest-lora:strong", ":0.5", "forest-lora:99"])
