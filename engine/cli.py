@@ -27,6 +27,7 @@ from engine.cli_args import (
     positive_int,
     stderr_line,
 )
+from engine.cli_interrupt import interrupt_outcome, run_interruptible
 from engine.errors import Cancelled, GFM4DError, InputError
 from engine.models.lora import add_lora_argument, lora_params
 
@@ -123,7 +124,8 @@ def _run_task(args, task: str, params: dict, files: dict[str, Path], outputs: di
         bar.status(f"loading {params.get('model')}")
         registry = _task_registry(args)
         registry.allow_lora_paths = True  # a local user may name LoRA files anywhere
-        return run_task_locally(registry, {"task": task, **params}, files, outputs, progress=bar)
+        return run_interruptible(lambda cancelled: run_task_locally(
+            registry, {"task": task, **params}, files, outputs, progress=bar, cancel=cancelled), say=bar.say)
     finally:
         bar.close()
 
@@ -615,11 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled as exc:
         print(f"gfm4d: {exc}", file=sys.stderr)
         return 130
-    except Terminated:
-        print("gfm4d: terminated; no output was written", file=sys.stderr)
+    except Terminated as exc:
+        print(f"gfm4d: terminated; {interrupt_outcome(exc)}", file=sys.stderr)
         return 143
-    except KeyboardInterrupt:
-        print("gfm4d: cancelled; no output was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"gfm4d: cancelled; {interrupt_outcome(exc)}", file=sys.stderr)
         return 130
     except GFM4DError as exc:
         print(f"gfm4d: error: {exc}", file=sys.stderr)

@@ -41,6 +41,10 @@ class ProgressBar:
         """What happens before the first report (loading a model, uploading)."""
         self.bar.set_postfix_str(text, refresh=True)
 
+    def say(self, line: str) -> None:
+        """A line of its own above the bar (the bar is redrawn below it)."""
+        self.bar.write(line, file=sys.stderr)
+
     def close(self) -> None:
         """Stop the bar; one that never moved (the job failed before its first step) is wiped, so an
         error stays the only line."""

@@ -101,7 +101,10 @@ def run_sequence(args, sampling: dict, where: dict, files: dict[str, Path], wher
                 inputs = {f"frames.{i}": frame for i, frame in enumerate(recent)}
                 result = _run_task(args, "predict", params, inputs, outputs, checked=True, label=label)
             written.extend(result.values())
-    except BaseException:  # failed, cancelled or terminated: no partial sequence is left behind
+    except BaseException as exc:  # failed, cancelled or terminated: no partial sequence is left behind
+        written.extend(getattr(exc, "finished_outputs", {}).values())  # a frame finished as the interrupt came
+        if hasattr(exc, "finished_outputs"):
+            exc.finished_outputs = {}
         for path in written:
             path.unlink(missing_ok=True)
         if made_folder and out_dir.is_dir() and not any(out_dir.iterdir()):

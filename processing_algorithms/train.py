@@ -243,8 +243,9 @@ class TrainAlgorithm(EngineAlgorithm):
             "vae_steps": self.parameterAsInt(parameters, self.VAE_STEPS, context),
             "lora_rank": self.parameterAsInt(parameters, self.LORA_RANK, context),
             "seed": self.parameterAsInt(parameters, self.SEED, context),
-            "inpainting": self.parameterAsBool(parameters, self.INPAINTING, context),
         }
+        if self.parameterAsBool(parameters, self.INPAINTING, context):  # sent only when asked: an older engine knows none
+            params["inpainting"] = True
         optional = {
             "batch": self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),
             "learning_rate": self.optional_number(parameters, self.LEARNING_RATE, context),

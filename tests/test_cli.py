@@ -120,3 +120,30 @@ def test_sequence_command_writes_one_file_per_date(models_dir, tmp_path):
             tasks.append(src.tags()["GFM4D_TASK"])
     assert len(transforms) == 1
     assert tasks == ["generate", "predict", "predict"]
+
+
+def test_sequence_interrupted_as_a_frame_finishes_stops_and_leaves_no_partial_series(models_dir, tmp_path, monkeypatch,
+                                                                                      capsys):
+    import os
+    import signal
+    import time
+
+    import engine.tasks
+
+    real_run, calls = engine.tasks.run_task_locally, []
+
+    def run_then_ctrl_c(*args, **kwargs):  # on the job thread: Ctrl-C lands just as frame 2 is written
+        result = real_run(*args, **kwargs)
+        calls.append(result)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
+        return result
+
+    monkeypatch.setattr(engine.tasks, "run_task_locally", run_then_ctrl_c)
+    code = main(["--models-dir", str(models_dir), "sequence", "--extent", "600000", "5100000", "600256", "5100256",
+                 "--crs", "EPSG:32632", "--resolution", "2", "--dates", "2020-01-01", "2020-07-01", "2021-01-01",
+                 "--prompt", "a fmow satellite image of a farm", "--steps", "1", "--output-dir", str(tmp_path)])
+    assert code == 130 and len(calls) == 2  # the third frame was never started
+    assert list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err.rstrip().endswith("gfm4d: cancelled; no output was written")

@@ -85,6 +85,15 @@ def export_model(
     return target
 
 
+def write_card(target: Path, model_card: str) -> None:
+    """Replace an exported model's card (README.md) atomically: scores measured on the exported
+    model go into its card without writing the weights again."""
+    card = Path(target) / "README.md"
+    scratch = card.with_name(f".{card.name}.tmp")
+    scratch.write_text(model_card, encoding="utf-8")
+    scratch.replace(card)
+
+
 def _drop_source_path(config: Path) -> None:
     """A module loaded from a folder records that folder (`_name_or_path`): a path on the machine that
     exported it, which a shipped model must not carry."""

@@ -289,7 +289,7 @@ def run_training(
     if recipe.mode == "lora":
         _export_lora(unet, output, card)
     else:
-        from .export import export_model
+        from .export import export_model, write_card
 
         settings = {
             "native_resolution": recipe.window, "display_name": recipe.display_name or recipe.name,
@@ -305,13 +305,11 @@ def run_training(
             log(f"scoring {recipe.quality_chips} held-out chips against samples of the model and of a random-weight twin")
             quality = _cached_json(run_dir / f"quality-{steps}-{_weights_tag(vae)}.json", lambda: heldout_quality(
                 output, bank, recipe, recipe.quality_chips, recipe.default_steps))
-            card = model_card(recipe, sources, bank, vae_scores, steps, quality, lineage)
-            export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
+            write_card(output, model_card(recipe, sources, bank, vae_scores, steps, quality, lineage))
         if recipe.unet.inpainting:
             events = _cached_json(run_dir / f"events-{steps}-{_weights_tag(unet)}-g{recipe.default_guidance:g}.json",
                                   lambda: _score_events(output, registry, recipe, sources, log, device))
-            card = model_card(recipe, sources, bank, vae_scores, steps, {"events": events}, lineage)
-            export_model(output, unet, vae, components, settings, card, extra_files=extra, text_encoder=trained_text)
+            write_card(output, model_card(recipe, sources, bank, vae_scores, steps, {"events": events}, lineage))
     log(f"wrote {output}")
     return TrainResult(output, steps, vae_scores, files)
 
