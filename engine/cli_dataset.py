@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.cli_args import add_ray_arguments, add_threads_argument
-from engine.errors import Cancelled
 
 
 class _SampleBar:
@@ -46,8 +45,9 @@ def cmd_dataset(args) -> int:
     try:
         summary = build_dataset(recipe, Path(args.output), registry=registry, progress=bar,
                                 ray_address=args.ray, ray_workers=args.workers)
-    except KeyboardInterrupt:
-        raise Cancelled("cancelled; finished samples are kept, run the same command again to make the rest") from None
+    except KeyboardInterrupt as interrupt:  # Ctrl-C exits 130 and SIGTERM 143, as for every command
+        interrupt.outcome = "finished samples are kept; run the same command again to make the rest"
+        raise
     finally:
         bar.close()
     for line in summary.lines():

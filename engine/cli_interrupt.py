@@ -73,7 +73,9 @@ def run_interruptible(work: Callable[[Callable[[], bool]], T], say: Callable[[st
 
 
 def interrupt_outcome(interrupt: KeyboardInterrupt) -> str:
-    """What an interrupted job left, for the user's last line."""
+    """What an interrupted job left, for the user's last line (`outcome`: a command's own words)."""
+    if getattr(interrupt, "outcome", None):
+        return interrupt.outcome  # type: ignore[attr-defined]
     if getattr(interrupt, "left_at_once", False):
         return "left at once; the job's scratch folder (.gfm4d-*) beside the output may remain"
     finished = getattr(interrupt, "finished_outputs", None)

@@ -435,3 +435,20 @@ def test_http_task_reads_only_the_uploaded_files(models_dir, tmp_path):
     (uploads / "sneaky.json").write_text(json.dumps(sneaky))
     with pytest.raises(InputError, match="uploaded files"):
         run_task_locally(registry, {"task": "dataset"}, {"recipe": uploads / "sneaky.json"}, outputs)
+
+
+@pytest.mark.parametrize("interrupt, code, word", [("sigterm", 143, "terminated"), ("ctrl-c", 130, "cancelled")])
+def test_an_interrupted_cli_run_says_its_samples_are_kept_with_the_signals_exit_status(
+        models_dir, tmp_path, capsys, monkeypatch, interrupt, code, word):
+    import engine.dataset
+    from engine.cli import Terminated, main
+
+    def interrupted(*args, **kwargs):
+        raise Terminated() if interrupt == "sigterm" else KeyboardInterrupt()
+
+    monkeypatch.setattr(engine.dataset, "build_dataset", interrupted)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(recipe_data()))
+    assert main(["--models-dir", str(models_dir), "--device", "cpu", "dataset", str(recipe), "-o", str(tmp_path / "out")]) == code
+    assert capsys.readouterr().err.strip().endswith(
+        f"gfm4d: {word}; finished samples are kept; run the same command again to make the rest")
