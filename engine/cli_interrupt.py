@@ -39,12 +39,12 @@ def run_interruptible(work: Callable[[Callable[[], bool]], T], say: Callable[[st
     """
     stop, finished = threading.Event(), threading.Event()
     outcome: dict[str, object] = {}
-    caller_mask: list[set] = []
+    caller_mask: set | None = None
 
     def job() -> None:
         try:
-            if caller_mask:  # the job and the processes it starts (Ray's) take signals as the caller did
-                signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask[0])
+            if caller_mask is not None:  # the job and the processes it starts (Ray's) take signals as the caller did
+                signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask)
             outcome["result"] = work(stop.is_set)
         except BaseException as exc:  # handed to the waiting thread, which raises it
             outcome["error"] = exc
@@ -55,8 +55,7 @@ def run_interruptible(work: Callable[[Callable[[], bool]], T], say: Callable[[st
     # stopped (CPython's bpo-45274 handling), and the interpreter would then exit under the job.
     thread = threading.Thread(target=job, name="gfm4d-job", daemon=True)
     try:
-        with _interrupts_held() as previous:  # one arriving before the job runs would leave nothing to wait for
-            caller_mask.extend(previous)
+        with _interrupts_held() as caller_mask:  # one arriving before the job runs would leave nothing to wait for
             thread.start()
         _wait(finished)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM raised as one (engine.cli.Terminated)
@@ -103,14 +102,14 @@ def _wait(finished: threading.Event) -> None:
 
 
 @contextlib.contextmanager
-def _interrupts_held() -> Iterator[list[set]]:
+def _interrupts_held() -> Iterator[set | None]:
     """Ctrl-C and SIGTERM are delivered after the block (POSIX; elsewhere at once); yields the
-    caller's signal mask (empty where there is none)."""
+    caller's signal mask (None where there is none)."""
     if not hasattr(signal, "pthread_sigmask"):
-        yield []
+        yield None
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
-        yield [previous]
+        yield previous
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -102,9 +102,7 @@ def run_sequence(args, sampling: dict, where: dict, files: dict[str, Path], wher
                 result = _run_task(args, "predict", params, inputs, outputs, checked=True, label=label)
             written.extend(result.values())
     except BaseException as exc:  # failed, cancelled or terminated: no partial sequence is left behind
-        written.extend(getattr(exc, "finished_outputs", {}).values())  # a frame finished as the interrupt came
-        if hasattr(exc, "finished_outputs"):
-            exc.finished_outputs = {}
+        written.extend(vars(exc).pop("finished_outputs", {}).values())  # a frame finished as the interrupt came
         for path in written:
             path.unlink(missing_ok=True)
         if made_folder and out_dir.is_dir() and not any(out_dir.iterdir()):

@@ -16,6 +16,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from engine.evaluate.report import write_atomically
 from engine.models.demo import _write_shared_components
 from engine.models.layout import SETTINGS_FILE
 
@@ -88,10 +89,7 @@ def export_model(
 def write_card(target: Path, model_card: str) -> None:
     """Replace an exported model's card (README.md) atomically: scores measured on the exported
     model go into its card without writing the weights again."""
-    card = Path(target) / "README.md"
-    scratch = card.with_name(f".{card.name}.tmp")
-    scratch.write_text(model_card, encoding="utf-8")
-    scratch.replace(card)
+    write_atomically(Path(target) / "README.md", model_card.encode("utf-8"))
 
 
 def _drop_source_path(config: Path) -> None:
