@@ -468,7 +468,7 @@ def build_parser() -> ArgumentParser:
     add_lora_argument(inp)
     inp.add_argument("-o", "--output", required=True, help="post-event GeoTIFF")
     inp.add_argument("--label", help="label raster (default: OUTPUT_label.tif)")
-    inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg)")
+    inp.add_argument("--label-polygons", help="also write the label polygons (.gpkg; or .geojson, which is in lon/lat when the raster's CRS has no EPSG or other code)")
     add_ray_arguments(inp, "inpaint the masked regions")
     add_engine_arguments(inp)
     add_threads_argument(inp)

@@ -10,10 +10,12 @@ name). The demo also generates (1) onto that tile's exact grid, so the result li
 for pixel, (2) a larger area around it in EPSG:4326 at 2 m, several overlapping windows blended
 into one seamless image, and (3) inpaints a burn scar polygon into the real tile: a post-event
 image identical to the tile outside the feathered polygon, plus the polygon as a label raster.
-Last, it paints a real flood into the image from before it: the water of 2019-09-04 (mapped from that
-year's NAIP) over the dry 2009-08-18 NAIP image of the same North Dakota ground at 5 m, in the part of
-both tiles that GFM4D's models never trained on, beside what 2019 really looked like there. Both events
-are painted by the built-in inpainting model, GFM4D-mini-inpaint.
+Last, it paints two real events into the images from before them, beside what they really looked like:
+the water of 2019-09-04 (mapped from that year's NAIP) over the dry 2009-08-18 NAIP image of the same
+North Dakota ground at 5 m, in the part of both tiles that GFM4D's models never trained on, and the scar
+of the Fourmile Canyon fire (Colorado, September 2010; MTBS burn severity) into Landsat's June 2010 image
+at 30 m, a fire no model trained on. The events are painted by the built-in inpainting model,
+GFM4D-mini-inpaint.
 `overview.png` puts every result side by side with its caption.
 """
 
@@ -37,10 +39,36 @@ from engine.pipelines.generate import GenerateRequest, generate
 from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
 
 SAMPLE = Path(__file__).parent / "sample_data" / "m_3607824_se_17_1_20160620_sub.tif"
-BEFORE_FLOOD = Path(__file__).parent / "sample_data" / "naip_m_4709963_se_14_1_20090818_heldout.tif"
-REAL_FLOOD = Path(__file__).parent / "sample_data" / "naip_m_4709963_se_14_1_20190904_heldout.tif"
-FLOOD_POLYGONS = Path(__file__).parent / "sample_data" / "naip_flood_20190904_heldout.geojson"
 PROMPT = "a fmow satellite image of a forest in the united states"
+
+
+@dataclass(frozen=True)
+class RealEvent:
+    """A real event the models never trained on: its polygons are painted into the image from before
+    it, and the image from after it is shown beside."""
+
+    name: str
+    before: Path
+    after: Path
+    polygons: Path
+    disaster_type: str
+    date: str
+    before_caption: str
+    painted_caption: str
+    after_caption: str
+
+
+_SAMPLES = Path(__file__).parent / "sample_data"
+REAL_EVENTS = (
+    RealEvent("flood", _SAMPLES / "naip_m_4709963_se_14_1_20090818_heldout.tif",
+              _SAMPLES / "naip_m_4709963_se_14_1_20190904_heldout.tif", _SAMPLES / "naip_flood_20190904_heldout.geojson",
+              "flooding", "2019-09-04", "real NAIP, 5 m, dry 2009 (input)", "2019 flood polygons inpainted",
+              "the real 2019 (never trained on)"),
+    RealEvent("fire", _SAMPLES / "mtbs_fourmile_canyon_20100621_rgb.tif",
+              _SAMPLES / "mtbs_fourmile_canyon_20100925_rgb.tif", _SAMPLES / "mtbs_fourmile_canyon_20100925_burn.geojson",
+              "fire", "2010-09-25", "real Landsat, 30 m, June 2010 (input)", "Fourmile Canyon scar inpainted",
+              "the real Sept. 2010 (never trained on)"),
+)
 
 
 @dataclass(frozen=True)
@@ -105,20 +133,21 @@ def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: st
     # A burn scar: 60 m x 40 m in the tile's north-west clearing, one week after the acquisition.
     yield _inpaint(inpainter, SAMPLE, _pixel_polygon(SAMPLE, [(40, 30), (100, 35), (95, 70), (45, 75)], "Burnt area"),
                    "fire", "2016-06-27", output_dir / "inpainted_burn_scar", steps, seed=3)
-    # The 2019 flood painted into 2009, beside the real 2019.
-    write_preview_png(BEFORE_FLOOD, output_dir / "flood_before.png")
-    write_preview_png(REAL_FLOOD, output_dir / "flood_real.png")
-    yield _inpaint(inpainter, BEFORE_FLOOD, read_polygons(FLOOD_POLYGONS), "flooding", "2019-09-04",
-                   output_dir / "inpainted_flood", steps, seed=4)
     zoom = _zoom_png(output_dir / "inpainted_burn_scar.png", (10, 0, 130, 120), output_dir / "inpainted_burn_scar_zoom.png")
     captions += [(output_dir / "generated_wide_epsg4326.png", "wider area, 2 m, blended windows"),
                  (output_dir / "generated_on_sample_grid.png", "generated on the NAIP tile's grid, 1 m"),
                  (output_dir / "sample_input.png", "real NAIP tile, 1 m (input)"),
                  (output_dir / "inpainted_burn_scar.png", "burn scar polygon inpainted"),
-                 (zoom, "the burn scar, zoomed in"),
-                 (output_dir / "flood_before.png", "real NAIP, 5 m, dry 2009 (input)"),
-                 (output_dir / "inpainted_flood.png", "2019 flood polygons inpainted"),
-                 (output_dir / "flood_real.png", "the real 2019 (never trained on)")]
+                 (zoom, "the burn scar, zoomed in")]
+    # Real events painted into the image from before them, beside the image from after them.
+    for seed, event in enumerate(REAL_EVENTS, start=4):
+        before, after = output_dir / f"{event.name}_before.png", output_dir / f"{event.name}_real.png"
+        write_preview_png(event.before, before)
+        write_preview_png(event.after, after)
+        yield _inpaint(inpainter, event.before, read_polygons(event.polygons), event.disaster_type, event.date,
+                       output_dir / f"inpainted_{event.name}", steps, seed=seed)
+        captions += [(before, event.before_caption), (output_dir / f"inpainted_{event.name}.png", event.painted_caption),
+                     (after, event.after_caption)]
     overview = _overview(captions, output_dir / "overview.png")
     yield f"previews: {overview} (all results), {output_dir / 'sample_input.png'} (the real sample) and the .png beside each GeoTIFF"
 
@@ -129,7 +158,7 @@ def _pixel_polygon(image: Path, corners_px: list[tuple[float, float]], notation:
 
     with open_raster(image) as source:
         info = source.info
-    area = shapely.Polygon([info.transform * corner for corner in corners_px])
+    area = shapely.Polygon([info.transform @ corner for corner in corners_px])
     return PolygonLayer([area], [{"notation": notation}], info.crs, f"demo {notation.lower()}")
 
 

@@ -99,6 +99,37 @@ def test_write_geopackage_and_geojson_keep_types(tmp_path, vectors_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.geojson", "out.gpkg"]
 
 
+# Conus Albers as GeoTIFFs from ESRI software carry it: the parameters of EPSG:5070, no authority code.
+_ALBERS_WITHOUT_CODE = (
+    'PROJCS["Albers Conical Equal Area",GEOGCS["NAD83",DATUM["North_American_Datum_1983",'
+    'SPHEROID["GRS 1980",6378137,298.257222101004]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],'
+    'PROJECTION["Albers_Conic_Equal_Area"],PARAMETER["latitude_of_center",23],PARAMETER["longitude_of_center",-96],'
+    'PARAMETER["standard_parallel_1",29.5],PARAMETER["standard_parallel_2",45.5],PARAMETER["false_easting",0],'
+    'PARAMETER["false_northing",0],UNIT["metre",1]]'
+)
+
+
+@pytest.mark.parametrize("wkt, written_as", [
+    (_ALBERS_WITHOUT_CODE, "EPSG:5070"),
+    ('PROJCS["local Albers",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
+     'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Albers_Conic_Equal_Area"],'
+     'PARAMETER["latitude_of_center",40],PARAMETER["longitude_of_center",10],PARAMETER["standard_parallel_1",20],'
+     'PARAMETER["standard_parallel_2",60],PARAMETER["false_easting",0],PARAMETER["false_northing",0],UNIT["metre",1]]',
+     "OGC:CRS84"),
+])
+def test_geojson_keeps_the_place_of_polygons_in_a_crs_without_a_code(tmp_path, wkt, written_as):
+    """GeoJSON names a CRS by its code only: one without a code must not come back read as lon/lat."""
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(wkt)
+    square = shapely.box(-2_049_000, 2_016_000, -2_040_000, 2_028_000)
+    path = write_polygons(PolygonLayer([square], [{"notation": "Burnt area"}], crs, "burn"), tmp_path / "burn.geojson")
+    back = read_polygons(path)
+    assert back.crs == CRS.from_user_input(written_as)
+    assert back.to_crs(crs).geometries[0].hausdorff_distance(square) < 1e-3  # metres
+    assert [p.name for p in tmp_path.iterdir()] == ["burn.geojson"]
+
+
 def test_write_refuses_unknown_format(tmp_path, vectors_dir):
     layer = read_polygons(vectors_dir / "xview2_deploy_joplin" / "intersect_polys.shp")
     with pytest.raises(InputError, match=r"\.gpkg or \.geojson"):

@@ -152,6 +152,22 @@ def _field_column(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]
     return np.array([None if v is None else str(v) for v in values], dtype=object), mask
 
 
+def _with_geojson_crs(layer: PolygonLayer) -> PolygonLayer:
+    """The layer in a CRS a GeoJSON file can name.
+
+    GeoJSON names its CRS by an authority code only; a CRS without one (a WKT such as "Albers Conical
+    Equal Area" from a GeoTIFF) would be dropped, and every reader would then take the coordinates for
+    lon/lat. Such a CRS is written as its EPSG equivalent where it has one, else the layer goes to
+    lon/lat (OGC:CRS84), GeoJSON's own CRS.
+    """
+    authority = layer.crs.to_authority()
+    if authority is not None:
+        named = CRS.from_authority(*authority)
+        if named == layer.crs:
+            return replace(layer, crs=named)
+    return layer.to_crs("OGC:CRS84")
+
+
 def write_polygons(layer: PolygonLayer, path: str | Path, fields: Sequence[str] | None = None) -> Path:
     """Write a layer as GeoPackage or GeoJSON (by extension), atomically (temp name + rename).
 
@@ -167,6 +183,8 @@ def write_polygons(layer: PolygonLayer, path: str | Path, fields: Sequence[str] 
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"the folder {parent} for {path.name} does not exist; create it first")
+    if driver == "GeoJSON":
+        layer = _with_geojson_crs(layer)
     names = list(fields) if fields is not None else list(dict.fromkeys(k for a in layer.attributes for k in a))
     columns = [_field_column([a.get(name) for a in layer.attributes]) for name in names]
     wkb = np.array([None if g is None else shapely.to_wkb(g) for g in layer.geometries], dtype=object)
