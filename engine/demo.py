@@ -48,6 +48,7 @@ class RealEvent:
     it, and the image from after it is shown beside."""
 
     name: str
+    seed: int
     before: Path
     after: Path
     polygons: Path
@@ -60,11 +61,11 @@ class RealEvent:
 
 _SAMPLES = Path(__file__).parent / "sample_data"
 REAL_EVENTS = (
-    RealEvent("flood", _SAMPLES / "naip_m_4709963_se_14_1_20090818_heldout.tif",
+    RealEvent("flood", 4, _SAMPLES / "naip_m_4709963_se_14_1_20090818_heldout.tif",
               _SAMPLES / "naip_m_4709963_se_14_1_20190904_heldout.tif", _SAMPLES / "naip_flood_20190904_heldout.geojson",
               "flooding", "2019-09-04", "real NAIP, 5 m, dry 2009 (input)", "2019 flood polygons inpainted",
               "the real 2019 (never trained on)"),
-    RealEvent("fire", _SAMPLES / "mtbs_fourmile_canyon_20100621_rgb.tif",
+    RealEvent("fire", 5, _SAMPLES / "mtbs_fourmile_canyon_20100621_rgb.tif",
               _SAMPLES / "mtbs_fourmile_canyon_20100925_rgb.tif", _SAMPLES / "mtbs_fourmile_canyon_20100925_burn.geojson",
               "fire", "2010-09-25", "real Landsat, 30 m, June 2010 (input)", "Fourmile Canyon scar inpainted",
               "the real Sept. 2010 (never trained on)"),
@@ -140,12 +141,12 @@ def run_demo(output_dir: Path, models_dir: Path, steps: int = 30, model_name: st
                  (output_dir / "inpainted_burn_scar.png", "burn scar polygon inpainted"),
                  (zoom, "the burn scar, zoomed in")]
     # Real events painted into the image from before them, beside the image from after them.
-    for seed, event in enumerate(REAL_EVENTS, start=4):
+    for event in REAL_EVENTS:
         before, after = output_dir / f"{event.name}_before.png", output_dir / f"{event.name}_real.png"
         write_preview_png(event.before, before)
         write_preview_png(event.after, after)
         yield _inpaint(inpainter, event.before, read_polygons(event.polygons), event.disaster_type, event.date,
-                       output_dir / f"inpainted_{event.name}", steps, seed=seed)
+                       output_dir / f"inpainted_{event.name}", steps, seed=event.seed)
         captions += [(before, event.before_caption), (output_dir / f"inpainted_{event.name}.png", event.painted_caption),
                      (after, event.after_caption)]
     overview = _overview(captions, output_dir / "overview.png")

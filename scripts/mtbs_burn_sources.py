@@ -1,4 +1,4 @@
-"""Burn scars at 30 m from MTBS fire bundles: Landsat before and after each fire, as 8-bit true colour, with the scar as polygons.
+"""Burn scars at 30 m from MTBS fire bundles: Landsat true colour before and after, the scar as polygons.
 
 An MTBS (Monitoring Trends in Burn Severity, USGS and USDA Forest Service, mtbs.gov; public domain) fire
 bundle holds Landsat TOA reflectance before and after the fire (`<fire>_<yyyymmdd>_<sensor>_refl.tif`,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from skimage.morphology import footprint_rectangle, opening, remove_small_objects
+from skimage.morphology import opening, remove_small_objects
 
 from engine.geo.masks import mask_polygons
 from engine.geo.vectors import write_polygons
@@ -51,7 +51,7 @@ LARGEST_SPECK_PX = 11  # scar pieces of up to about a hectare are dropped
 
 
 def reflectance(folder: Path, day: str) -> Path:
-    (path,) = [p for p in folder.glob(f"*_{day}_*refl.tif")]
+    (path,) = folder.glob(f"*_{day}_*refl.tif")
     return path
 
 
@@ -80,7 +80,7 @@ def write_rgb(source: Path, target: Path, low: np.ndarray, high: np.ndarray, crs
             out.set_band_description(band, name)
 
 
-def severity_grid(severity_path: Path, images: list[Path]):
+def crs_if_on_grid(severity_path: Path, images: list[Path]):
     """The CRS of the fire's rasters, from its severity raster: some bundles' reflectance files carry
     only a LOCAL_CS. The images must be on the severity raster's grid."""
     with rasterio.open(severity_path) as ds:
@@ -94,7 +94,7 @@ def severity_grid(severity_path: Path, images: list[Path]):
 def write_scar(severity_path: Path, target: Path) -> int:
     with rasterio.open(severity_path) as ds:
         severity, transform, crs = ds.read(1), ds.transform, ds.crs
-    scar = remove_small_objects(opening(np.isin(severity, SCAR_CLASSES), footprint_rectangle((2, 2))), max_size=LARGEST_SPECK_PX)
+    scar = remove_small_objects(opening(np.isin(severity, SCAR_CLASSES), np.ones((2, 2), dtype=bool)), max_size=LARGEST_SPECK_PX)
     layer = mask_polygons(scar, transform, crs, {"notation": "Burnt area", "event_type": "fire"},
                           f"{severity_path.name} moderate and high severity")
     write_polygons(layer, target)
@@ -112,7 +112,7 @@ def main() -> None:
         output_folder = args.sample_folder if name == HELD_OUT else args.training_folder
         sources = [reflectance(folder, before), reflectance(folder, after)]
         (severity,) = folder.glob("*_dnbr6.tif")
-        crs = severity_grid(severity, sources)
+        crs = crs_if_on_grid(severity, sources)
         low, high = shared_stretch(sources)
         for source, day in zip(sources, (before, after)):
             write_rgb(source, output_folder / f"mtbs_{name}_{day}_rgb.tif", low, high, crs)

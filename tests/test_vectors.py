@@ -116,6 +116,12 @@ _ALBERS_WITHOUT_CODE = (
      'PARAMETER["latitude_of_center",40],PARAMETER["longitude_of_center",10],PARAMETER["standard_parallel_1",20],'
      'PARAMETER["standard_parallel_2",60],PARAMETER["false_easting",0],PARAMETER["false_northing",0],UNIT["metre",1]]',
      "OGC:CRS84"),
+    # Conus Albers as MTBS writes it: rasterio names it ESRI:102039 first, which fewer readers know.
+    ('PROJCS["USA_Contiguous_Albers_Equal_Area_Conic_USGS_version",GEOGCS["NAD83",DATUM["North_American_Datum_1983",'
+     'SPHEROID["GRS 1980",6378137,298.257222101004]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],'
+     'PROJECTION["Albers_Conic_Equal_Area"],PARAMETER["latitude_of_center",23],PARAMETER["longitude_of_center",-96],'
+     'PARAMETER["standard_parallel_1",29.5],PARAMETER["standard_parallel_2",45.5],PARAMETER["false_easting",0],'
+     'PARAMETER["false_northing",0],UNIT["metre",1]]', "EPSG:5070"),
 ])
 def test_geojson_keeps_the_place_of_polygons_in_a_crs_without_a_code(tmp_path, wkt, written_as):
     """GeoJSON names a CRS by its code only: one without a code must not come back read as lon/lat."""
@@ -126,8 +132,19 @@ def test_geojson_keeps_the_place_of_polygons_in_a_crs_without_a_code(tmp_path, w
     path = write_polygons(PolygonLayer([square], [{"notation": "Burnt area"}], crs, "burn"), tmp_path / "burn.geojson")
     back = read_polygons(path)
     assert back.crs == CRS.from_user_input(written_as)
+    named = json.loads(path.read_text(encoding="utf-8"))["crs"]["properties"]["name"]
+    assert named == {"EPSG:5070": "urn:ogc:def:crs:EPSG::5070", "OGC:CRS84": "urn:ogc:def:crs:OGC::CRS84"}[written_as]
     assert back.to_crs(crs).geometries[0].hausdorff_distance(square) < 1e-3  # metres
     assert [p.name for p in tmp_path.iterdir()] == ["burn.geojson"]
+
+
+def test_geojson_refuses_a_local_crs_in_a_sentence(tmp_path):
+    from rasterio.crs import CRS
+
+    layer = PolygonLayer([shapely.box(0, 0, 10, 10)], [{}], CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1]]'), "site")
+    with pytest.raises(InputError, match=r"local CRS .* \.gpkg"):
+        write_polygons(layer, tmp_path / "site.geojson")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_write_refuses_unknown_format(tmp_path, vectors_dir):

@@ -155,16 +155,21 @@ def _field_column(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]
 def _with_geojson_crs(layer: PolygonLayer) -> PolygonLayer:
     """The layer in a CRS a GeoJSON file can name.
 
-    GeoJSON names its CRS by an authority code only; a CRS without one (a WKT such as "Albers Conical
-    Equal Area" from a GeoTIFF) would be dropped, and every reader would then take the coordinates for
-    lon/lat. Such a CRS is written as its EPSG equivalent where it has one, else the layer goes to
-    lon/lat (OGC:CRS84), GeoJSON's own CRS.
+    GeoJSON names its CRS by an authority code only; a CRS without one in its WKT (such as "Albers
+    Conical Equal Area" from a GeoTIFF) would be dropped, and every reader would then take the
+    coordinates for lon/lat. Such a CRS is written as the code it equals, EPSG's first (what most
+    readers know), else another authority's; a CRS that equals none (a custom or compound CRS) goes
+    to lon/lat (OGC:CRS84), GeoJSON's own CRS.
     """
-    authority = layer.crs.to_authority()
-    if authority is not None:
-        named = CRS.from_authority(*authority)
-        if named == layer.crs:
-            return replace(layer, crs=named)
+    if not (layer.crs.is_geographic or layer.crs.is_projected):
+        raise InputError(f"the polygons of {layer.source} are in a local CRS with no place on Earth, which GeoJSON "
+                         "cannot carry; write them to a .gpkg file instead")
+    wkt_crs = pyproj.CRS.from_wkt(layer.crs.to_wkt())
+    for authority in (wkt_crs.to_authority(auth_name="EPSG"), wkt_crs.to_authority()):
+        if authority is not None:
+            named = CRS.from_authority(*authority)
+            if named == layer.crs:
+                return replace(layer, crs=named)
     return layer.to_crs("OGC:CRS84")
 
 
