@@ -38,7 +38,8 @@ from engine.models.registry import ModelRegistry
 from engine.pipelines.generate import GenerateRequest, generate
 from engine.pipelines.inpaint import InpaintOutputs, InpaintRequest, inpaint
 
-SAMPLE = Path(__file__).parent / "sample_data" / "m_3607824_se_17_1_20160620_sub.tif"
+_SAMPLES = Path(__file__).parent / "sample_data"
+SAMPLE = _SAMPLES / "m_3607824_se_17_1_20160620_sub.tif"
 PROMPT = "a fmow satellite image of a forest in the united states"
 
 
@@ -59,7 +60,6 @@ class RealEvent:
     after_caption: str
 
 
-_SAMPLES = Path(__file__).parent / "sample_data"
 REAL_EVENTS = (
     RealEvent("flood", 4, _SAMPLES / "naip_m_4709963_se_14_1_20090818_heldout.tif",
               _SAMPLES / "naip_m_4709963_se_14_1_20190904_heldout.tif", _SAMPLES / "naip_flood_20190904_heldout.geojson",

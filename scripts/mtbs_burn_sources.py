@@ -27,6 +27,7 @@ import rasterio
 from skimage.morphology import opening, remove_small_objects
 
 from engine.geo.masks import mask_polygons
+from engine.geo.radiometry import Stretch
 from engine.geo.vectors import write_polygons
 
 # Fire folder -> (name, date before, date after): fires whose scar stands out in true colour on cloud-free,
@@ -55,48 +56,43 @@ def reflectance(folder: Path, day: str) -> Path:
     return path
 
 
-def shared_stretch(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+def true_colour(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(TRUE_COLOUR)
+
+
+def shared_stretch(images: list[np.ndarray]) -> Stretch:
     """Per-band low and high percentiles over both dates' valid pixels."""
-    samples = []
-    for path in paths:
-        with rasterio.open(path) as ds:
-            data = ds.read(TRUE_COLOUR).astype(np.float64)
-        samples.append(data[:, (data > 0).all(axis=0)])
-    low, high = np.percentile(np.concatenate(samples, axis=1), PERCENTILES, axis=1)
-    return low, np.maximum(high, low + 1)
+    valid = np.concatenate([image[:, (image > 0).all(axis=0)] for image in images], axis=1)
+    low, high = np.percentile(valid.astype(np.float64), PERCENTILES, axis=1)
+    return Stretch(low.astype(np.float32), np.maximum(high, low + 1).astype(np.float32), np.dtype(np.uint8))
 
 
-def write_rgb(source: Path, target: Path, low: np.ndarray, high: np.ndarray, crs) -> None:
-    with rasterio.open(source) as ds:
-        data = ds.read(TRUE_COLOUR).astype(np.float64)
-        profile = {"driver": "GTiff", "width": ds.width, "height": ds.height, "count": 3, "dtype": "uint8",
-                   "crs": crs, "transform": ds.transform, "nodata": 0, "compress": "deflate"}
-    valid = (data > 0).all(axis=0)
-    unit = np.clip((data - low[:, None, None]) / (high - low)[:, None, None], 0, 1)
-    rgb = np.where(valid, np.clip(np.round(unit * 254) + 1, 1, 255), 0).astype(np.uint8)  # 0 is nodata only
+def write_rgb(image: np.ndarray, stretch: Stretch, grid: dict, target: Path) -> None:
+    valid = (image > 0).all(axis=0)
+    rgb = np.where(valid, np.round(stretch.to_unit(image) * 254) + 1, 0).astype(np.uint8)  # 0 is nodata only
+    profile = {"driver": "GTiff", "count": 3, "dtype": "uint8", "nodata": 0, "compress": "deflate", **grid}
     with rasterio.open(target, "w", **profile) as out:
         out.write(rgb)
         for band, name in enumerate(("red", "green", "blue"), start=1):
             out.set_band_description(band, name)
 
 
-def crs_if_on_grid(severity_path: Path, images: list[Path]):
-    """The CRS of the fire's rasters, from its severity raster: some bundles' reflectance files carry
-    only a LOCAL_CS. The images must be on the severity raster's grid."""
+def severity_on_grid(severity_path: Path, images: list[Path]) -> tuple[np.ndarray, dict]:
+    """The severity classes and the fire's grid, CRS from the severity raster: some bundles' reflectance
+    files carry only a LOCAL_CS. The images must be on the severity raster's grid."""
     with rasterio.open(severity_path) as ds:
         for path in images:
             with rasterio.open(path) as image:
                 if (image.width, image.height, image.transform) != (ds.width, ds.height, ds.transform):
                     raise SystemExit(f"{path.name} is not on the grid of {severity_path.name}")
-        return ds.crs
+        return ds.read(1), {"width": ds.width, "height": ds.height, "transform": ds.transform, "crs": ds.crs}
 
 
-def write_scar(severity_path: Path, target: Path) -> int:
-    with rasterio.open(severity_path) as ds:
-        severity, transform, crs = ds.read(1), ds.transform, ds.crs
+def write_scar(severity: np.ndarray, grid: dict, source: str, target: Path) -> int:
     scar = remove_small_objects(opening(np.isin(severity, SCAR_CLASSES), np.ones((2, 2), dtype=bool)), max_size=LARGEST_SPECK_PX)
-    layer = mask_polygons(scar, transform, crs, {"notation": "Burnt area", "event_type": "fire"},
-                          f"{severity_path.name} moderate and high severity")
+    layer = mask_polygons(scar, grid["transform"], grid["crs"], {"notation": "Burnt area", "event_type": "fire"},
+                          f"{source} moderate and high severity")
     write_polygons(layer, target)
     return len(layer)
 
@@ -111,12 +107,13 @@ def main() -> None:
         folder = args.mtbs_folder / folder_name
         output_folder = args.sample_folder if name == HELD_OUT else args.training_folder
         sources = [reflectance(folder, before), reflectance(folder, after)]
-        (severity,) = folder.glob("*_dnbr6.tif")
-        crs = crs_if_on_grid(severity, sources)
-        low, high = shared_stretch(sources)
-        for source, day in zip(sources, (before, after)):
-            write_rgb(source, output_folder / f"mtbs_{name}_{day}_rgb.tif", low, high, crs)
-        count = write_scar(severity, output_folder / f"mtbs_{name}_{after}_burn.geojson")
+        (severity_path,) = folder.glob("*_dnbr6.tif")
+        severity, grid = severity_on_grid(severity_path, sources)
+        images = [true_colour(source) for source in sources]
+        stretch = shared_stretch(images)
+        for image, day in zip(images, (before, after)):
+            write_rgb(image, stretch, grid, output_folder / f"mtbs_{name}_{day}_rgb.tif")
+        count = write_scar(severity, grid, severity_path.name, output_folder / f"mtbs_{name}_{after}_burn.geojson")
         print(f"{name}: mtbs_{name}_{before}_rgb.tif, mtbs_{name}_{after}_rgb.tif and {count} scar polygons")
 
 
